@@ -1,0 +1,48 @@
+use super::CircuitState;
+use std::time::Duration;
+
+/// Why a circuit breaker changed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransitionReason {
+    /// The failure ratio over the sampling window reached `failure_ratio` with at least
+    /// `minimum_throughput` calls.
+    FailureRatio,
+    /// `consecutive_failures` calls in a row failed.
+    ConsecutiveFailures,
+    /// The slow-call ratio over the sampling window reached the slow-call ratio.
+    SlowCallRatio,
+    /// The break duration elapsed and a call arrived (Open → HalfOpen).
+    BreakElapsed,
+    /// A half-open probe failed (HalfOpen → Open).
+    ProbeFailed,
+    /// Enough half-open probes succeeded (HalfOpen → Closed).
+    ProbesSucceeded,
+    /// Manual control: isolate, close or disable.
+    Manual,
+}
+
+/// Raised exactly once for every change of state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitTransition {
+    /// The state before.
+    pub from: CircuitState,
+    /// The state after.
+    pub to: CircuitState,
+    /// Why.
+    pub reason: TransitionReason,
+    /// For transitions to Open: how long the circuit stays open.
+    pub break_duration: Option<Duration>,
+    /// 1 for the breaker's first transition, then counting up without gaps: listeners that
+    /// receive events from several threads can restore the order.
+    pub sequence: u64,
+}
+
+/// Raised when the breaker rejects a call without running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitRejected {
+    /// The state that rejected the call: Open, HalfOpen (all probes taken) or Isolated.
+    pub state: CircuitState,
+    /// The time until the break ends (Open only).
+    pub retry_after: Option<Duration>,
+}

@@ -1,0 +1,445 @@
+//! Where a breaker's state lives: the [`StateStore`] trait and the in-memory default.
+//!
+//! The breaker front end ([`CircuitBreaker`](super::CircuitBreaker)) decides what an
+//! outcome *is* (failure? slow?); the store decides what it *means* (admit, reject, trip,
+//! close). A shared store (Redis) implements the same trait.
+
+use super::window::{CountWindow, TimeWindow, Window};
+use super::{
+    BreakDurationArgs, BreakDurationGenerator, CircuitBreakerOptions, CircuitState,
+    CircuitTransition, SamplingWindow, TransitionReason,
+};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// An admitted call, to be handed back to [`StateStore::record`] or
+/// [`StateStore::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticket {
+    /// Admitted while closed (or disabled): its outcome feeds the window.
+    Normal,
+    /// A half-open probe, admitted in the half-open period numbered `generation`: its
+    /// outcome closes or reopens the circuit, if that period is still current.
+    Probe {
+        /// The state generation the probe was admitted in.
+        generation: u64,
+    },
+}
+
+/// A call the store refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// The state that refused it.
+    pub state: CircuitState,
+    /// How long until the break ends (Open only).
+    pub retry_after: Option<Duration>,
+}
+
+/// How an admitted call ended, as the front end classified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallOutcome {
+    /// The outcome counts as a failure.
+    pub failure: bool,
+    /// The call took at least the slow-call threshold.
+    pub slow: bool,
+}
+
+/// What an attempt to acquire did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    /// The ticket, or why there is none.
+    pub result: Result<Ticket, Rejection>,
+    /// A transition the attempt caused (Open → HalfOpen when the break had elapsed).
+    pub transition: Option<CircuitTransition>,
+}
+
+/// A manual command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Force open until told otherwise (reject everything).
+    Isolate,
+    /// Force closed, with a fresh window.
+    Close,
+    /// Admit everything and count nothing until told otherwise.
+    Disable,
+}
+
+/// The state of one circuit breaker, wherever it lives.
+///
+/// Implementations must raise each transition exactly once (return it from exactly one
+/// call) and number transitions without gaps.
+pub trait StateStore: Send + Sync + 'static {
+    /// Admits or rejects a call.
+    fn try_acquire(&self) -> Acquired;
+    /// Reports how an admitted call ended.
+    fn record(&self, ticket: Ticket, outcome: CallOutcome) -> Option<CircuitTransition>;
+    /// Hands back a ticket whose call was cancelled before it ended (frees a probe slot).
+    fn release(&self, ticket: Ticket);
+    /// Applies a manual command.
+    fn command(&self, command: Command) -> Option<CircuitTransition>;
+    /// The current state.
+    fn state(&self) -> CircuitState;
+}
+
+/// Thresholds copied out of the options (the predicate stays with the front end).
+#[derive(Debug, Clone)]
+struct Thresholds {
+    failure_ratio: Option<f64>,
+    slow_ratio: Option<f64>,
+    minimum_throughput: u32,
+    consecutive_failures: Option<u32>,
+    break_duration: Duration,
+    generator: Option<BreakDurationGenerator>,
+    permitted_in_half_open: u32,
+    success_threshold: u32,
+}
+
+/// The default store: atomics for the fast paths, one mutex for transitions.
+///
+/// Fast paths, lock-free: admitting a call while closed; recording a success while closed;
+/// rejecting while open. Everything that may change the state (a failure, a slow call, the
+/// end of a break, a probe's outcome, a command) takes the mutex, so transitions are
+/// serialised and each is returned exactly once.
+pub struct InMemoryStore {
+    thresholds: Thresholds,
+    /// Written only under `transitions`; read lock-free by the fast paths.
+    state: AtomicU8,
+    /// Nanoseconds since `origin` at which the break ends; meaningful while Open.
+    open_until: AtomicU64,
+    /// Failures in a row while closed; reset by a success (lock-free) or a close.
+    consecutive_failures: AtomicU32,
+    window: Window,
+    origin: Instant,
+    transitions: Mutex<Transitions>,
+}
+
+/// What only changes under the lock.
+#[derive(Debug, Default)]
+struct Transitions {
+    /// Bumped by every transition; a probe from an older generation is ignored.
+    generation: u64,
+    /// The number of the last transition raised.
+    sequence: u64,
+    /// Opens since the last close (for the break duration generator).
+    consecutive_opens: u32,
+    probes_in_flight: u32,
+    probe_successes: u32,
+}
+
+impl std::fmt::Debug for InMemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryStore")
+            .field("state", &self.state())
+            .field("thresholds", &self.thresholds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InMemoryStore {
+    /// A closed breaker with the thresholds of `options` (assumed validated).
+    pub fn new<P>(options: &CircuitBreakerOptions<P>) -> Self {
+        let window = match options.sampling_window {
+            SamplingWindow::Time => Window::Time(TimeWindow::new(options.sampling_duration)),
+            SamplingWindow::Count(n) => Window::Count(CountWindow::new(n)),
+        };
+        InMemoryStore {
+            thresholds: Thresholds {
+                failure_ratio: options.failure_ratio,
+                slow_ratio: options.slow_call.map(|s| s.ratio),
+                minimum_throughput: options.minimum_throughput,
+                consecutive_failures: options.consecutive_failures,
+                break_duration: options.break_duration,
+                generator: options.break_duration_generator.clone(),
+                permitted_in_half_open: options.permitted_calls_in_half_open,
+                success_threshold: options.success_threshold,
+            },
+            state: AtomicU8::new(CircuitState::Closed as u8),
+            open_until: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            window,
+            origin: Instant::now(),
+            transitions: Mutex::new(Transitions::default()),
+        }
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    fn load_state(&self) -> CircuitState {
+        CircuitState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Transitions> {
+        // A listener panicking elsewhere cannot leave `Transitions` half-written: every
+        // change to it is a plain field store, so a poisoned lock is still consistent.
+        self.transitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves to `to`; the caller holds the lock.
+    fn transition(
+        &self,
+        t: &mut Transitions,
+        to: CircuitState,
+        reason: TransitionReason,
+        now: Instant,
+    ) -> Option<CircuitTransition> {
+        let from = self.load_state();
+        if from == to {
+            return None;
+        }
+        t.generation += 1;
+        t.sequence += 1;
+        t.probes_in_flight = 0;
+        t.probe_successes = 0;
+        let mut break_duration = None;
+        match to {
+            CircuitState::Open => {
+                t.consecutive_opens += 1;
+                let duration = match &self.thresholds.generator {
+                    Some(g) => g.generate(BreakDurationArgs {
+                        consecutive_opens: t.consecutive_opens,
+                    }),
+                    None => self.thresholds.break_duration,
+                };
+                let until = self.nanos(now).saturating_add(duration.as_nanos() as u64);
+                self.open_until.store(until, Ordering::Release);
+                break_duration = Some(duration);
+            }
+            CircuitState::Closed => {
+                t.consecutive_opens = 0;
+                self.window.reset();
+                self.consecutive_failures.store(0, Ordering::Release);
+            }
+            _ => {}
+        }
+        self.state.store(to as u8, Ordering::Release);
+        Some(CircuitTransition {
+            from,
+            to,
+            reason,
+            break_duration,
+            sequence: t.sequence,
+        })
+    }
+
+    /// Whether the closed-state counters call for a trip, and why.
+    fn trip_reason(&self, now: Instant) -> Option<TransitionReason> {
+        let th = &self.thresholds;
+        if let Some(n) = th.consecutive_failures {
+            if self.consecutive_failures.load(Ordering::Acquire) >= n {
+                return Some(TransitionReason::ConsecutiveFailures);
+            }
+        }
+        if th.failure_ratio.is_none() && th.slow_ratio.is_none() {
+            return None;
+        }
+        let counts = self.window.counts(self.nanos(now));
+        if counts.total < th.minimum_throughput {
+            return None;
+        }
+        let total = f64::from(counts.total);
+        if th.failure_ratio.is_some_and(|r| f64::from(counts.failures) / total >= r) {
+            return Some(TransitionReason::FailureRatio);
+        }
+        if th.slow_ratio.is_some_and(|r| f64::from(counts.slow) / total >= r) {
+            return Some(TransitionReason::SlowCallRatio);
+        }
+        None
+    }
+
+    fn admit_probe(&self, t: &mut Transitions) -> Result<Ticket, Rejection> {
+        if t.probes_in_flight < self.thresholds.permitted_in_half_open {
+            t.probes_in_flight += 1;
+            Ok(Ticket::Probe {
+                generation: t.generation,
+            })
+        } else {
+            Err(Rejection {
+                state: CircuitState::HalfOpen,
+                retry_after: None,
+            })
+        }
+    }
+
+    /// The slow path of `try_acquire`: Open past its break, or HalfOpen.
+    fn acquire_locked(&self, now: Instant) -> Acquired {
+        let mut t = self.lock();
+        let mut transition = None;
+        match self.load_state() {
+            CircuitState::Closed | CircuitState::Disabled => {
+                return Acquired {
+                    result: Ok(Ticket::Normal),
+                    transition: None,
+                }
+            }
+            CircuitState::Isolated => {
+                return Acquired {
+                    result: Err(Rejection {
+                        state: CircuitState::Isolated,
+                        retry_after: None,
+                    }),
+                    transition: None,
+                }
+            }
+            CircuitState::Open => {
+                let until = self.open_until.load(Ordering::Acquire);
+                let now_nanos = self.nanos(now);
+                if now_nanos < until {
+                    return Acquired {
+                        result: Err(open_rejection(until - now_nanos)),
+                        transition: None,
+                    };
+                }
+                transition = self.transition(
+                    &mut t,
+                    CircuitState::HalfOpen,
+                    TransitionReason::BreakElapsed,
+                    now,
+                );
+            }
+            CircuitState::HalfOpen => {}
+        }
+        Acquired {
+            result: self.admit_probe(&mut t),
+            transition,
+        }
+    }
+}
+
+fn open_rejection(remaining_nanos: u64) -> Rejection {
+    Rejection {
+        state: CircuitState::Open,
+        retry_after: Some(Duration::from_nanos(remaining_nanos)),
+    }
+}
+
+impl StateStore for InMemoryStore {
+    #[inline]
+    fn try_acquire(&self) -> Acquired {
+        match self.load_state() {
+            CircuitState::Closed | CircuitState::Disabled => Acquired {
+                result: Ok(Ticket::Normal),
+                transition: None,
+            },
+            CircuitState::Open => {
+                let now = Instant::now();
+                let until = self.open_until.load(Ordering::Acquire);
+                let now_nanos = self.nanos(now);
+                if now_nanos < until {
+                    // The common case while open: reject without the lock.
+                    return Acquired {
+                        result: Err(open_rejection(until - now_nanos)),
+                        transition: None,
+                    };
+                }
+                self.acquire_locked(now)
+            }
+            CircuitState::Isolated => Acquired {
+                result: Err(Rejection {
+                    state: CircuitState::Isolated,
+                    retry_after: None,
+                }),
+                transition: None,
+            },
+            CircuitState::HalfOpen => self.acquire_locked(Instant::now()),
+        }
+    }
+
+    #[inline]
+    fn record(&self, ticket: Ticket, outcome: CallOutcome) -> Option<CircuitTransition> {
+        match ticket {
+            Ticket::Normal => {
+                if self.load_state() != CircuitState::Closed {
+                    // Admitted before a trip, or while disabled: nothing to learn now.
+                    return None;
+                }
+                if !outcome.failure && !outcome.slow {
+                    // The hot path: a success cannot trip the breaker, so no lock.
+                    let now_nanos = if self.window.needs_clock() {
+                        self.nanos(Instant::now())
+                    } else {
+                        0
+                    };
+                    self.window.record(now_nanos, false, false);
+                    if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                        self.consecutive_failures.store(0, Ordering::Relaxed);
+                    }
+                    return None;
+                }
+                let now = Instant::now();
+                let mut t = self.lock();
+                if self.load_state() != CircuitState::Closed {
+                    return None;
+                }
+                self.window
+                    .record(self.nanos(now), outcome.failure, outcome.slow);
+                if outcome.failure {
+                    self.consecutive_failures.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    self.consecutive_failures.store(0, Ordering::Release);
+                }
+                let reason = self.trip_reason(now)?;
+                self.transition(&mut t, CircuitState::Open, reason, now)
+            }
+            Ticket::Probe { generation } => {
+                let mut t = self.lock();
+                if self.load_state() != CircuitState::HalfOpen || t.generation != generation {
+                    return None;
+                }
+                t.probes_in_flight = t.probes_in_flight.saturating_sub(1);
+                let now = Instant::now();
+                if outcome.failure || (outcome.slow && self.thresholds.slow_ratio.is_some()) {
+                    return self.transition(
+                        &mut t,
+                        CircuitState::Open,
+                        TransitionReason::ProbeFailed,
+                        now,
+                    );
+                }
+                t.probe_successes += 1;
+                if t.probe_successes >= self.thresholds.success_threshold {
+                    return self.transition(
+                        &mut t,
+                        CircuitState::Closed,
+                        TransitionReason::ProbesSucceeded,
+                        now,
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn release(&self, ticket: Ticket) {
+        if let Ticket::Probe { generation } = ticket {
+            let mut t = self.lock();
+            if self.load_state() == CircuitState::HalfOpen && t.generation == generation {
+                t.probes_in_flight = t.probes_in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    fn command(&self, command: Command) -> Option<CircuitTransition> {
+        let mut t = self.lock();
+        let now = Instant::now();
+        let to = match command {
+            Command::Isolate => CircuitState::Isolated,
+            Command::Close => CircuitState::Closed,
+            Command::Disable => CircuitState::Disabled,
+        };
+        if to == CircuitState::Closed && self.load_state() == CircuitState::Closed {
+            // Already closed: a close still starts a fresh window.
+            self.window.reset();
+            self.consecutive_failures.store(0, Ordering::Release);
+            return None;
+        }
+        self.transition(&mut t, to, TransitionReason::Manual, now)
+    }
+
+    fn state(&self) -> CircuitState {
+        self.load_state()
+    }
+}

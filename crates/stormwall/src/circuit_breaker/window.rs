@@ -1,0 +1,273 @@
+//! The sampling windows: where the breaker counts calls, failures and slow calls.
+//!
+//! Both windows are lock-free, so recording a success never takes the breaker's lock.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+/// What a window holds at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub total: u32,
+    pub failures: u32,
+    pub slow: u32,
+}
+
+pub(crate) enum Window {
+    Time(TimeWindow),
+    Count(CountWindow),
+}
+
+impl Window {
+    pub(crate) fn record(&self, now_nanos: u64, failure: bool, slow: bool) {
+        match self {
+            Window::Time(w) => w.record(now_nanos, failure, slow),
+            Window::Count(w) => w.record(failure, slow),
+        }
+    }
+
+    pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
+        match self {
+            Window::Time(w) => w.counts(now_nanos),
+            Window::Count(w) => w.counts(),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        match self {
+            Window::Time(w) => w.reset(),
+            Window::Count(w) => w.reset(),
+        }
+    }
+
+    /// `true` when recording needs the current time.
+    pub(crate) fn needs_clock(&self) -> bool {
+        matches!(self, Window::Time(_))
+    }
+}
+
+/// The calls that ended within the last `BUCKETS` bucket widths.
+///
+/// Each bucket is one `AtomicU64`: a 16-bit tag (the bucket's epoch, modulo 2^16) and three
+/// 16-bit counters (total, failures, slow). A record whose epoch differs from the tag starts
+/// the bucket afresh; one compare-and-swap keeps tag and counts consistent under contention.
+/// A counter about to overflow halves all three, which keeps the ratios.
+pub(crate) struct TimeWindow {
+    buckets: [AtomicU64; BUCKETS],
+    bucket_nanos: u64,
+    /// The newest epoch any record started a bucket in; lets `counts` see that the whole
+    /// window has gone stale without trusting 16-bit tags across a long silence.
+    newest_epoch: AtomicU64,
+}
+
+pub(crate) const BUCKETS: usize = 10;
+const FIELD: u64 = 0xFFFF;
+
+fn unpack(word: u64) -> (u16, u64, u64, u64) {
+    (
+        (word >> 48) as u16,
+        (word >> 32) & FIELD,
+        (word >> 16) & FIELD,
+        word & FIELD,
+    )
+}
+
+fn pack(tag: u16, total: u64, failures: u64, slow: u64) -> u64 {
+    (u64::from(tag) << 48) | (total << 32) | (failures << 16) | slow
+}
+
+impl TimeWindow {
+    pub(crate) fn new(sampling: Duration) -> Self {
+        let bucket_nanos = (sampling.as_nanos() as u64 / BUCKETS as u64).max(1);
+        TimeWindow {
+            buckets: Default::default(),
+            bucket_nanos,
+            newest_epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, now_nanos: u64, failure: bool, slow: bool) {
+        let epoch = now_nanos / self.bucket_nanos;
+        let tag = epoch as u16;
+        let bucket = &self.buckets[(epoch % BUCKETS as u64) as usize];
+        let (f, s) = (u64::from(failure), u64::from(slow));
+        let mut current = bucket.load(Ordering::Relaxed);
+        loop {
+            let (old_tag, total, failures, slows) = unpack(current);
+            let next = if old_tag == tag && total > 0 {
+                let (mut total, mut failures, mut slows) = (total, failures, slows);
+                if total == FIELD {
+                    (total, failures, slows) = (total >> 1, failures >> 1, slows >> 1);
+                }
+                pack(tag, total + 1, failures + f, slows + s)
+            } else {
+                pack(tag, 1, f, s)
+            };
+            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        if self.newest_epoch.load(Ordering::Relaxed) < epoch {
+            self.newest_epoch.fetch_max(epoch, Ordering::Relaxed);
+        }
+    }
+
+    fn counts(&self, now_nanos: u64) -> Counts {
+        let epoch = now_nanos / self.bucket_nanos;
+        if epoch.saturating_sub(self.newest_epoch.load(Ordering::Relaxed)) >= BUCKETS as u64 {
+            return Counts::default();
+        }
+        let tag = epoch as u16;
+        let mut counts = Counts::default();
+        for bucket in &self.buckets {
+            let (bucket_tag, total, failures, slow) = unpack(bucket.load(Ordering::Acquire));
+            if usize::from(tag.wrapping_sub(bucket_tag)) < BUCKETS {
+                counts.total += total as u32;
+                counts.failures += failures as u32;
+                counts.slow += slow as u32;
+            }
+        }
+        counts
+    }
+
+    fn reset(&self) {
+        for bucket in &self.buckets {
+            bucket.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// The last `size` calls, however old.
+///
+/// Each slot holds one call's outcome (bit 0: recorded, bit 1: failure, bit 2: slow); the
+/// failure and slow totals are kept alongside, adjusted by what each record overwrites.
+pub(crate) struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    next: AtomicU64,
+    failures: AtomicU32,
+    slow: AtomicU32,
+}
+
+const RECORDED: u8 = 1;
+const FAILED: u8 = 2;
+const SLOW: u8 = 4;
+
+impl CountWindow {
+    pub(crate) fn new(size: u32) -> Self {
+        CountWindow {
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            next: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            slow: AtomicU32::new(0),
+        }
+    }
+
+    fn record(&self, failure: bool, slow: bool) {
+        let size = self.slots.len() as u64;
+        let index = (self.next.fetch_add(1, Ordering::Relaxed) % size) as usize;
+        let new = RECORDED | if failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
+        let old = self.slots[index].swap(new, Ordering::AcqRel);
+        adjust(&self.failures, old & FAILED != 0, failure);
+        adjust(&self.slow, old & SLOW != 0, slow);
+    }
+
+    fn counts(&self) -> Counts {
+        let size = self.slots.len() as u64;
+        Counts {
+            total: self.next.load(Ordering::Acquire).min(size) as u32,
+            failures: self.failures.load(Ordering::Acquire),
+            slow: self.slow.load(Ordering::Acquire),
+        }
+    }
+
+    fn reset(&self) {
+        self.next.store(0, Ordering::Release);
+        for slot in self.slots.iter() {
+            slot.store(0, Ordering::Release);
+        }
+        self.failures.store(0, Ordering::Release);
+        self.slow.store(0, Ordering::Release);
+    }
+}
+
+fn adjust(counter: &AtomicU32, was: bool, is: bool) {
+    match (was, is) {
+        (false, true) => {
+            counter.fetch_add(1, Ordering::AcqRel);
+        }
+        (true, false) => {
+            counter.fetch_sub(1, Ordering::AcqRel);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn time_window_forgets_buckets_older_than_the_sampling_duration() {
+        let w = TimeWindow::new(Duration::from_secs(1)); // 100 ms buckets
+        w.record(0, true, false);
+        w.record(50 * MS, false, false);
+        w.record(450 * MS, false, true);
+        assert_eq!(
+            w.counts(450 * MS),
+            Counts { total: 3, failures: 1, slow: 1 }
+        );
+        // At 1000 ms, the bucket [0, 100) is 10 buckets old: gone.
+        assert_eq!(
+            w.counts(1000 * MS),
+            Counts { total: 1, failures: 0, slow: 1 }
+        );
+        assert_eq!(w.counts(1450 * MS), Counts::default());
+    }
+
+    #[test]
+    fn time_window_reuses_a_bucket_for_a_new_epoch() {
+        let w = TimeWindow::new(Duration::from_secs(1));
+        w.record(10 * MS, true, false);
+        w.record(1010 * MS, false, false); // same slot, next round
+        assert_eq!(w.counts(1010 * MS), Counts { total: 1, failures: 0, slow: 0 });
+    }
+
+    #[test]
+    fn time_window_survives_a_silence_longer_than_its_tag_range() {
+        let w = TimeWindow::new(Duration::from_millis(10)); // 1 ms buckets
+        w.record(0, true, false);
+        let later = 65_536 * MS; // same tag, 2^16 buckets later
+        assert_eq!(w.counts(later), Counts::default());
+    }
+
+    #[test]
+    fn time_window_halves_on_overflow_and_keeps_the_ratio() {
+        let w = TimeWindow::new(Duration::from_secs(1));
+        for i in 0..70_000u32 {
+            w.record(0, i % 4 == 0, false);
+        }
+        let c = w.counts(0);
+        let ratio = f64::from(c.failures) / f64::from(c.total);
+        assert!(c.total > 30_000, "{c:?}");
+        assert!((ratio - 0.25).abs() < 0.01, "{c:?}");
+    }
+
+    #[test]
+    fn count_window_keeps_the_last_n_calls() {
+        let w = CountWindow::new(3);
+        w.record(true, false);
+        w.record(true, true);
+        assert_eq!(w.counts(), Counts { total: 2, failures: 2, slow: 1 });
+        w.record(false, false);
+        w.record(false, false); // overwrites the first failure
+        assert_eq!(w.counts(), Counts { total: 3, failures: 1, slow: 1 });
+        w.record(false, false);
+        assert_eq!(w.counts(), Counts { total: 3, failures: 0, slow: 0 });
+        w.reset();
+        assert_eq!(w.counts(), Counts::default());
+    }
+}

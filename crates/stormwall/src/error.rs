@@ -1,0 +1,157 @@
+//! The two error types of the crate: what an execution can fail with ([`Error`]), and what a
+//! bad configuration is rejected with ([`ConfigError`]).
+
+use std::time::Duration;
+
+/// Why an execution through a pipeline failed.
+///
+/// `Inner` carries the operation's own error; every other variant is a decision a strategy
+/// made on the caller's behalf.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// The operation itself failed.
+    #[error("operation failed: {0}")]
+    Inner(E),
+    /// A timeout strategy cancelled the operation.
+    #[error("operation timed out after {0:?}")]
+    Timeout(Duration),
+    /// The circuit breaker is open (or isolated, or out of half-open probes) and rejected
+    /// the call without running it.
+    #[error("circuit is open; retry after {retry_after:?}")]
+    CircuitOpen {
+        /// How long until the breaker admits a probe; `None` while manually isolated.
+        retry_after: Option<Duration>,
+    },
+    /// A bulkhead had no free slot and no queue place.
+    #[error("bulkhead is full")]
+    BulkheadFull,
+    /// A rate limiter rejected the call.
+    #[error("rate limited; retry after {retry_after:?}")]
+    RateLimited {
+        /// When a permit will be available.
+        retry_after: Duration,
+    },
+    /// A retry budget had no retry left to spend.
+    #[error("retry budget exhausted")]
+    BudgetExhausted,
+}
+
+impl<E> Error<E> {
+    /// The operation's own error, if that is what this is.
+    pub fn inner(&self) -> Option<&E> {
+        match self {
+            Error::Inner(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Turns this into the operation's own error, if that is what this is.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            Error::Inner(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// `true` when a strategy rejected the call without running the operation.
+    pub fn is_rejection(&self) -> bool {
+        matches!(
+            self,
+            Error::CircuitOpen { .. }
+                | Error::BulkheadFull
+                | Error::RateLimited { .. }
+                | Error::BudgetExhausted
+        )
+    }
+
+    /// A short, stable name for the variant (a metrics label): `inner`, `timeout`,
+    /// `circuit_open`, `bulkhead_full`, `rate_limited`, `budget_exhausted`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Inner(_) => "inner",
+            Error::Timeout(_) => "timeout",
+            Error::CircuitOpen { .. } => "circuit_open",
+            Error::BulkheadFull => "bulkhead_full",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::BudgetExhausted => "budget_exhausted",
+        }
+    }
+
+    /// The wait the rejecting strategy suggests before trying again, if it gave one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::CircuitOpen { retry_after } => *retry_after,
+            Error::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// A configuration value was rejected at `build()`.
+///
+/// The message names the option (`retry.max_delay`), the value that was given and the range
+/// that is valid, so a config file's author can fix it without reading the code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{field}` = {value}: {reason}")]
+pub struct ConfigError {
+    /// The option's path, e.g. `circuit_breaker.failure_ratio`.
+    pub field: String,
+    /// The rejected value, formatted.
+    pub value: String,
+    /// What would have been valid.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `field`, holding `value`, which should have been `reason`.
+    pub fn new(
+        field: impl Into<String>,
+        value: impl std::fmt::Debug,
+        reason: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            field: field.into(),
+            value: format!("{value:?}"),
+            reason: reason.into(),
+        }
+    }
+
+    /// Prefixes the field path with `prefix` (`retry` + `max_delay` → `retry.max_delay`),
+    /// so errors from a nested section keep their full key path.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+/// Small helpers the options types share for their `validate()`.
+pub(crate) mod check {
+    use super::ConfigError;
+    use std::time::Duration;
+
+    pub(crate) fn positive(field: &str, value: Duration) -> Result<(), ConfigError> {
+        if value.is_zero() {
+            return Err(ConfigError::new(field, value, "must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn ratio(field: &str, value: f64) -> Result<(), ConfigError> {
+        if !(value > 0.0 && value <= 1.0) {
+            return Err(ConfigError::new(
+                field,
+                value,
+                "must be a ratio in (0, 1] (0 < ratio ≤ 1)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn at_least(field: &str, value: u32, min: u32) -> Result<(), ConfigError> {
+        if value < min {
+            return Err(ConfigError::new(field, value, format!("must be ≥ {min}")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+use super::{FallbackOptions, FallbackUsed};
+use crate::pipeline::{Attach, Context, Predicate, Strategy};
+use crate::telemetry::{Event, Telemetry};
+use crate::Error;
+use std::future::Future;
+
+/// Produces the outcome a fallback answers with.
+pub trait FallbackAction<T, E> {
+    /// The replacement for `outcome`.
+    fn fallback(&self, outcome: Result<T, Error<E>>) -> impl Future<Output = Result<T, Error<E>>> + Send;
+}
+
+/// A fixed value (cloned for each use).
+#[derive(Debug, Clone)]
+pub struct FallbackValue<T>(pub T);
+
+impl<T: Clone + Send, E: Send> FallbackAction<T, E> for FallbackValue<T> {
+    fn fallback(&self, _: Result<T, Error<E>>) -> impl Future<Output = Result<T, Error<E>>> + Send {
+        std::future::ready(Ok(self.0.clone()))
+    }
+}
+
+/// An async function of the replaced outcome.
+#[derive(Debug, Clone)]
+pub struct FallbackFn<F>(pub F);
+
+impl<T, E, F, Fut> FallbackAction<T, E> for FallbackFn<F>
+where
+    F: Fn(Result<T, Error<E>>) -> Fut,
+    Fut: Future<Output = Result<T, Error<E>>> + Send,
+{
+    fn fallback(&self, outcome: Result<T, Error<E>>) -> impl Future<Output = Result<T, Error<E>>> + Send {
+        (self.0)(outcome)
+    }
+}
+
+/// Replaces a handled outcome (by default any `Err`) with the action's answer.
+///
+/// Put it outermost: it then also covers timeouts, open circuits and exhausted retries.
+#[derive(Debug, Clone)]
+pub struct Fallback<A, P> {
+    options: FallbackOptions<A, P>,
+    /// Set once by `attach` when the pipeline is built.
+    telemetry: Telemetry,
+}
+
+impl<A, P> Fallback<A, P> {
+    /// A fallback strategy with `options`.
+    pub fn new(options: FallbackOptions<A, P>) -> Self {
+        Fallback {
+            options,
+            telemetry: Telemetry::default(),
+        }
+    }
+}
+
+impl<A, P> Attach for Fallback<A, P> {
+    fn attach(&mut self, telemetry: &Telemetry) {
+        self.telemetry = telemetry.clone();
+    }
+}
+
+impl<T, E, A, P> Strategy<T, E> for Fallback<A, P>
+where
+    A: FallbackAction<T, E> + Send + Sync,
+    P: Predicate<T, E> + Send + Sync,
+{
+    fn execute<F, Fut>(&self, ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    where
+        F: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, Error<E>>> + Send,
+        T: Send,
+        E: Send,
+    {
+        async move {
+            let outcome = op(ctx).await;
+            if !self.options.should_handle.test(&outcome) {
+                return outcome;
+            }
+            let replaced = match &outcome {
+                Ok(_) => "ok",
+                Err(e) => e.kind(),
+            };
+            self.telemetry.emit("fallback", || {
+                Event::Fallback(FallbackUsed { outcome: replaced })
+            });
+            self.options.action.fallback(outcome).await
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! # stormwall
+//!
+//! Resilience pipelines for async Rust: retry, timeout, circuit breaker and fallback,
+//! composed outer to inner into one statically-typed pipeline that allocates nothing on the
+//! success path, plus a tower [`Layer`](layer::PipelineLayer) to put a pipeline in front of
+//! any `tower::Service`.
+//!
+//! ## The pattern
+//!
+//! A service that calls other services must expect them to be slow, flaky or down. Without
+//! protection one slow dependency holds every caller's task and connection until the whole
+//! service stalls. A pipeline wraps each call: a total timeout bounds it, retry rides out
+//! transient faults, a circuit breaker stops calling a dependency that is down, an attempt
+//! timeout bounds each try, a fallback answers something useful when all else failed.
+//!
+//! ```
+//! use std::time::Duration;
+//! use stormwall::{Pipeline, Error};
+//! use stormwall::retry::{RetryOptions, Jitter};
+//! use stormwall::circuit_breaker::CircuitBreakerOptions;
+//! use stormwall::fallback::FallbackOptions;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), stormwall::ConfigError> {
+//! let pipeline = Pipeline::builder()
+//!     .fallback(FallbackOptions::value("payment queued"))  // outermost
+//!     .timeout(Duration::from_secs(30))                     // total
+//!     .retry(RetryOptions::exponential(Duration::from_millis(200))
+//!         .max_retries(3)
+//!         .jitter(Jitter::Decorrelated))
+//!     .circuit_breaker(CircuitBreakerOptions::new()
+//!         .failure_ratio(0.5)
+//!         .minimum_throughput(10)
+//!         .sampling_duration(Duration::from_secs(10))
+//!         .break_duration(Duration::from_secs(30)))
+//!     .timeout(Duration::from_secs(10))                     // per attempt, innermost
+//!     .build()?;
+//!
+//! let receipt = pipeline
+//!     .execute(|ctx| async move {
+//!         // ctx.attempt(), ctx.remaining() ...
+//!         Ok::<_, std::io::Error>("charged")
+//!     })
+//!     .await;
+//! assert_eq!(receipt.unwrap(), "charged");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Order
+//!
+//! Builder calls go from outer to inner, like tower's `ServiceBuilder` and Polly's
+//! `ResiliencePipelineBuilder`. The usual order is fallback → total timeout → retry →
+//! circuit breaker → attempt timeout: the breaker sees every attempt and counts attempt
+//! timeouts as failures; retry sees the breaker's rejections (and by default does not retry
+//! them); the total timeout bounds retries and their delays.
+//!
+//! ## Defaults
+//!
+//! | strategy | option | default |
+//! |---|---|---|
+//! | retry | `max_retries` | 3 |
+//! | retry | `backoff` / `delay` | exponential, 2 s |
+//! | retry | `jitter` | `DecorrelatedV2` (Polly's jittered exponential) |
+//! | retry | `max_delay` | none |
+//! | retry | `should_retry` | every `Err` but other strategies' rejections |
+//! | timeout | `timeout` | 30 s |
+//! | circuit breaker | `failure_ratio` | 0.1 |
+//! | circuit breaker | `minimum_throughput` | 100 |
+//! | circuit breaker | `sampling_duration` | 30 s (10 buckets) |
+//! | circuit breaker | `break_duration` | 5 s |
+//! | circuit breaker | `permitted_calls_in_half_open` / `success_threshold` | 1 / 1 |
+//! | circuit breaker | `should_handle` | every `Err` |
+//! | fallback | `should_handle` | every `Err` |
+//!
+//! ## Errors
+//!
+//! An execution fails with [`Error<E>`]: the operation's own error as [`Error::Inner`], or
+//! the decision of a strategy (`Timeout`, `CircuitOpen { retry_after }`, ...). A bad option
+//! fails `build()` with a [`ConfigError`] naming the option, the value and the valid range.
+//!
+//! ## Time
+//!
+//! Every strategy reads tokio's clock, so tests run on a paused clock
+//! (`#[tokio::test(start_paused = true)]`) and take no real time.
+
+pub mod circuit_breaker;
+mod error;
+pub mod fallback;
+pub mod layer;
+pub mod pipeline;
+pub mod retry;
+pub mod telemetry;
+pub mod timeout;
+
+pub use error::{ConfigError, Error};
+pub use pipeline::{Context, Pipeline, PipelineBuilder};

@@ -1,0 +1,96 @@
+//! The pipeline: strategies composed outer to inner, run around an async operation.
+
+mod builder;
+mod context;
+mod outcome;
+mod strategy;
+
+pub use builder::{BuildStrategy, PipelineBuilder};
+pub use context::{Context, Properties};
+pub use outcome::{OnError, OnTransientError, Predicate};
+pub use strategy::{Attach, Identity, Stack, Strategy};
+
+use crate::telemetry::{Event, ExecutionCompleted, Telemetry};
+use crate::Error;
+use std::future::Future;
+use tokio::time::Instant;
+
+/// Strategies composed outer to inner, ready to run operations.
+///
+/// Build one with [`Pipeline::builder`]; keep it (it is `Send + Sync`, share it by
+/// reference or in an `Arc`) and call [`execute`](Self::execute) for each operation.
+/// `S` is the static nesting of the strategies; you rarely need to name it.
+#[derive(Debug, Clone)]
+pub struct Pipeline<S> {
+    strategy: S,
+    telemetry: Telemetry,
+}
+
+impl Pipeline<Identity> {
+    /// An empty builder. Each strategy added wraps inside the ones added before it.
+    pub fn builder() -> PipelineBuilder<Identity> {
+        PipelineBuilder::new()
+    }
+}
+
+impl<S> Pipeline<S> {
+    pub(crate) fn from_parts(strategy: S, telemetry: Telemetry) -> Self {
+        Pipeline {
+            strategy,
+            telemetry,
+        }
+    }
+
+    /// The composed strategies.
+    pub fn strategy(&self) -> &S {
+        &self.strategy
+    }
+
+    /// The pipeline's telemetry (name and listener).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Runs `op` through every strategy, with a fresh [`Context`].
+    ///
+    /// `op` is called once per attempt with that attempt's context, and returns the
+    /// attempt's future. Its error `E` comes back as [`Error::Inner`].
+    pub async fn execute<T, E, F, Fut>(&self, op: F) -> Result<T, Error<E>>
+    where
+        S: Strategy<T, E>,
+        F: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, E>> + Send,
+        T: Send,
+        E: Send,
+    {
+        self.execute_with(Context::new(), op).await
+    }
+
+    /// Like [`execute`](Self::execute), with a context the caller prepared (a key,
+    /// properties).
+    pub async fn execute_with<T, E, F, Fut>(&self, ctx: Context, op: F) -> Result<T, Error<E>>
+    where
+        S: Strategy<T, E>,
+        F: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, E>> + Send,
+        T: Send,
+        E: Send,
+    {
+        let op = |ctx| {
+            let attempt = op(ctx);
+            async move { attempt.await.map_err(Error::Inner) }
+        };
+        if !self.telemetry.is_enabled() {
+            return self.strategy.execute(ctx, &op).await;
+        }
+        let started = Instant::now();
+        let outcome = self.strategy.execute(ctx, &op).await;
+        let completed = ExecutionCompleted {
+            duration: started.elapsed(),
+            success: outcome.is_ok(),
+        };
+        self.telemetry
+            .emit("pipeline", || Event::ExecutionCompleted(completed));
+        outcome
+    }
+}

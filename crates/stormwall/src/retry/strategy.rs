@@ -1,0 +1,123 @@
+use super::backoff::{compute_delay, DelayState};
+use super::{NoDelayGenerator, RetryOptions, RetryScheduled};
+use crate::pipeline::{Attach, Context, OnTransientError, Predicate, Strategy};
+use crate::telemetry::{Event, Telemetry};
+use crate::Error;
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Replaces the computed retry delay with one read from the outcome (e.g. `Retry-After`).
+///
+/// Any `Fn(&Result<T, Error<E>>, u32) -> Option<Duration>` is a delay generator; `None`
+/// keeps the computed delay.
+pub trait DelayGenerator<T, E> {
+    /// The delay before retry `attempt` (0-based) after `outcome`, or `None` for the default.
+    fn delay(&self, outcome: &Result<T, Error<E>>, attempt: u32) -> Option<Duration>;
+}
+
+impl<T, E> DelayGenerator<T, E> for NoDelayGenerator {
+    #[inline]
+    fn delay(&self, _: &Result<T, Error<E>>, _: u32) -> Option<Duration> {
+        None
+    }
+}
+
+impl<T, E, F> DelayGenerator<T, E> for F
+where
+    F: Fn(&Result<T, Error<E>>, u32) -> Option<Duration>,
+{
+    fn delay(&self, outcome: &Result<T, Error<E>>, attempt: u32) -> Option<Duration> {
+        self(outcome, attempt)
+    }
+}
+
+/// Runs the operation again after a delay while the outcome is one to retry, up to
+/// `max_retries` times.
+///
+/// A retry never sleeps past the context's deadline: when the next delay would end at or
+/// after an enclosing timeout's deadline, the last outcome is returned at once instead.
+#[derive(Debug, Clone)]
+pub struct Retry<P = OnTransientError, G = NoDelayGenerator> {
+    options: RetryOptions<P, G>,
+    /// Set once by `attach` when the pipeline is built.
+    telemetry: Telemetry,
+}
+
+impl<P, G> Retry<P, G> {
+    /// A retry strategy with `options`, validated.
+    pub fn new(options: RetryOptions<P, G>) -> Result<Self, crate::ConfigError> {
+        options.validate().map_err(|e| e.within("retry"))?;
+        Ok(Retry {
+            options,
+            telemetry: Telemetry::default(),
+        })
+    }
+
+    /// The options this strategy runs with.
+    pub fn options(&self) -> &RetryOptions<P, G> {
+        &self.options
+    }
+
+    fn next_delay(&self, generated: Option<Duration>, attempt: u32, state: &mut DelayState) -> Duration {
+        let o = &self.options;
+        match generated {
+            Some(delay) => o.max_delay.map_or(delay, |max| delay.min(max)),
+            None => compute_delay(
+                o.backoff,
+                o.jitter,
+                o.delay,
+                o.max_delay,
+                attempt,
+                state,
+                &mut fastrand::f64,
+            ),
+        }
+    }
+}
+
+impl<P, G> Attach for Retry<P, G> {
+    fn attach(&mut self, telemetry: &Telemetry) {
+        self.telemetry = telemetry.clone();
+    }
+}
+
+impl<T, E, P, G> Strategy<T, E> for Retry<P, G>
+where
+    P: Predicate<T, E> + Send + Sync,
+    G: DelayGenerator<T, E> + Send + Sync,
+{
+    fn execute<F, Fut>(&self, ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    where
+        F: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, Error<E>>> + Send,
+        T: Send,
+        E: Send,
+    {
+        async move {
+            let mut state = DelayState::default();
+            let mut attempt = 0u32;
+            loop {
+                let outcome = op(ctx.for_attempt(attempt)).await;
+                if attempt >= self.options.max_retries || !self.options.should_retry.test(&outcome) {
+                    return outcome;
+                }
+                let generated = self.options.delay_generator.delay(&outcome, attempt);
+                let delay = self.next_delay(generated, attempt, &mut state);
+                if let Some(deadline) = ctx.deadline() {
+                    if Instant::now() + delay >= deadline {
+                        // The enclosing timeout would fire mid-sleep: the real outcome says more.
+                        return outcome;
+                    }
+                }
+                attempt += 1;
+                self.telemetry.emit("retry", || {
+                    Event::Retry(RetryScheduled { attempt, delay })
+                });
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}

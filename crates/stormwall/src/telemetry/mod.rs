@@ -1,0 +1,163 @@
+//! Telemetry: every strategy reports what it did as an [`Event`] to the pipeline's
+//! [`EventListener`].
+//!
+//! Listeners run inline, on the task that raised the event, so keep them short (count,
+//! log, forward to a channel). With no listener attached, raising an event costs one
+//! branch: the event is never even built.
+//!
+//! ```
+//! use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
+//! use std::time::Duration;
+//! use stormwall::{Pipeline, retry::RetryOptions, telemetry::{Event, EventListener, EventSource}};
+//!
+//! #[derive(Default)]
+//! struct CountRetries(AtomicU32);
+//! impl EventListener for CountRetries {
+//!     fn on_event(&self, _source: &EventSource<'_>, event: &Event) {
+//!         if let Event::Retry(_) = event {
+//!             self.0.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let counter = Arc::new(CountRetries::default());
+//! let pipeline = Pipeline::builder()
+//!     .name("payments")
+//!     .listener(counter.clone())
+//!     .retry(RetryOptions::constant(Duration::from_millis(10)).max_retries(2))
+//!     .build()
+//!     .unwrap();
+//! let _ = pipeline.execute(|_| async { Err::<(), _>("down") }).await;
+//! assert_eq!(counter.0.load(Ordering::Relaxed), 2);
+//! # }
+//! ```
+
+mod tracing_listener;
+
+pub use tracing_listener::TracingListener;
+
+use crate::circuit_breaker::{CircuitRejected, CircuitTransition};
+use crate::fallback::FallbackUsed;
+use crate::retry::RetryScheduled;
+use crate::timeout::TimedOut;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Something a strategy did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Retry is about to wait and try again.
+    Retry(RetryScheduled),
+    /// A timeout cancelled the operation.
+    Timeout(TimedOut),
+    /// A circuit breaker changed state.
+    CircuitTransition(CircuitTransition),
+    /// A circuit breaker rejected a call.
+    CircuitRejected(CircuitRejected),
+    /// Fallback replaced an outcome.
+    Fallback(FallbackUsed),
+    /// A whole execution through the pipeline ended.
+    ExecutionCompleted(ExecutionCompleted),
+}
+
+impl Event {
+    /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
+    /// `circuit_transition`, `circuit_rejected`, `fallback`, `execution_completed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Retry(_) => "retry",
+            Event::Timeout(_) => "timeout",
+            Event::CircuitTransition(_) => "circuit_transition",
+            Event::CircuitRejected(_) => "circuit_rejected",
+            Event::Fallback(_) => "fallback",
+            Event::ExecutionCompleted(_) => "execution_completed",
+        }
+    }
+}
+
+/// A whole execution through the pipeline ended, after every strategy had its say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionCompleted {
+    /// Wall time from the call to `execute` to its outcome.
+    pub duration: Duration,
+    /// Whether the outcome was `Ok`.
+    pub success: bool,
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSource<'a> {
+    /// The pipeline's name (`"default"` unless set with `PipelineBuilder::name`).
+    pub pipeline: &'a str,
+    /// The strategy kind: `retry`, `timeout`, `circuit_breaker`, `fallback`, `pipeline`.
+    pub strategy: &'static str,
+}
+
+/// Receives every event the strategies of a pipeline raise.
+///
+/// Called inline on the task that raised the event; must not block. A listener must not
+/// call back into the manual control of the breaker that raised a transition.
+pub trait EventListener: Send + Sync + 'static {
+    /// Handles one event.
+    fn on_event(&self, source: &EventSource<'_>, event: &Event);
+}
+
+/// What each strategy holds to raise events: the pipeline's name and its listener.
+#[derive(Clone)]
+pub struct Telemetry {
+    pipeline: Arc<str>,
+    listener: Option<Arc<dyn EventListener>>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            pipeline: Arc::from("default"),
+            listener: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("pipeline", &self.pipeline)
+            .field("listener", &self.listener.is_some())
+            .finish()
+    }
+}
+
+impl Telemetry {
+    /// Telemetry for the pipeline `name`, reporting to `listener` (if any).
+    pub fn new(name: impl Into<Arc<str>>, listener: Option<Arc<dyn EventListener>>) -> Self {
+        Telemetry {
+            pipeline: name.into(),
+            listener,
+        }
+    }
+
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// `true` when a listener is attached.
+    #[inline]
+    pub fn is_enabled(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Raises the event `make` builds — only if a listener is attached.
+    #[inline]
+    pub fn emit(&self, strategy: &'static str, make: impl FnOnce() -> Event) {
+        if let Some(listener) = &self.listener {
+            let source = EventSource {
+                pipeline: &self.pipeline,
+                strategy,
+            };
+            listener.on_event(&source, &make());
+        }
+    }
+}

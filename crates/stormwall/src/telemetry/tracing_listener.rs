@@ -1,0 +1,36 @@
+use super::{Event, EventListener, EventSource};
+
+/// Logs every event through `tracing`: transitions and rejections at `warn`, retries,
+/// timeouts and fallbacks at `info`, completed executions at `debug`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingListener;
+
+impl EventListener for TracingListener {
+    fn on_event(&self, source: &EventSource<'_>, event: &Event) {
+        let pipeline = source.pipeline;
+        let strategy = source.strategy;
+        match event {
+            Event::CircuitTransition(t) => tracing::warn!(
+                pipeline, strategy, from = ?t.from, to = ?t.to, reason = ?t.reason,
+                "circuit breaker transition"
+            ),
+            Event::CircuitRejected(r) => tracing::debug!(
+                pipeline, strategy, state = ?r.state, retry_after = ?r.retry_after,
+                "circuit breaker rejected a call"
+            ),
+            Event::Retry(r) => tracing::info!(
+                pipeline, strategy, attempt = r.attempt, delay = ?r.delay, "retrying"
+            ),
+            Event::Timeout(t) => {
+                tracing::info!(pipeline, strategy, timeout = ?t.timeout, "timed out")
+            }
+            Event::Fallback(f) => {
+                tracing::info!(pipeline, strategy, outcome = f.outcome, "fallback used")
+            }
+            Event::ExecutionCompleted(e) => tracing::debug!(
+                pipeline, strategy, duration = ?e.duration, success = e.success,
+                "execution completed"
+            ),
+        }
+    }
+}
