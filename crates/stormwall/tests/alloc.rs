@@ -1,0 +1,109 @@
+//! A successful execution through the full composite allocates nothing.
+//!
+//! A counting global allocator wraps the system one; the count is read around the calls.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use stormwall::circuit_breaker::CircuitBreakerOptions;
+use stormwall::fallback::FallbackOptions;
+use stormwall::retry::RetryOptions;
+use stormwall::Pipeline;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+// SAFETY: every call is forwarded unchanged to `System`; the wrapper only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn successful_composite_execution_allocates_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder()
+        .fallback(FallbackOptions::value(0u64))
+        .timeout(Duration::from_secs(30))
+        .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
+        .circuit_breaker(
+            CircuitBreakerOptions::new()
+                .failure_ratio(0.5)
+                .minimum_throughput(10)
+                .sampling_duration(Duration::from_secs(10)),
+        )
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Warm up: the runtime's timer wheel, its deferred-wake list and thread-locals
+        // allocate (and grow) on first use.
+        for _ in 0..2000 {
+            let v = pipeline.execute(|_| async { Ok::<_, ()>(1u64) }).await;
+            assert_eq!(v, Ok(1));
+            let v = pipeline
+                .execute(|_| async {
+                    tokio::task::yield_now().await;
+                    Ok::<_, ()>(2u64)
+                })
+                .await;
+            assert_eq!(v, Ok(2));
+        }
+
+        COUNTING.store(true, Ordering::SeqCst);
+        for _ in 0..1000 {
+            let v = pipeline.execute(|_| async { Ok::<_, ()>(1u64) }).await;
+            assert_eq!(v, Ok(1));
+        }
+        let ready = ALLOCATIONS.swap(0, Ordering::SeqCst);
+        for _ in 0..1000 {
+            // Pending once: both timeouts arm a timer.
+            let v = pipeline
+                .execute(|_| async {
+                    tokio::task::yield_now().await;
+                    Ok::<_, ()>(2u64)
+                })
+                .await;
+            assert_eq!(v, Ok(2));
+        }
+        let pending = ALLOCATIONS.swap(0, Ordering::SeqCst);
+        COUNTING.store(false, Ordering::SeqCst);
+        assert_eq!(ready, 0, "allocations on the ready success path");
+        assert_eq!(pending, 0, "allocations on the pending success path");
+    });
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // Proves the allocator above counts: without this, a broken counter passes the test.
+    COUNTING.store(true, Ordering::SeqCst);
+    let v = std::hint::black_box(vec![1u8; 64]);
+    COUNTING.store(false, Ordering::SeqCst);
+    drop(v);
+    assert!(ALLOCATIONS.swap(0, Ordering::SeqCst) >= 1);
+}
