@@ -1,1 +1,303 @@
-fn main() {}
+//! Criterion benchmarks: every strategy's success path, the composite, the open breaker,
+//! two threads on one breaker, and the peers (tower-resilience, recloser, failsafe, tower)
+//! measured in the same run. Policies are built outside the timed loops.
+//!
+//! Run with `cargo bench -p stormwall`.
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions};
+use stormwall::fallback::FallbackOptions;
+use stormwall::retry::RetryOptions;
+use stormwall::Pipeline;
+use tokio::runtime::Runtime;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+/// A current-thread runtime with the timer, as an async caller would have.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// Times `iters` runs of `$body` (an expression that may `.await`) inside one `block_on`.
+macro_rules! timed {
+    ($b:expr, $rt:expr, $body:expr) => {
+        $b.iter_custom(|iters| {
+            $rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let _ = black_box($body);
+                }
+                start.elapsed()
+            })
+        })
+    };
+}
+
+#[inline(never)]
+async fn op() -> Result<u64, std::io::Error> {
+    Ok(black_box(1))
+}
+
+fn breaker_options() -> CircuitBreakerOptions {
+    CircuitBreakerOptions::new()
+        .failure_ratio(0.5)
+        .minimum_throughput(10)
+        .sampling_duration(Duration::from_secs(10))
+}
+
+fn success_paths(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("success");
+
+    g.bench_function("bare call", |b| timed!(b, rt, op().await));
+
+    let p = Pipeline::builder().build().unwrap();
+    g.bench_function("stormwall empty pipeline", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+
+    let p = Pipeline::builder()
+        .circuit_breaker(breaker_options())
+        .build()
+        .unwrap();
+    g.bench_function("stormwall breaker (time window)", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+    let p = Pipeline::builder()
+        .circuit_breaker(breaker_options().count_window(100))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall breaker (count window)", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+    let p = Pipeline::builder()
+        .circuit_breaker(CircuitBreakerOptions::consecutive(5))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall breaker (consecutive)", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+    let p = Pipeline::builder()
+        .retry(RetryOptions::exponential(Duration::from_millis(200)))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall retry", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+    let p = Pipeline::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall timeout", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+    let p = Pipeline::builder()
+        .fallback(FallbackOptions::value(0))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall fallback", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+
+    // Peers.
+    let recloser = recloser::AsyncRecloser::from(recloser::Recloser::custom().build());
+    g.bench_function("recloser breaker", |b| {
+        timed!(b, rt, recloser.call(op()).await)
+    });
+    let failsafe = failsafe::Config::new().build();
+    g.bench_function("failsafe breaker", |b| {
+        timed!(
+            b,
+            rt,
+            failsafe::futures::CircuitBreaker::call(&failsafe, op()).await
+        )
+    });
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .build()
+                .unwrap(),
+        )
+        .service(tower::service_fn(|_: ()| op()));
+    g.bench_function("tower-resilience breaker", |b| {
+        timed!(b, rt, svc.ready().await.unwrap().call(()).await)
+    });
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            tower_resilience::retry::RetryLayer::<(), u64, std::io::Error>::builder()
+                .max_attempts(4)
+                .exponential_backoff(Duration::from_millis(200))
+                .build(),
+        )
+        .service(tower::service_fn(|_: ()| op()));
+    g.bench_function("tower-resilience retry", |b| {
+        timed!(b, rt, svc.ready().await.unwrap().call(()).await)
+    });
+    let mut svc = ServiceBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .service(tower::service_fn(|_: ()| op()));
+    g.bench_function("tower timeout", |b| {
+        timed!(b, rt, svc.ready().await.unwrap().call(()).await)
+    });
+    g.finish();
+}
+
+fn composite(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("composite");
+    let p = Pipeline::builder()
+        .fallback(FallbackOptions::value(0))
+        .timeout(Duration::from_secs(30))
+        .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
+        .circuit_breaker(breaker_options())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    g.bench_function(
+        "stormwall total timeout > retry > breaker > attempt timeout > fallback",
+        |b| timed!(b, rt, p.execute(|_| op()).await),
+    );
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            tower_resilience::retry::RetryLayer::<
+                (),
+                u64,
+                tower_resilience::circuitbreaker::CircuitBreakerError<
+                    tower_resilience::timelimiter::TimeLimiterError<std::io::Error>,
+                >,
+            >::builder()
+            .max_attempts(4)
+            .exponential_backoff(Duration::from_millis(200))
+            .build(),
+        )
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .build()
+                .unwrap(),
+        )
+        .layer(tower_resilience::timelimiter::TimeLimiterLayer::standard().build())
+        .service(tower::service_fn(|_: ()| op()));
+    g.bench_function("tower-resilience retry > breaker > time limiter", |b| {
+        timed!(b, rt, svc.ready().await.unwrap().call(()).await)
+    });
+    g.finish();
+}
+
+fn open_rejection(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("open");
+    let breaker = CircuitBreaker::new(
+        CircuitBreakerOptions::consecutive(1).break_duration(Duration::from_secs(86_400)),
+    )
+    .unwrap();
+    breaker.isolate();
+    let isolated = Pipeline::builder()
+        .circuit_breaker(breaker)
+        .build()
+        .unwrap();
+    g.bench_function("stormwall isolated rejection", |b| {
+        timed!(b, rt, isolated.execute(|_| op()).await.is_err())
+    });
+    let breaker = CircuitBreaker::new(
+        CircuitBreakerOptions::consecutive(1).break_duration(Duration::from_secs(86_400)),
+    )
+    .unwrap();
+    breaker.try_acquire().unwrap().record_failure();
+    let open = Pipeline::builder()
+        .circuit_breaker(breaker)
+        .build()
+        .unwrap();
+    g.bench_function("stormwall open rejection", |b| {
+        timed!(b, rt, open.execute(|_| op()).await.is_err())
+    });
+    let recloser = recloser::AsyncRecloser::from(
+        recloser::Recloser::custom()
+            .closed_len(1)
+            .open_wait(Duration::from_secs(86_400))
+            .build(),
+    );
+    rt.block_on(async {
+        for _ in 0..3 {
+            let _ = recloser.call(async { Err::<(), _>(()) }).await;
+        }
+    });
+    g.bench_function("recloser open rejection", |b| {
+        timed!(b, rt, recloser.call(op()).await.is_err())
+    });
+    g.finish();
+}
+
+/// Runs `per_thread` on two threads at once, `iters` times each; returns the wall time.
+fn two_threads(iters: u64, per_thread: impl Fn() + Sync) -> Duration {
+    let barrier = Barrier::new(3);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                barrier.wait();
+                for _ in 0..iters {
+                    per_thread();
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+fn contention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("two threads, one breaker");
+    for (name, options) in [
+        ("stormwall (time window)", breaker_options()),
+        (
+            "stormwall (count window)",
+            breaker_options().count_window(100),
+        ),
+        (
+            "stormwall (consecutive)",
+            CircuitBreakerOptions::consecutive(5),
+        ),
+    ] {
+        let breaker = Arc::new(CircuitBreaker::new(options).unwrap());
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, || breaker.try_acquire().unwrap().record_success())
+            })
+        });
+    }
+    let recloser = recloser::Recloser::custom().build();
+    g.bench_function("recloser", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                let _ = black_box(recloser.call(|| Ok::<_, ()>(1)));
+            })
+        })
+    });
+    let failsafe = failsafe::Config::new().build();
+    g.bench_function("failsafe", |b| {
+        b.iter_custom(|iters| {
+            two_threads(iters, || {
+                let _ = black_box(failsafe::CircuitBreaker::call(&failsafe, || Ok::<_, ()>(1)));
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    targets = success_paths, composite, open_rejection, contention
+}
+criterion_main!(benches);

@@ -16,13 +16,19 @@ async fn main() -> Result<(), stormwall::ConfigError> {
             .sampling_duration(Duration::from_secs(5))
             .break_duration(Duration::from_millis(200)),
     )?;
-    let pipeline = Pipeline::builder().circuit_breaker(breaker.clone()).build()?;
+    let pipeline = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()?;
     for i in 0..6 {
-        let outcome = pipeline.execute(|_| async { Err::<(), _>("connection refused") }).await;
+        let outcome = pipeline
+            .execute(|_| async { Err::<(), _>("connection refused") })
+            .await;
         println!("call {i}: {outcome:?} — breaker {}", breaker.state());
     }
     sleep(Duration::from_millis(250)).await;
-    let outcome = pipeline.execute(|_| async { Ok::<_, &str>("healthy again") }).await;
+    let outcome = pipeline
+        .execute(|_| async { Ok::<_, &str>("healthy again") })
+        .await;
     println!("probe: {outcome:?} — breaker {}", breaker.state());
 
     // The permit API, for code that is not a closure.

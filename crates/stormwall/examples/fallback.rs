@@ -10,10 +10,12 @@ use tokio::time::sleep;
 #[tokio::main]
 async fn main() -> Result<(), stormwall::ConfigError> {
     let pipeline = Pipeline::builder()
-        .fallback(FallbackOptions::with(|outcome: Result<String, Error<String>>| async move {
-            let why = outcome.err().map(|e| e.kind()).unwrap_or("ok");
-            Ok(format!("PaymentPending (real-time payment failed: {why})"))
-        }))
+        .fallback(FallbackOptions::with(
+            |outcome: Result<String, Error<String>>| async move {
+                let why = outcome.err().map(|e| e.kind()).unwrap_or("ok");
+                Ok(format!("PaymentPending (real-time payment failed: {why})"))
+            },
+        ))
         .timeout(Duration::from_millis(100))
         .build()?;
     let outcome = pipeline

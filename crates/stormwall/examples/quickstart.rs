@@ -19,13 +19,22 @@ impl EventListener for Print {
     fn on_event(&self, _: &EventSource<'_>, event: &Event) {
         let at = self.0.elapsed().as_millis();
         match event {
-            Event::Retry(r) => println!("  {at:>5} ms  retry     attempt {} after {:?}", r.attempt, r.delay),
+            Event::Retry(r) => println!(
+                "  {at:>5} ms  retry     attempt {} after {:?}",
+                r.attempt, r.delay
+            ),
             Event::Timeout(t) => println!("  {at:>5} ms  timeout   gave up after {:?}", t.timeout),
             Event::CircuitTransition(t) => {
-                println!("  {at:>5} ms  breaker   {} -> {} ({:?})", t.from, t.to, t.reason)
+                println!(
+                    "  {at:>5} ms  breaker   {} -> {} ({:?})",
+                    t.from, t.to, t.reason
+                )
             }
             Event::CircuitRejected(r) => {
-                println!("  {at:>5} ms  breaker   rejected, retry after {:?}", r.retry_after)
+                println!(
+                    "  {at:>5} ms  breaker   rejected, retry after {:?}",
+                    r.retry_after
+                )
             }
             Event::Fallback(f) => println!("  {at:>5} ms  fallback  replaced `{}`", f.outcome),
             Event::ExecutionCompleted(_) => {}
@@ -90,8 +99,13 @@ async fn main() -> Result<(), stormwall::ConfigError> {
 
     println!("\nPart 3: the service is back; after the break a probe closes the breaker");
     sleep(Duration::from_millis(600)).await;
-    let outcome = pipeline.execute(|_ctx| async { Ok::<_, &str>("charged") }).await;
+    let outcome = pipeline
+        .execute(|_ctx| async { Ok::<_, &str>("charged") })
+        .await;
     println!("order 9: {outcome:?} (breaker {})", breaker.state());
-    println!("\n{} calls reached the payment service", calls.load(Ordering::Relaxed));
+    println!(
+        "\n{} calls reached the payment service",
+        calls.load(Ordering::Relaxed)
+    );
     Ok(())
 }

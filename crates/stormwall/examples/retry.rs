@@ -24,7 +24,13 @@ async fn main() -> Result<(), stormwall::ConfigError> {
         .execute(|ctx| {
             calls.fetch_add(1, Ordering::Relaxed);
             println!("attempt {} at {:?}", ctx.attempt(), start.elapsed());
-            async move { if ctx.attempt() < 2 { Err("503") } else { Ok("done") } }
+            async move {
+                if ctx.attempt() < 2 {
+                    Err("503")
+                } else {
+                    Ok("done")
+                }
+            }
         })
         .await;
     println!("{outcome:?} after {} calls", calls.load(Ordering::Relaxed));

@@ -17,7 +17,11 @@ async fn main() -> Result<(), stormwall::ConfigError> {
     let start = Instant::now();
     let outcome = pipeline
         .execute(|ctx| async move {
-            println!("attempt {} with {:?} left", ctx.attempt(), ctx.remaining().unwrap());
+            println!(
+                "attempt {} with {:?} left",
+                ctx.attempt(),
+                ctx.remaining().unwrap()
+            );
             sleep(Duration::from_secs(1)).await; // a dependency that hangs
             Ok::<_, ()>(())
         })

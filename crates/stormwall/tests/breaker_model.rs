@@ -56,11 +56,19 @@ impl Config {
 #[derive(Debug, Clone)]
 enum Op {
     /// Acquire and, if admitted, record at once.
-    Call { failure: bool, slow: bool },
+    Call {
+        failure: bool,
+        slow: bool,
+    },
     /// Acquire and, if admitted, keep the permit.
     Hold,
     /// Record (or, with `cancel`, drop) the held permit at `index % held.len()`.
-    Finish { index: usize, failure: bool, slow: bool, cancel: bool },
+    Finish {
+        index: usize,
+        failure: bool,
+        slow: bool,
+        cancel: bool,
+    },
     Advance(u64),
     Manual(u8),
 }
@@ -172,7 +180,13 @@ impl Model {
         }
     }
 
-    fn record(&mut self, ticket: Ticket, failure: bool, slow: bool, now: u64) -> Option<Transition> {
+    fn record(
+        &mut self,
+        ticket: Ticket,
+        failure: bool,
+        slow: bool,
+        now: u64,
+    ) -> Option<Transition> {
         match ticket {
             Ticket::Normal => {
                 if self.state != CircuitState::Closed {
@@ -189,19 +203,31 @@ impl Model {
                 }
                 if let Some(n) = self.c.consecutive {
                     if self.consecutive_failures >= n {
-                        return self.go(CircuitState::Open, TransitionReason::ConsecutiveFailures, now);
+                        return self.go(
+                            CircuitState::Open,
+                            TransitionReason::ConsecutiveFailures,
+                            now,
+                        );
                     }
                 }
                 let (total, failures, slows) = self.window(now);
                 if total >= self.c.minimum_throughput {
                     if let Some(r) = self.c.failure_ratio {
                         if f64::from(failures) / f64::from(total) >= r {
-                            return self.go(CircuitState::Open, TransitionReason::FailureRatio, now);
+                            return self.go(
+                                CircuitState::Open,
+                                TransitionReason::FailureRatio,
+                                now,
+                            );
                         }
                     }
                     if let Some(r) = self.c.slow_ratio {
                         if f64::from(slows) / f64::from(total) >= r {
-                            return self.go(CircuitState::Open, TransitionReason::SlowCallRatio, now);
+                            return self.go(
+                                CircuitState::Open,
+                                TransitionReason::SlowCallRatio,
+                                now,
+                            );
                         }
                     }
                 }
@@ -249,7 +275,12 @@ impl Model {
 
 fn config() -> impl Strategy<Value = Config> {
     (
-        prop_oneof![Just(None), Just(Some(0.3)), Just(Some(0.5)), Just(Some(1.0))],
+        prop_oneof![
+            Just(None),
+            Just(Some(0.3)),
+            Just(Some(0.5)),
+            Just(Some(1.0))
+        ],
         2u32..6,
         prop_oneof![Just(1000u64), Just(500)],
         prop_oneof![Just(None), (0u32..4).prop_map(Some)],
@@ -261,7 +292,18 @@ fn config() -> impl Strategy<Value = Config> {
         1u32..4,
     )
         .prop_map(
-            |(ratio, min, sampling, count_extra, consecutive, slow, brk, growing, permitted, success)| {
+            |(
+                ratio,
+                min,
+                sampling,
+                count_extra,
+                consecutive,
+                slow,
+                brk,
+                growing,
+                permitted,
+                success,
+            )| {
                 let mut c = Config {
                     failure_ratio: ratio,
                     minimum_throughput: min,
@@ -304,14 +346,17 @@ fn check(c: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let mut model = Model::new(c);
         let mut now = 0u64;
         let mut held: Vec<Ticket> = vec![];
-        let as_tuple = |t: stormwall::circuit_breaker::CircuitTransition| {
-            (t.from, t.to, t.reason, t.sequence)
-        };
+        let as_tuple =
+            |t: stormwall::circuit_breaker::CircuitTransition| (t.from, t.to, t.reason, t.sequence);
         for (step, op) in ops.into_iter().enumerate() {
             match op {
-                Op::Call { failure, slow } | Op::Finish { failure, slow, cancel: false, .. }
-                    if matches!(op, Op::Call { .. }) || !held.is_empty() =>
-                {
+                Op::Call { failure, slow }
+                | Op::Finish {
+                    failure,
+                    slow,
+                    cancel: false,
+                    ..
+                } if matches!(op, Op::Call { .. }) || !held.is_empty() => {
                     let ticket = if let Op::Finish { index, .. } = op {
                         held.remove(index % held.len())
                     } else {
@@ -328,7 +373,11 @@ fn check(c: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let want = model.record(ticket, failure, slow, now);
                     prop_assert_eq!(got.map(as_tuple), want, "record at step {}", step);
                 }
-                Op::Finish { index, cancel: true, .. } if !held.is_empty() => {
+                Op::Finish {
+                    index,
+                    cancel: true,
+                    ..
+                } if !held.is_empty() => {
                     let ticket = held.remove(index % held.len());
                     store.release(ticket);
                     model.release(ticket);

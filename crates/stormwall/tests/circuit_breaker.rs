@@ -17,9 +17,9 @@ fn transitions(recorder: &Recorder) -> Vec<(CircuitState, CircuitState, Transiti
         .events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::CircuitTransition(CircuitTransition { from, to, reason, .. }) => {
-                Some((from, to, reason))
-            }
+            Event::CircuitTransition(CircuitTransition {
+                from, to, reason, ..
+            }) => Some((from, to, reason)),
             _ => None,
         })
         .collect()
@@ -29,7 +29,14 @@ async fn call<S: stormwall::pipeline::Strategy<(), &'static str>>(
     p: &Pipeline<S>,
     fail: bool,
 ) -> Result<(), Error<&'static str>> {
-    p.execute(|_| async move { if fail { Err("boom") } else { Ok(()) } }).await
+    p.execute(|_| async move {
+        if fail {
+            Err("boom")
+        } else {
+            Ok(())
+        }
+    })
+    .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -41,7 +48,10 @@ async fn opens_after_failure_ratio_reached_with_minimum_throughput() {
             .sampling_duration(Duration::from_secs(10)),
     )
     .unwrap();
-    let p = Pipeline::builder().circuit_breaker(breaker.clone()).build().unwrap();
+    let p = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
     // 3 failures, but under the minimum throughput: stays closed.
     for _ in 0..3 {
         let _ = call(&p, true).await;
@@ -62,7 +72,10 @@ async fn failures_older_than_the_sampling_duration_are_forgotten() {
             .sampling_duration(Duration::from_secs(1)),
     )
     .unwrap();
-    let p = Pipeline::builder().circuit_breaker(breaker.clone()).build().unwrap();
+    let p = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
     let _ = call(&p, true).await;
     advance(Duration::from_millis(1100)).await;
     let _ = call(&p, true).await; // the first failure is out of the window
@@ -80,7 +93,10 @@ async fn count_window_considers_only_the_last_n_calls() {
             .count_window(4),
     )
     .unwrap();
-    let p = Pipeline::builder().circuit_breaker(breaker.clone()).build().unwrap();
+    let p = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
     for fail in [true, false, false, false, false, true] {
         let _ = call(&p, fail).await;
     }
@@ -93,7 +109,10 @@ async fn count_window_considers_only_the_last_n_calls() {
 #[tokio::test(start_paused = true)]
 async fn opens_after_consecutive_failures_and_success_resets_the_run() {
     let breaker = CircuitBreaker::new(CircuitBreakerOptions::consecutive(3)).unwrap();
-    let p = Pipeline::builder().circuit_breaker(breaker.clone()).build().unwrap();
+    let p = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
     for fail in [true, true, false, true, true] {
         let _ = call(&p, fail).await;
     }
@@ -131,7 +150,11 @@ async fn opens_on_slow_call_ratio() {
     assert_eq!(breaker.state(), CircuitState::Open);
     assert_eq!(
         transitions(&recorder),
-        vec![(CircuitState::Closed, CircuitState::Open, TransitionReason::SlowCallRatio)]
+        vec![(
+            CircuitState::Closed,
+            CircuitState::Open,
+            TransitionReason::SlowCallRatio
+        )]
     );
 }
 
@@ -153,7 +176,13 @@ async fn open_rejects_fast_with_time_until_half_open_then_probe_closes() {
         async move {
             p.execute(|_| {
                 calls.fetch_add(1, Ordering::Relaxed);
-                async move { if fail { Err("boom") } else { Ok(()) } }
+                async move {
+                    if fail {
+                        Err("boom")
+                    } else {
+                        Ok(())
+                    }
+                }
             })
             .await
         }
@@ -162,18 +191,36 @@ async fn open_rejects_fast_with_time_until_half_open_then_probe_closes() {
     advance(Duration::from_secs(10)).await;
     assert_eq!(
         counted(false).await,
-        Err(Error::CircuitOpen { retry_after: Some(Duration::from_secs(20)) })
+        Err(Error::CircuitOpen {
+            retry_after: Some(Duration::from_secs(20))
+        })
     );
-    assert_eq!(calls.load(Ordering::Relaxed), 1, "rejected call must not run");
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "rejected call must not run"
+    );
     advance(Duration::from_secs(20)).await;
     assert_eq!(counted(false).await, Ok(()));
     assert_eq!(breaker.state(), CircuitState::Closed);
     assert_eq!(
         transitions(&recorder),
         vec![
-            (CircuitState::Closed, CircuitState::Open, TransitionReason::ConsecutiveFailures),
-            (CircuitState::Open, CircuitState::HalfOpen, TransitionReason::BreakElapsed),
-            (CircuitState::HalfOpen, CircuitState::Closed, TransitionReason::ProbesSucceeded),
+            (
+                CircuitState::Closed,
+                CircuitState::Open,
+                TransitionReason::ConsecutiveFailures
+            ),
+            (
+                CircuitState::Open,
+                CircuitState::HalfOpen,
+                TransitionReason::BreakElapsed
+            ),
+            (
+                CircuitState::HalfOpen,
+                CircuitState::Closed,
+                TransitionReason::ProbesSucceeded
+            ),
         ]
     );
     assert_eq!(recorder.count("circuit_rejected"), 1);
@@ -211,11 +258,17 @@ async fn failed_probe_reopens_for_a_generated_longer_break() {
     )
     .unwrap();
     breaker.try_acquire().unwrap().record_failure();
-    assert_eq!(breaker.try_acquire().err().unwrap().retry_after, Some(Duration::from_secs(10)));
+    assert_eq!(
+        breaker.try_acquire().err().unwrap().retry_after,
+        Some(Duration::from_secs(10))
+    );
     advance(Duration::from_secs(10)).await;
     breaker.try_acquire().unwrap().record_failure();
     assert_eq!(breaker.state(), CircuitState::Open);
-    assert_eq!(breaker.try_acquire().err().unwrap().retry_after, Some(Duration::from_secs(20)));
+    assert_eq!(
+        breaker.try_acquire().err().unwrap().retry_after,
+        Some(Duration::from_secs(20))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -224,7 +277,10 @@ async fn dropped_probe_gives_back_its_slot() {
         CircuitBreakerOptions::consecutive(1).break_duration(Duration::from_secs(1)),
     )
     .unwrap();
-    let p = Pipeline::builder().circuit_breaker(breaker.clone()).build().unwrap();
+    let p = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
     let _ = call(&p, true).await;
     advance(Duration::from_secs(1)).await;
     // The probe hangs and its caller gives up: the future is dropped mid-call.
@@ -232,7 +288,9 @@ async fn dropped_probe_gives_back_its_slot() {
         sleep(Duration::from_secs(3600)).await;
         Ok::<_, &str>(())
     });
-    assert!(tokio::time::timeout(Duration::from_millis(10), hung).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(10), hung)
+        .await
+        .is_err());
     assert_eq!(breaker.state(), CircuitState::HalfOpen);
     // Without the slot back, this probe would be rejected.
     assert_eq!(call(&p, false).await, Ok(()));
@@ -265,24 +323,51 @@ async fn manual_isolate_close_and_disable() {
         .build()
         .unwrap();
     breaker.isolate();
-    assert_eq!(call(&p, false).await, Err(Error::CircuitOpen { retry_after: None }));
+    assert_eq!(
+        call(&p, false).await,
+        Err(Error::CircuitOpen { retry_after: None })
+    );
     advance(Duration::from_secs(3600)).await;
-    assert_eq!(breaker.state(), CircuitState::Isolated, "isolation does not time out");
+    assert_eq!(
+        breaker.state(),
+        CircuitState::Isolated,
+        "isolation does not time out"
+    );
     breaker.close();
     assert_eq!(call(&p, false).await, Ok(()));
     breaker.disable();
     for _ in 0..5 {
         assert_eq!(call(&p, true).await, Err(Error::Inner("boom")));
     }
-    assert_eq!(breaker.state(), CircuitState::Disabled, "disabled counts nothing");
+    assert_eq!(
+        breaker.state(),
+        CircuitState::Disabled,
+        "disabled counts nothing"
+    );
     breaker.close();
     assert_eq!(
         transitions(&recorder),
         vec![
-            (CircuitState::Closed, CircuitState::Isolated, TransitionReason::Manual),
-            (CircuitState::Isolated, CircuitState::Closed, TransitionReason::Manual),
-            (CircuitState::Closed, CircuitState::Disabled, TransitionReason::Manual),
-            (CircuitState::Disabled, CircuitState::Closed, TransitionReason::Manual),
+            (
+                CircuitState::Closed,
+                CircuitState::Isolated,
+                TransitionReason::Manual
+            ),
+            (
+                CircuitState::Isolated,
+                CircuitState::Closed,
+                TransitionReason::Manual
+            ),
+            (
+                CircuitState::Closed,
+                CircuitState::Disabled,
+                TransitionReason::Manual
+            ),
+            (
+                CircuitState::Disabled,
+                CircuitState::Closed,
+                TransitionReason::Manual
+            ),
         ]
     );
 }
@@ -294,7 +379,10 @@ async fn predicate_decides_what_counts_as_failure() {
             .handle(|r: &Result<(), Error<&'static str>>| matches!(r, Err(Error::Inner("fatal")))),
     )
     .unwrap();
-    let p = Pipeline::builder().circuit_breaker(breaker.clone()).build().unwrap();
+    let p = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
     let _ = p.execute(|_| async { Err::<(), _>("not found") }).await;
     assert_eq!(breaker.state(), CircuitState::Closed);
     let _ = p.execute(|_| async { Err::<(), _>("fatal") }).await;

@@ -56,12 +56,14 @@ async fn fallback_outermost_covers_exhausted_retries() {
     let recorder = Recorder::new();
     let pipeline = Pipeline::builder()
         .listener(recorder.clone())
-        .fallback(FallbackOptions::with(|outcome: Result<u32, Error<&'static str>>| async move {
-            match outcome {
-                Err(Error::Inner(_)) => Ok(0),
-                other => other,
-            }
-        }))
+        .fallback(FallbackOptions::with(
+            |outcome: Result<u32, Error<&'static str>>| async move {
+                match outcome {
+                    Err(Error::Inner(_)) => Ok(0),
+                    other => other,
+                }
+            },
+        ))
         .retry(RetryOptions::constant(Duration::from_millis(1)).max_retries(2))
         .build()
         .unwrap();
@@ -79,8 +81,14 @@ async fn fallback_predicate_can_replace_ok_outcomes() {
         )
         .build()
         .unwrap();
-    assert_eq!(pipeline.execute(|_| async { Ok::<_, ()>(503) }).await, Ok(200));
-    assert_eq!(pipeline.execute(|_| async { Ok::<_, ()>(404) }).await, Ok(404));
+    assert_eq!(
+        pipeline.execute(|_| async { Ok::<_, ()>(503) }).await,
+        Ok(200)
+    );
+    assert_eq!(
+        pipeline.execute(|_| async { Ok::<_, ()>(404) }).await,
+        Ok(404)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -117,8 +125,14 @@ async fn context_carries_key_properties_and_attempt() {
 #[tokio::test(start_paused = true)]
 async fn one_breaker_shared_by_two_pipelines() {
     let breaker = CircuitBreaker::new(CircuitBreakerOptions::consecutive(2)).unwrap();
-    let a = Pipeline::builder().circuit_breaker(breaker.clone()).build().unwrap();
-    let b = Pipeline::builder().circuit_breaker(breaker.clone()).build().unwrap();
+    let a = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
+    let b = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
     let _ = a.execute(|_| async { Err::<(), _>(()) }).await;
     let _ = b.execute(|_| async { Err::<(), _>(()) }).await;
     assert_eq!(breaker.state(), CircuitState::Open);
@@ -136,7 +150,9 @@ async fn execution_future_is_send_and_spawnable() {
             .unwrap(),
     );
     let handle = tokio::spawn(async move {
-        pipeline.execute(|_| async { Ok::<_, std::io::Error>(1) }).await
+        pipeline
+            .execute(|_| async { Ok::<_, std::io::Error>(1) })
+            .await
     });
     assert_eq!(handle.await.unwrap().unwrap(), 1);
 }
@@ -163,7 +179,12 @@ async fn tower_layer_retries_a_service_and_composes_with_service_builder() {
     let mut service = ServiceBuilder::new()
         .layer(PipelineLayer::new(pipeline))
         .service(flaky);
-    let answer = service.ready().await.unwrap().call("world".to_owned()).await;
+    let answer = service
+        .ready()
+        .await
+        .unwrap()
+        .call("world".to_owned())
+        .await;
     assert_eq!(answer.unwrap(), "hello world");
     assert_eq!(calls.load(Ordering::Relaxed), 3);
 }
@@ -174,7 +195,10 @@ async fn tower_layer_times_out_a_slow_service() {
         sleep(Duration::from_secs(10)).await;
         Ok::<_, std::io::Error>(())
     });
-    let pipeline = Pipeline::builder().timeout(Duration::from_secs(1)).build().unwrap();
+    let pipeline = Pipeline::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let start = Instant::now();
     let outcome = PipelineLayer::new(pipeline).layer_oneshot(slow).await;
     assert!(matches!(outcome, Err(Error::Timeout(_))));
@@ -191,7 +215,9 @@ trait LayerOneshot {
         Svc::Future: Send;
 }
 
-impl<S: stormwall::pipeline::Strategy<(), std::io::Error> + 'static> LayerOneshot for PipelineLayer<S> {
+impl<S: stormwall::pipeline::Strategy<(), std::io::Error> + 'static> LayerOneshot
+    for PipelineLayer<S>
+{
     async fn layer_oneshot<Svc>(&self, svc: Svc) -> Result<(), Error<std::io::Error>>
     where
         Svc: Service<(), Response = (), Error = std::io::Error> + Clone + Send + Sync + 'static,
@@ -216,41 +242,75 @@ fn field_of<S>(result: Result<Pipeline<S>, ConfigError>) -> String {
 #[test]
 fn invalid_options_are_rejected_at_build_naming_the_field() {
     let cases: Vec<(String, &str)> = vec![
-        (field_of(Pipeline::builder().timeout(Duration::ZERO).build()), "timeout.timeout"),
         (
-            field_of(Pipeline::builder().timeout(TimeoutOptions::new(Duration::from_secs(100_000))).build()),
+            field_of(Pipeline::builder().timeout(Duration::ZERO).build()),
             "timeout.timeout",
         ),
         (
-            field_of(Pipeline::builder().retry(RetryOptions::constant(Duration::ZERO)).build()),
+            field_of(
+                Pipeline::builder()
+                    .timeout(TimeoutOptions::new(Duration::from_secs(100_000)))
+                    .build(),
+            ),
+            "timeout.timeout",
+        ),
+        (
+            field_of(
+                Pipeline::builder()
+                    .retry(RetryOptions::constant(Duration::ZERO))
+                    .build(),
+            ),
             "retry.delay",
         ),
         (
-            field_of(Pipeline::builder().retry(RetryOptions::constant(Duration::from_secs(1)).max_retries(0)).build()),
+            field_of(
+                Pipeline::builder()
+                    .retry(RetryOptions::constant(Duration::from_secs(1)).max_retries(0))
+                    .build(),
+            ),
             "retry.max_retries",
         ),
         (
             field_of(
                 Pipeline::builder()
-                    .retry(RetryOptions::exponential(Duration::from_secs(2)).max_delay(Duration::from_secs(1)))
+                    .retry(
+                        RetryOptions::exponential(Duration::from_secs(2))
+                            .max_delay(Duration::from_secs(1)),
+                    )
                     .build(),
             ),
             "retry.max_delay",
         ),
         (
-            field_of(Pipeline::builder().circuit_breaker(CircuitBreakerOptions::new().failure_ratio(1.5)).build()),
+            field_of(
+                Pipeline::builder()
+                    .circuit_breaker(CircuitBreakerOptions::new().failure_ratio(1.5))
+                    .build(),
+            ),
             "circuit_breaker.failure_ratio",
         ),
         (
-            field_of(Pipeline::builder().circuit_breaker(CircuitBreakerOptions::new().failure_ratio(0.0)).build()),
+            field_of(
+                Pipeline::builder()
+                    .circuit_breaker(CircuitBreakerOptions::new().failure_ratio(0.0))
+                    .build(),
+            ),
             "circuit_breaker.failure_ratio",
         ),
         (
-            field_of(Pipeline::builder().circuit_breaker(CircuitBreakerOptions::new().failure_ratio(f64::NAN)).build()),
+            field_of(
+                Pipeline::builder()
+                    .circuit_breaker(CircuitBreakerOptions::new().failure_ratio(f64::NAN))
+                    .build(),
+            ),
             "circuit_breaker.failure_ratio",
         ),
         (
-            field_of(Pipeline::builder().circuit_breaker(CircuitBreakerOptions::new().minimum_throughput(1)).build()),
+            field_of(
+                Pipeline::builder()
+                    .circuit_breaker(CircuitBreakerOptions::new().minimum_throughput(1))
+                    .build(),
+            ),
             "circuit_breaker.minimum_throughput",
         ),
         (
@@ -262,11 +322,19 @@ fn invalid_options_are_rejected_at_build_naming_the_field() {
             "circuit_breaker.sampling_duration",
         ),
         (
-            field_of(Pipeline::builder().circuit_breaker(CircuitBreakerOptions::new().break_duration(Duration::ZERO)).build()),
+            field_of(
+                Pipeline::builder()
+                    .circuit_breaker(CircuitBreakerOptions::new().break_duration(Duration::ZERO))
+                    .build(),
+            ),
             "circuit_breaker.break_duration",
         ),
         (
-            field_of(Pipeline::builder().circuit_breaker(CircuitBreakerOptions::new().count_window(10)).build()),
+            field_of(
+                Pipeline::builder()
+                    .circuit_breaker(CircuitBreakerOptions::new().count_window(10))
+                    .build(),
+            ),
             "circuit_breaker.sampling_window",
         ),
         (
@@ -278,19 +346,29 @@ fn invalid_options_are_rejected_at_build_naming_the_field() {
             "circuit_breaker.permitted_calls_in_half_open",
         ),
         (
-            field_of(Pipeline::builder().circuit_breaker(CircuitBreakerOptions::new().success_threshold(0)).build()),
+            field_of(
+                Pipeline::builder()
+                    .circuit_breaker(CircuitBreakerOptions::new().success_threshold(0))
+                    .build(),
+            ),
             "circuit_breaker.success_threshold",
         ),
         (
             field_of(
                 Pipeline::builder()
-                    .circuit_breaker(CircuitBreakerOptions::new().slow_call(Duration::from_secs(1), 2.0))
+                    .circuit_breaker(
+                        CircuitBreakerOptions::new().slow_call(Duration::from_secs(1), 2.0),
+                    )
                     .build(),
             ),
             "circuit_breaker.slow_call.ratio",
         ),
         (
-            field_of(Pipeline::builder().circuit_breaker(CircuitBreakerOptions::consecutive(0)).build()),
+            field_of(
+                Pipeline::builder()
+                    .circuit_breaker(CircuitBreakerOptions::consecutive(0))
+                    .build(),
+            ),
             "circuit_breaker.consecutive_failures",
         ),
     ];

@@ -99,17 +99,19 @@ async fn full_jitter_delays_never_exceed_the_backoff() {
     let (_, starts) = run(&pipeline, 10).await;
     for (i, pair) in starts.windows(2).enumerate() {
         let delay = pair[1] - pair[0];
-        assert!(delay <= Duration::from_millis(100 << i), "retry {i}: {delay:?}");
+        assert!(
+            delay <= Duration::from_millis(100 << i),
+            "retry {i}: {delay:?}"
+        );
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn predicate_decides_what_is_retried() {
     let pipeline = Pipeline::builder()
-        .retry(
-            RetryOptions::constant(Duration::from_millis(5))
-                .handle(|r: &Result<u32, Error<&'static str>>| matches!(r, Err(Error::Inner("transient")))),
-        )
+        .retry(RetryOptions::constant(Duration::from_millis(5)).handle(
+            |r: &Result<u32, Error<&'static str>>| matches!(r, Err(Error::Inner("transient"))),
+        ))
         .build()
         .unwrap();
     let calls = AtomicU32::new(0);
@@ -128,11 +130,12 @@ async fn delay_generator_reads_the_outcome() {
     // A Retry-After carried by the error wins over the backoff.
     let pipeline = Pipeline::builder()
         .retry(
-            RetryOptions::constant(Duration::from_millis(10))
-                .delay_generator(|r: &Result<u32, Error<&'static str>>, _attempt| match r {
+            RetryOptions::constant(Duration::from_millis(10)).delay_generator(
+                |r: &Result<u32, Error<&'static str>>, _attempt| match r {
                     Err(Error::Inner("transient")) => Some(Duration::from_secs(2)),
                     _ => None,
-                }),
+                },
+            ),
         )
         .build()
         .unwrap();
@@ -197,11 +200,22 @@ async fn raises_one_event_per_retry_with_attempt_and_delay() {
     assert_eq!(
         retries,
         vec![
-            RetryScheduled { attempt: 1, delay: Duration::from_millis(10) },
-            RetryScheduled { attempt: 2, delay: Duration::from_millis(20) },
+            RetryScheduled {
+                attempt: 1,
+                delay: Duration::from_millis(10)
+            },
+            RetryScheduled {
+                attempt: 2,
+                delay: Duration::from_millis(20)
+            },
         ]
     );
-    let all_from_orders = recorder.events.lock().unwrap().iter().all(|(p, _, _)| p == "orders");
+    let all_from_orders = recorder
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(p, _, _)| p == "orders");
     assert!(all_from_orders);
     assert_eq!(recorder.count("execution_completed"), 1);
 }

@@ -39,8 +39,12 @@ async fn contended_breaker_raises_each_transition_exactly_once() {
     const CALLS: u64 = 5_000;
     let mut handles = vec![];
     for task in 0..TASKS {
-        let (pipeline, ran, rejected, failed) =
-            (pipeline.clone(), ran.clone(), rejected.clone(), failed.clone());
+        let (pipeline, ran, rejected, failed) = (
+            pipeline.clone(),
+            ran.clone(),
+            rejected.clone(),
+            failed.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(task);
             for i in 0..CALLS {
@@ -53,7 +57,11 @@ async fn contended_breaker_raises_each_transition_exactly_once() {
                         ran.fetch_add(1, Ordering::Relaxed);
                         async move {
                             tokio::task::yield_now().await;
-                            if fail { Err("boom") } else { Ok(()) }
+                            if fail {
+                                Err("boom")
+                            } else {
+                                Ok(())
+                            }
                         }
                     })
                     .await;
@@ -73,8 +81,15 @@ async fn contended_breaker_raises_each_transition_exactly_once() {
     for h in handles {
         h.await.unwrap();
     }
-    let (ran, rejected) = (ran.load(Ordering::Relaxed), rejected.load(Ordering::Relaxed));
-    assert_eq!(ran + rejected, TASKS * CALLS, "every call either ran or was rejected");
+    let (ran, rejected) = (
+        ran.load(Ordering::Relaxed),
+        rejected.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        ran + rejected,
+        TASKS * CALLS,
+        "every call either ran or was rejected"
+    );
     assert_eq!(
         recorder.count("circuit_rejected") as u64,
         rejected,
@@ -89,7 +104,11 @@ async fn contended_breaker_raises_each_transition_exactly_once() {
             _ => None,
         })
         .collect();
-    assert!(transitions.len() >= 6, "the breaker cycled: {}", transitions.len());
+    assert!(
+        transitions.len() >= 6,
+        "the breaker cycled: {}",
+        transitions.len()
+    );
     transitions.sort_by_key(|t| t.sequence);
     let sequences: Vec<u64> = transitions.iter().map(|t| t.sequence).collect();
     assert_eq!(

@@ -13,7 +13,10 @@ use tokio::time::{sleep, Instant};
 
 #[tokio::test(start_paused = true)]
 async fn fast_operation_is_untouched() {
-    let pipeline = Pipeline::builder().timeout(Duration::from_secs(1)).build().unwrap();
+    let pipeline = Pipeline::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let outcome = pipeline
         .execute(|_| async {
             sleep(Duration::from_millis(999)).await;
@@ -40,9 +43,9 @@ async fn slow_operation_is_cancelled_at_the_deadline() {
         .await;
     assert_eq!(outcome, Err(Error::Timeout(Duration::from_secs(1))));
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert!(recorder
-        .events()
-        .contains(&Event::Timeout(TimedOut { timeout: Duration::from_secs(1) })));
+    assert!(recorder.events().contains(&Event::Timeout(TimedOut {
+        timeout: Duration::from_secs(1)
+    })));
 }
 
 /// Drops a flag when the operation's future is dropped: proves cancellation.
@@ -56,7 +59,10 @@ impl Drop for DropFlag<'_> {
 #[tokio::test(start_paused = true)]
 async fn timing_out_drops_the_operation() {
     let dropped = AtomicU32::new(0);
-    let pipeline = Pipeline::builder().timeout(Duration::from_millis(10)).build().unwrap();
+    let pipeline = Pipeline::builder()
+        .timeout(Duration::from_millis(10))
+        .build()
+        .unwrap();
     let _ = pipeline
         .execute(|_| {
             let flag = DropFlag(&dropped);
@@ -121,6 +127,8 @@ async fn inner_timeout_later_than_outer_never_fires() {
 #[tokio::test(start_paused = true)]
 async fn context_has_no_deadline_without_a_timeout() {
     let pipeline = Pipeline::builder().build().unwrap();
-    let remaining = pipeline.execute(|ctx| async move { Ok::<_, ()>(ctx.remaining()) }).await;
+    let remaining = pipeline
+        .execute(|ctx| async move { Ok::<_, ()>(ctx.remaining()) })
+        .await;
     assert_eq!(remaining, Ok(None));
 }

@@ -47,7 +47,9 @@ impl<P, S: StateStore> std::fmt::Debug for CircuitBreaker<P, S> {
 impl<P> CircuitBreaker<P, InMemoryStore> {
     /// A breaker with `options`, validated, keeping its state in memory.
     pub fn new(options: CircuitBreakerOptions<P>) -> Result<Self, crate::ConfigError> {
-        options.validate().map_err(|e| e.within("circuit_breaker"))?;
+        options
+            .validate()
+            .map_err(|e| e.within("circuit_breaker"))?;
         let store = InMemoryStore::new(&options);
         Ok(Self::from_parts(options, store))
     }
@@ -56,8 +58,13 @@ impl<P> CircuitBreaker<P, InMemoryStore> {
 impl<P, S: StateStore> CircuitBreaker<P, S> {
     /// A breaker with `options`, validated, keeping its state in `store` (which was built
     /// from the same options).
-    pub fn with_store(options: CircuitBreakerOptions<P>, store: S) -> Result<Self, crate::ConfigError> {
-        options.validate().map_err(|e| e.within("circuit_breaker"))?;
+    pub fn with_store(
+        options: CircuitBreakerOptions<P>,
+        store: S,
+    ) -> Result<Self, crate::ConfigError> {
+        options
+            .validate()
+            .map_err(|e| e.within("circuit_breaker"))?;
         Ok(Self::from_parts(options, store))
     }
 
@@ -172,7 +179,11 @@ impl<S: StateStore> Permit<'_, S> {
             (Some(started), Some(threshold)) => started.elapsed() >= threshold,
             _ => false,
         };
-        if let Some(t) = self.shared.store.record(ticket, CallOutcome { failure, slow }) {
+        if let Some(t) = self
+            .shared
+            .store
+            .record(ticket, CallOutcome { failure, slow })
+        {
             self.shared.emit(t);
         }
     }
@@ -198,7 +209,11 @@ where
     P: Predicate<T, E> + Send + Sync,
     S: StateStore,
 {
-    fn execute<F, Fut>(&self, ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    fn execute<F, Fut>(
+        &self,
+        ctx: Context,
+        op: &F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
         F: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,

@@ -241,10 +241,16 @@ impl InMemoryStore {
             return None;
         }
         let total = f64::from(counts.total);
-        if th.failure_ratio.is_some_and(|r| f64::from(counts.failures) / total >= r) {
+        if th
+            .failure_ratio
+            .is_some_and(|r| f64::from(counts.failures) / total >= r)
+        {
             return Some(TransitionReason::FailureRatio);
         }
-        if th.slow_ratio.is_some_and(|r| f64::from(counts.slow) / total >= r) {
+        if th
+            .slow_ratio
+            .is_some_and(|r| f64::from(counts.slow) / total >= r)
+        {
             return Some(TransitionReason::SlowCallRatio);
         }
         None

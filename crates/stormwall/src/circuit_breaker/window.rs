@@ -103,8 +103,7 @@ impl TimeWindow {
             } else {
                 pack(tag, 1, f, s)
             };
-            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(actual) => current = actual,
             }
@@ -218,12 +217,20 @@ mod tests {
         w.record(450 * MS, false, true);
         assert_eq!(
             w.counts(450 * MS),
-            Counts { total: 3, failures: 1, slow: 1 }
+            Counts {
+                total: 3,
+                failures: 1,
+                slow: 1
+            }
         );
         // At 1000 ms, the bucket [0, 100) is 10 buckets old: gone.
         assert_eq!(
             w.counts(1000 * MS),
-            Counts { total: 1, failures: 0, slow: 1 }
+            Counts {
+                total: 1,
+                failures: 0,
+                slow: 1
+            }
         );
         assert_eq!(w.counts(1450 * MS), Counts::default());
     }
@@ -233,7 +240,14 @@ mod tests {
         let w = TimeWindow::new(Duration::from_secs(1));
         w.record(10 * MS, true, false);
         w.record(1010 * MS, false, false); // same slot, next round
-        assert_eq!(w.counts(1010 * MS), Counts { total: 1, failures: 0, slow: 0 });
+        assert_eq!(
+            w.counts(1010 * MS),
+            Counts {
+                total: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
     }
 
     #[test]
@@ -261,12 +275,33 @@ mod tests {
         let w = CountWindow::new(3);
         w.record(true, false);
         w.record(true, true);
-        assert_eq!(w.counts(), Counts { total: 2, failures: 2, slow: 1 });
+        assert_eq!(
+            w.counts(),
+            Counts {
+                total: 2,
+                failures: 2,
+                slow: 1
+            }
+        );
         w.record(false, false);
         w.record(false, false); // overwrites the first failure
-        assert_eq!(w.counts(), Counts { total: 3, failures: 1, slow: 1 });
+        assert_eq!(
+            w.counts(),
+            Counts {
+                total: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
         w.record(false, false);
-        assert_eq!(w.counts(), Counts { total: 3, failures: 0, slow: 0 });
+        assert_eq!(
+            w.counts(),
+            Counts {
+                total: 3,
+                failures: 0,
+                slow: 0
+            }
+        );
         w.reset();
         assert_eq!(w.counts(), Counts::default());
     }

@@ -7,7 +7,10 @@ use std::future::Future;
 /// Produces the outcome a fallback answers with.
 pub trait FallbackAction<T, E> {
     /// The replacement for `outcome`.
-    fn fallback(&self, outcome: Result<T, Error<E>>) -> impl Future<Output = Result<T, Error<E>>> + Send;
+    fn fallback(
+        &self,
+        outcome: Result<T, Error<E>>,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send;
 }
 
 /// A fixed value (cloned for each use).
@@ -29,7 +32,10 @@ where
     F: Fn(Result<T, Error<E>>) -> Fut,
     Fut: Future<Output = Result<T, Error<E>>> + Send,
 {
-    fn fallback(&self, outcome: Result<T, Error<E>>) -> impl Future<Output = Result<T, Error<E>>> + Send {
+    fn fallback(
+        &self,
+        outcome: Result<T, Error<E>>,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send {
         (self.0)(outcome)
     }
 }
@@ -65,7 +71,11 @@ where
     A: FallbackAction<T, E> + Send + Sync,
     P: Predicate<T, E> + Send + Sync,
 {
-    fn execute<F, Fut>(&self, ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    fn execute<F, Fut>(
+        &self,
+        ctx: Context,
+        op: &F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
         F: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,

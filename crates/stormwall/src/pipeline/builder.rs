@@ -51,7 +51,7 @@ impl<S> PipelineBuilder<S> {
     }
 
     /// Adds `strategy` inside the ones added so far.
-    pub fn add<B: BuildStrategy>(self, strategy: B) -> PipelineBuilder<Stack<S, B::Strategy>> {
+    pub fn strategy<B: BuildStrategy>(self, strategy: B) -> PipelineBuilder<Stack<S, B::Strategy>> {
         let strategy = self
             .strategy
             .and_then(|outer| Ok(Stack::new(outer, strategy.build_strategy()?)));
@@ -65,12 +65,15 @@ impl<S> PipelineBuilder<S> {
     /// Adds a timeout (a `Duration` or [`TimeoutOptions`]): outermost, it bounds the whole
     /// execution; inside retry, each attempt.
     pub fn timeout(self, timeout: impl Into<TimeoutOptions>) -> PipelineBuilder<Stack<S, Timeout>> {
-        self.add(timeout.into())
+        self.strategy(timeout.into())
     }
 
     /// Adds a retry.
-    pub fn retry<P, G>(self, options: RetryOptions<P, G>) -> PipelineBuilder<Stack<S, Retry<P, G>>> {
-        self.add(options)
+    pub fn retry<P, G>(
+        self,
+        options: RetryOptions<P, G>,
+    ) -> PipelineBuilder<Stack<S, Retry<P, G>>> {
+        self.strategy(options)
     }
 
     /// Adds a circuit breaker: options (a new breaker) or a [`CircuitBreaker`] handle
@@ -82,12 +85,15 @@ impl<S> PipelineBuilder<S> {
     where
         B: BuildStrategy<Strategy = CircuitBreaker<P, St>>,
     {
-        self.add(breaker)
+        self.strategy(breaker)
     }
 
     /// Adds a fallback.
-    pub fn fallback<A, P>(self, options: FallbackOptions<A, P>) -> PipelineBuilder<Stack<S, Fallback<A, P>>> {
-        self.add(options)
+    pub fn fallback<A, P>(
+        self,
+        options: FallbackOptions<A, P>,
+    ) -> PipelineBuilder<Stack<S, Fallback<A, P>>> {
+        self.strategy(options)
     }
 
     /// Validates every option and builds the pipeline.

@@ -14,7 +14,11 @@ use std::future::Future;
 /// should see (the attempt number, a tightened deadline).
 pub trait Strategy<T, E>: Attach + Send + Sync {
     /// Runs `op` under this strategy.
-    fn execute<F, Fut>(&self, ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    fn execute<F, Fut>(
+        &self,
+        ctx: Context,
+        op: &F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
         F: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,
@@ -39,7 +43,11 @@ impl Attach for Identity {
 
 impl<T, E> Strategy<T, E> for Identity {
     #[inline]
-    fn execute<F, Fut>(&self, ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    fn execute<F, Fut>(
+        &self,
+        ctx: Context,
+        op: &F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
         F: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,
@@ -87,7 +95,11 @@ where
     Inner: Strategy<T, E>,
 {
     #[inline]
-    fn execute<F, Fut>(&self, ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    fn execute<F, Fut>(
+        &self,
+        ctx: Context,
+        op: &F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
         F: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,

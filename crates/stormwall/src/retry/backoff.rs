@@ -51,7 +51,10 @@ pub(crate) fn compute_delay(
     state: &mut DelayState,
     random: &mut impl FnMut() -> f64,
 ) -> Duration {
-    let cap = max_delay.unwrap_or(Duration::MAX).as_secs_f64().min(MAX_SECS);
+    let cap = max_delay
+        .unwrap_or(Duration::MAX)
+        .as_secs_f64()
+        .min(MAX_SECS);
     let base_secs = base.as_secs_f64();
     let backoff_secs = match backoff {
         Backoff::Constant => base_secs,

@@ -59,7 +59,12 @@ impl<P, G> Retry<P, G> {
         &self.options
     }
 
-    fn next_delay(&self, generated: Option<Duration>, attempt: u32, state: &mut DelayState) -> Duration {
+    fn next_delay(
+        &self,
+        generated: Option<Duration>,
+        attempt: u32,
+        state: &mut DelayState,
+    ) -> Duration {
         let o = &self.options;
         match generated {
             Some(delay) => o.max_delay.map_or(delay, |max| delay.min(max)),
@@ -87,7 +92,11 @@ where
     P: Predicate<T, E> + Send + Sync,
     G: DelayGenerator<T, E> + Send + Sync,
 {
-    fn execute<F, Fut>(&self, ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    fn execute<F, Fut>(
+        &self,
+        ctx: Context,
+        op: &F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
         F: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,
@@ -99,7 +108,8 @@ where
             let mut attempt = 0u32;
             loop {
                 let outcome = op(ctx.for_attempt(attempt)).await;
-                if attempt >= self.options.max_retries || !self.options.should_retry.test(&outcome) {
+                if attempt >= self.options.max_retries || !self.options.should_retry.test(&outcome)
+                {
                     return outcome;
                 }
                 let generated = self.options.delay_generator.delay(&outcome, attempt);
@@ -111,9 +121,8 @@ where
                     }
                 }
                 attempt += 1;
-                self.telemetry.emit("retry", || {
-                    Event::Retry(RetryScheduled { attempt, delay })
-                });
+                self.telemetry
+                    .emit("retry", || Event::Retry(RetryScheduled { attempt, delay }));
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }

@@ -44,7 +44,11 @@ impl Attach for Timeout {
 
 impl<T, E> Strategy<T, E> for Timeout {
     #[inline]
-    fn execute<F, Fut>(&self, mut ctx: Context, op: &F) -> impl Future<Output = Result<T, Error<E>>> + Send
+    fn execute<F, Fut>(
+        &self,
+        mut ctx: Context,
+        op: &F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
         F: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,

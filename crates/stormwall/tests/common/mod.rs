@@ -16,7 +16,12 @@ impl Recorder {
     }
 
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap().iter().map(|e| e.2.clone()).collect()
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.2.clone())
+            .collect()
     }
 
     pub fn count(&self, name: &str) -> usize {
@@ -26,9 +31,10 @@ impl Recorder {
 
 impl EventListener for Recorder {
     fn on_event(&self, source: &EventSource<'_>, event: &Event) {
-        self.events
-            .lock()
-            .unwrap()
-            .push((source.pipeline.to_string(), source.strategy, event.clone()));
+        self.events.lock().unwrap().push((
+            source.pipeline.to_string(),
+            source.strategy,
+            event.clone(),
+        ));
     }
 }
