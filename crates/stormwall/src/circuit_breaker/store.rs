@@ -110,7 +110,8 @@ pub struct InMemoryStore {
     open_until: AtomicU64,
     /// Failures in a row while closed; reset by a success (lock-free) or a close.
     consecutive_failures: AtomicU32,
-    window: Window,
+    /// `None` when no ratio condition is configured.
+    window: Option<Window>,
     origin: Instant,
     transitions: Mutex<Transitions>,
 }
@@ -140,9 +141,13 @@ impl std::fmt::Debug for InMemoryStore {
 impl InMemoryStore {
     /// A closed breaker with the thresholds of `options` (assumed validated).
     pub fn new<P>(options: &CircuitBreakerOptions<P>) -> Self {
+        // Only ratio conditions read the window: a consecutive-failures breaker keeps none,
+        // so its success path touches no clock.
+        let ratios = options.failure_ratio.is_some() || options.slow_call.is_some();
         let window = match options.sampling_window {
-            SamplingWindow::Time => Window::Time(TimeWindow::new(options.sampling_duration)),
-            SamplingWindow::Count(n) => Window::Count(CountWindow::new(n)),
+            _ if !ratios => None,
+            SamplingWindow::Time => Some(Window::Time(TimeWindow::new(options.sampling_duration))),
+            SamplingWindow::Count(n) => Some(Window::Count(CountWindow::new(n))),
         };
         InMemoryStore {
             thresholds: Thresholds {
@@ -166,6 +171,12 @@ impl InMemoryStore {
 
     fn nanos(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    fn reset_window(&self) {
+        if let Some(window) = &self.window {
+            window.reset();
+        }
     }
 
     fn load_state(&self) -> CircuitState {
@@ -210,7 +221,7 @@ impl InMemoryStore {
             }
             CircuitState::Closed => {
                 t.consecutive_opens = 0;
-                self.window.reset();
+                self.reset_window();
                 self.consecutive_failures.store(0, Ordering::Release);
             }
             _ => {}
@@ -236,7 +247,10 @@ impl InMemoryStore {
         if th.failure_ratio.is_none() && th.slow_ratio.is_none() {
             return None;
         }
-        let counts = self.window.counts(self.nanos(now));
+        let Some(window) = &self.window else {
+            return None;
+        };
+        let counts = window.counts(self.nanos(now));
         if counts.total < th.minimum_throughput {
             return None;
         }
@@ -364,12 +378,14 @@ impl StateStore for InMemoryStore {
                 }
                 if !outcome.failure && !outcome.slow {
                     // The hot path: a success cannot trip the breaker, so no lock.
-                    let now_nanos = if self.window.needs_clock() {
-                        self.nanos(Instant::now())
-                    } else {
-                        0
-                    };
-                    self.window.record(now_nanos, false, false);
+                    if let Some(window) = &self.window {
+                        let now_nanos = if window.needs_clock() {
+                            self.nanos(Instant::now())
+                        } else {
+                            0
+                        };
+                        window.record(now_nanos, false, false);
+                    }
                     if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
                         self.consecutive_failures.store(0, Ordering::Relaxed);
                     }
@@ -380,8 +396,9 @@ impl StateStore for InMemoryStore {
                 if self.load_state() != CircuitState::Closed {
                     return None;
                 }
-                self.window
-                    .record(self.nanos(now), outcome.failure, outcome.slow);
+                if let Some(window) = &self.window {
+                    window.record(self.nanos(now), outcome.failure, outcome.slow);
+                }
                 if outcome.failure {
                     self.consecutive_failures.fetch_add(1, Ordering::AcqRel);
                 } else {
@@ -438,7 +455,7 @@ impl StateStore for InMemoryStore {
         };
         if to == CircuitState::Closed && self.load_state() == CircuitState::Closed {
             // Already closed: a close still starts a fresh window.
-            self.window.reset();
+            self.reset_window();
             self.consecutive_failures.store(0, Ordering::Release);
             return None;
         }

@@ -80,17 +80,17 @@ impl<S> Pipeline<S> {
             let attempt = op(ctx);
             async move { attempt.await.map_err(Error::Inner) }
         };
-        if !self.telemetry.is_enabled() {
-            return self.strategy.execute(ctx, &op).await;
-        }
-        let started = Instant::now();
+        // One await point whether or not a listener is attached: the future stays small.
+        let started = self.telemetry.is_enabled().then(Instant::now);
         let outcome = self.strategy.execute(ctx, &op).await;
-        let completed = ExecutionCompleted {
-            duration: started.elapsed(),
-            success: outcome.is_ok(),
-        };
-        self.telemetry
-            .emit("pipeline", || Event::ExecutionCompleted(completed));
+        if let Some(started) = started {
+            let completed = ExecutionCompleted {
+                duration: started.elapsed(),
+                success: outcome.is_ok(),
+            };
+            self.telemetry
+                .emit("pipeline", || Event::ExecutionCompleted(completed));
+        }
         outcome
     }
 }
