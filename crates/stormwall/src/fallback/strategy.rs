@@ -74,10 +74,10 @@ where
     fn execute<F, Fut>(
         &self,
         ctx: Context,
-        op: &F,
+        op: F,
     ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
-        F: Fn(Context) -> Fut + Sync,
+        F: Fn(Context) -> Fut + Copy + Send + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,
         T: Send,
         E: Send,

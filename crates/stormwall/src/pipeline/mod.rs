@@ -82,7 +82,7 @@ impl<S> Pipeline<S> {
         };
         // One await point whether or not a listener is attached: the future stays small.
         let started = self.telemetry.is_enabled().then(Instant::now);
-        let outcome = self.strategy.execute(ctx, &op).await;
+        let outcome = self.strategy.execute(ctx, op).await;
         if let Some(started) = started {
             let completed = ExecutionCompleted {
                 duration: started.elapsed(),

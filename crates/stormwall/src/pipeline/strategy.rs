@@ -17,10 +17,10 @@ pub trait Strategy<T, E>: Attach + Send + Sync {
     fn execute<F, Fut>(
         &self,
         ctx: Context,
-        op: &F,
+        op: F,
     ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
-        F: Fn(Context) -> Fut + Sync,
+        F: Fn(Context) -> Fut + Copy + Send + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,
         T: Send,
         E: Send;
@@ -46,10 +46,10 @@ impl<T, E> Strategy<T, E> for Identity {
     fn execute<F, Fut>(
         &self,
         ctx: Context,
-        op: &F,
+        op: F,
     ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
-        F: Fn(Context) -> Fut + Sync,
+        F: Fn(Context) -> Fut + Copy + Send + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,
         T: Send,
         E: Send,
@@ -98,19 +98,17 @@ where
     fn execute<F, Fut>(
         &self,
         ctx: Context,
-        op: &F,
+        op: F,
     ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
-        F: Fn(Context) -> Fut + Sync,
+        F: Fn(Context) -> Fut + Copy + Send + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,
         T: Send,
         E: Send,
     {
         let inner = &self.inner;
-        async move {
-            // The closure lives in this future, so the outer strategy can borrow it.
-            let next = move |ctx| inner.execute(ctx, op);
-            self.outer.execute(ctx, &next).await
-        }
+        // The closure holds two references, so it is `Copy`: the outer strategy owns its
+        // own copy and no future has to borrow from another.
+        self.outer.execute(ctx, move |ctx| inner.execute(ctx, op))
     }
 }

@@ -47,10 +47,10 @@ impl<T, E> Strategy<T, E> for Timeout {
     fn execute<F, Fut>(
         &self,
         mut ctx: Context,
-        op: &F,
+        op: F,
     ) -> impl Future<Output = Result<T, Error<E>>> + Send
     where
-        F: Fn(Context) -> Fut + Sync,
+        F: Fn(Context) -> Fut + Copy + Send + Sync,
         Fut: Future<Output = Result<T, Error<E>>> + Send,
         T: Send,
         E: Send,
