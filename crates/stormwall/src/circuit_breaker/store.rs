@@ -284,44 +284,42 @@ impl InMemoryStore {
         }
     }
 
-    /// The slow path of `try_acquire`: Open past its break, or HalfOpen.
-    fn acquire_locked(&self, now: Instant) -> Acquired {
-        let mut t = self.lock();
-        let mut transition = None;
-        match self.load_state() {
-            CircuitState::Closed | CircuitState::Disabled => {
-                return Acquired {
-                    result: Ok(Ticket::Normal),
-                    transition: None,
-                }
-            }
-            CircuitState::Isolated => {
-                return Acquired {
-                    result: Err(Rejection {
-                        state: CircuitState::Isolated,
-                        retry_after: None,
-                    }),
-                    transition: None,
-                }
-            }
+    /// The decision the state makes on its own: `None` when the call may become a probe
+    /// (the break has elapsed, or the circuit is half-open), which needs the lock.
+    fn decide_unlocked(&self, state: CircuitState, now: Instant) -> Option<Acquired> {
+        match state {
+            CircuitState::Closed | CircuitState::Disabled => Some(Acquired::admitted()),
+            CircuitState::Isolated => Some(Acquired::rejected(CircuitState::Isolated, None)),
             CircuitState::Open => {
                 let until = self.open_until.load(Ordering::Acquire);
-                let now_nanos = self.nanos(now);
-                if now_nanos < until {
-                    return Acquired {
-                        result: Err(open_rejection(until - now_nanos)),
-                        transition: None,
-                    };
-                }
-                transition = self.transition(
-                    &mut t,
-                    CircuitState::HalfOpen,
-                    TransitionReason::BreakElapsed,
-                    now,
-                );
+                let remaining = until.checked_sub(self.nanos(now)).filter(|&r| r > 0)?;
+                Some(Acquired::rejected(
+                    CircuitState::Open,
+                    Some(Duration::from_nanos(remaining)),
+                ))
             }
-            CircuitState::HalfOpen => {}
+            CircuitState::HalfOpen => None,
         }
+    }
+
+    /// The slow path of `try_acquire`: Open past its break, or HalfOpen. The state is read
+    /// again under the lock, since another caller may have moved it meanwhile.
+    fn acquire_locked(&self, now: Instant) -> Acquired {
+        let mut t = self.lock();
+        let state = self.load_state();
+        if let Some(decided) = self.decide_unlocked(state, now) {
+            return decided;
+        }
+        let transition = if state == CircuitState::Open {
+            self.transition(
+                &mut t,
+                CircuitState::HalfOpen,
+                TransitionReason::BreakElapsed,
+                now,
+            )
+        } else {
+            None
+        };
         Acquired {
             result: self.admit_probe(&mut t),
             transition,
@@ -329,43 +327,34 @@ impl InMemoryStore {
     }
 }
 
-fn open_rejection(remaining_nanos: u64) -> Rejection {
-    Rejection {
-        state: CircuitState::Open,
-        retry_after: Some(Duration::from_nanos(remaining_nanos)),
+impl Acquired {
+    fn admitted() -> Self {
+        Acquired {
+            result: Ok(Ticket::Normal),
+            transition: None,
+        }
+    }
+
+    fn rejected(state: CircuitState, retry_after: Option<Duration>) -> Self {
+        Acquired {
+            result: Err(Rejection { state, retry_after }),
+            transition: None,
+        }
     }
 }
 
 impl StateStore for InMemoryStore {
     #[inline]
     fn try_acquire(&self) -> Acquired {
-        match self.load_state() {
-            CircuitState::Closed | CircuitState::Disabled => Acquired {
-                result: Ok(Ticket::Normal),
-                transition: None,
-            },
-            CircuitState::Open => {
-                let now = Instant::now();
-                let until = self.open_until.load(Ordering::Acquire);
-                let now_nanos = self.nanos(now);
-                if now_nanos < until {
-                    // The common case while open: reject without the lock.
-                    return Acquired {
-                        result: Err(open_rejection(until - now_nanos)),
-                        transition: None,
-                    };
-                }
-                self.acquire_locked(now)
-            }
-            CircuitState::Isolated => Acquired {
-                result: Err(Rejection {
-                    state: CircuitState::Isolated,
-                    retry_after: None,
-                }),
-                transition: None,
-            },
-            CircuitState::HalfOpen => self.acquire_locked(Instant::now()),
+        let state = self.load_state();
+        if matches!(state, CircuitState::Closed | CircuitState::Disabled) {
+            // The hot path: no clock, no lock.
+            return Acquired::admitted();
         }
+        let now = Instant::now();
+        // While open, the common case is a rejection, also without the lock.
+        self.decide_unlocked(state, now)
+            .unwrap_or_else(|| self.acquire_locked(now))
     }
 
     #[inline]
