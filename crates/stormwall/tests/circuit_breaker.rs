@@ -8,6 +8,7 @@ use std::time::Duration;
 use stormwall::circuit_breaker::{
     CircuitBreaker, CircuitBreakerOptions, CircuitState, CircuitTransition, TransitionReason,
 };
+use stormwall::pipeline::{Identity, Stack};
 use stormwall::telemetry::Event;
 use stormwall::{Error, Pipeline};
 use tokio::time::{advance, sleep};
@@ -23,6 +24,24 @@ fn transitions(recorder: &Recorder) -> Vec<(CircuitState, CircuitState, Transiti
             _ => None,
         })
         .collect()
+}
+
+/// A breaker with `options`, and a pipeline holding only that breaker.
+fn guarded<P>(
+    options: CircuitBreakerOptions<P>,
+) -> (
+    CircuitBreaker<P>,
+    Pipeline<Stack<Identity, CircuitBreaker<P>>>,
+)
+where
+    P: Clone,
+{
+    let breaker = CircuitBreaker::new(options).unwrap();
+    let pipeline = Pipeline::builder()
+        .circuit_breaker(breaker.clone())
+        .build()
+        .unwrap();
+    (breaker, pipeline)
 }
 
 async fn call<S: stormwall::pipeline::Strategy<(), &'static str>>(
@@ -41,17 +60,12 @@ async fn call<S: stormwall::pipeline::Strategy<(), &'static str>>(
 
 #[tokio::test(start_paused = true)]
 async fn opens_after_failure_ratio_reached_with_minimum_throughput() {
-    let breaker = CircuitBreaker::new(
+    let (breaker, p) = guarded(
         CircuitBreakerOptions::new()
             .failure_ratio(0.5)
             .minimum_throughput(4)
             .sampling_duration(Duration::from_secs(10)),
-    )
-    .unwrap();
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker.clone())
-        .build()
-        .unwrap();
+    );
     // 3 failures, but under the minimum throughput: stays closed.
     for _ in 0..3 {
         let _ = call(&p, true).await;
@@ -65,17 +79,12 @@ async fn opens_after_failure_ratio_reached_with_minimum_throughput() {
 
 #[tokio::test(start_paused = true)]
 async fn failures_older_than_the_sampling_duration_are_forgotten() {
-    let breaker = CircuitBreaker::new(
+    let (breaker, p) = guarded(
         CircuitBreakerOptions::new()
             .failure_ratio(0.5)
             .minimum_throughput(2)
             .sampling_duration(Duration::from_secs(1)),
-    )
-    .unwrap();
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker.clone())
-        .build()
-        .unwrap();
+    );
     let _ = call(&p, true).await;
     advance(Duration::from_millis(1100)).await;
     let _ = call(&p, true).await; // the first failure is out of the window
@@ -86,17 +95,12 @@ async fn failures_older_than_the_sampling_duration_are_forgotten() {
 
 #[tokio::test(start_paused = true)]
 async fn count_window_considers_only_the_last_n_calls() {
-    let breaker = CircuitBreaker::new(
+    let (breaker, p) = guarded(
         CircuitBreakerOptions::new()
             .failure_ratio(0.5)
             .minimum_throughput(4)
             .count_window(4),
-    )
-    .unwrap();
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker.clone())
-        .build()
-        .unwrap();
+    );
     for fail in [true, false, false, false, false, true] {
         let _ = call(&p, fail).await;
     }
@@ -108,11 +112,7 @@ async fn count_window_considers_only_the_last_n_calls() {
 
 #[tokio::test(start_paused = true)]
 async fn opens_after_consecutive_failures_and_success_resets_the_run() {
-    let breaker = CircuitBreaker::new(CircuitBreakerOptions::consecutive(3)).unwrap();
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker.clone())
-        .build()
-        .unwrap();
+    let (breaker, p) = guarded(CircuitBreakerOptions::consecutive(3));
     for fail in [true, true, false, true, true] {
         let _ = call(&p, fail).await;
     }
@@ -273,14 +273,8 @@ async fn failed_probe_reopens_for_a_generated_longer_break() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_probe_gives_back_its_slot() {
-    let breaker = CircuitBreaker::new(
-        CircuitBreakerOptions::consecutive(1).break_duration(Duration::from_secs(1)),
-    )
-    .unwrap();
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker.clone())
-        .build()
-        .unwrap();
+    let (breaker, p) =
+        guarded(CircuitBreakerOptions::consecutive(1).break_duration(Duration::from_secs(1)));
     let _ = call(&p, true).await;
     advance(Duration::from_secs(1)).await;
     // The probe hangs and its caller gives up: the future is dropped mid-call.
@@ -374,15 +368,10 @@ async fn manual_isolate_close_and_disable() {
 
 #[tokio::test(start_paused = true)]
 async fn predicate_decides_what_counts_as_failure() {
-    let breaker = CircuitBreaker::new(
+    let (breaker, p) = guarded(
         CircuitBreakerOptions::consecutive(1)
             .handle(|r: &Result<(), Error<&'static str>>| matches!(r, Err(Error::Inner("fatal")))),
-    )
-    .unwrap();
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker.clone())
-        .build()
-        .unwrap();
+    );
     let _ = p.execute(|_| async { Err::<(), _>("not found") }).await;
     assert_eq!(breaker.state(), CircuitState::Closed);
     let _ = p.execute(|_| async { Err::<(), _>("fatal") }).await;
