@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use stormwall::circuit_breaker::CircuitBreakerOptions;
 use stormwall::fallback::FallbackOptions;
+use stormwall::pipeline::Strategy;
 use stormwall::retry::RetryOptions;
 use stormwall::Pipeline;
 
@@ -64,38 +65,40 @@ fn successful_composite_execution_allocates_nothing() {
         // Warm up: the runtime's timer wheel, its deferred-wake list and thread-locals
         // allocate (and grow) on first use.
         for _ in 0..2000 {
-            let v = pipeline.execute(|_| async { Ok::<_, ()>(1u64) }).await;
-            assert_eq!(v, Ok(1));
-            let v = pipeline
-                .execute(|_| async {
-                    tokio::task::yield_now().await;
-                    Ok::<_, ()>(2u64)
-                })
-                .await;
-            assert_eq!(v, Ok(2));
+            ready_call(&pipeline).await;
+            pending_call(&pipeline).await;
         }
 
         COUNTING.store(true, Ordering::SeqCst);
         for _ in 0..1000 {
-            let v = pipeline.execute(|_| async { Ok::<_, ()>(1u64) }).await;
-            assert_eq!(v, Ok(1));
+            ready_call(&pipeline).await;
         }
         let ready = ALLOCATIONS.swap(0, Ordering::SeqCst);
         for _ in 0..1000 {
-            // Pending once: both timeouts arm a timer.
-            let v = pipeline
-                .execute(|_| async {
-                    tokio::task::yield_now().await;
-                    Ok::<_, ()>(2u64)
-                })
-                .await;
-            assert_eq!(v, Ok(2));
+            pending_call(&pipeline).await;
         }
         let pending = ALLOCATIONS.swap(0, Ordering::SeqCst);
         COUNTING.store(false, Ordering::SeqCst);
         assert_eq!(ready, 0, "allocations on the ready success path");
         assert_eq!(pending, 0, "allocations on the pending success path");
     });
+}
+
+/// An operation that is ready at once: no timer is ever armed.
+async fn ready_call<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) {
+    let v = pipeline.execute(|_| async { Ok::<_, ()>(1u64) }).await;
+    assert_eq!(v, Ok(1));
+}
+
+/// An operation that is pending once: both timeouts arm a timer.
+async fn pending_call<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) {
+    let v = pipeline
+        .execute(|_| async {
+            tokio::task::yield_now().await;
+            Ok::<_, ()>(2u64)
+        })
+        .await;
+    assert_eq!(v, Ok(2));
 }
 
 #[test]
