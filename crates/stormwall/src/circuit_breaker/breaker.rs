@@ -1,4 +1,4 @@
-use super::store::{Acquired, CallOutcome, Command, InMemoryStore, StateStore, Ticket};
+use super::store::{Acquired, CallOutcome, Command, InMemoryStore, Rejection, StateStore, Ticket};
 use super::{CircuitBreakerOptions, CircuitRejected, CircuitState, CircuitTransition};
 use crate::pipeline::{Attach, Context, OnError, Predicate, Strategy};
 use crate::telemetry::{Event, Telemetry};
@@ -93,6 +93,7 @@ impl<P, S: StateStore> CircuitBreaker<P, S> {
     /// permit dropped without a report (a cancelled call) gives back its half-open slot.
     ///
     /// This is the breaker without a pipeline, for code that is not a closure (a proxy).
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_, S>, CircuitRejected> {
         let Acquired { result, transition } = self.shared.store.try_acquire();
         if let Some(t) = transition {
@@ -104,16 +105,7 @@ impl<P, S: StateStore> CircuitBreaker<P, S> {
                 ticket: Some(ticket),
                 started: self.shared.slow_threshold.map(|_| Instant::now()),
             }),
-            Err(r) => {
-                let rejected = CircuitRejected {
-                    state: r.state,
-                    retry_after: r.retry_after,
-                };
-                if let Some(telemetry) = self.shared.telemetry.get() {
-                    telemetry.emit("circuit_breaker", || Event::CircuitRejected(rejected));
-                }
-                Err(rejected)
-            }
+            Err(r) => Err(self.shared.rejected(r)),
         }
     }
 
@@ -140,6 +132,19 @@ impl<P, S: StateStore> CircuitBreaker<P, S> {
 }
 
 impl<S> Shared<S> {
+    #[inline(never)]
+    fn rejected(&self, r: Rejection) -> CircuitRejected {
+        let rejected = CircuitRejected {
+            state: r.state,
+            retry_after: r.retry_after,
+        };
+        if let Some(telemetry) = self.telemetry.get() {
+            telemetry.emit("circuit_breaker", || Event::CircuitRejected(rejected));
+        }
+        rejected
+    }
+
+    #[cold]
     fn emit(&self, transition: CircuitTransition) {
         if let Some(telemetry) = self.telemetry.get() {
             telemetry.emit("circuit_breaker", || Event::CircuitTransition(transition));
@@ -171,6 +176,7 @@ impl<S: StateStore> Permit<'_, S> {
     }
 
     /// The call ended; `failure` says how.
+    #[inline]
     pub fn record(&mut self, failure: bool) {
         let Some(ticket) = self.ticket.take() else {
             return;

@@ -15,6 +15,7 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
+    #[inline]
     pub(crate) fn from_u8(value: u8) -> Self {
         match value {
             0 => CircuitState::Closed,

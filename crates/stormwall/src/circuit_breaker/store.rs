@@ -169,6 +169,7 @@ impl InMemoryStore {
         }
     }
 
+    #[inline]
     fn nanos(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.origin).as_nanos() as u64
     }
@@ -179,6 +180,7 @@ impl InMemoryStore {
         }
     }
 
+    #[inline]
     fn load_state(&self) -> CircuitState {
         CircuitState::from_u8(self.state.load(Ordering::Acquire))
     }
