@@ -104,7 +104,32 @@ fn success_paths(c: &mut Criterion) {
         timed!(b, rt, p.execute(|_| op()).await)
     });
 
+    let p = Pipeline::builder()
+        .bulkhead(stormwall::bulkhead::BulkheadOptions::new(100))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall bulkhead", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+
     // Peers.
+    let mut svc = ServiceBuilder::new()
+        .concurrency_limit(100)
+        .service(tower::service_fn(|_: ()| op()));
+    g.bench_function("tower ConcurrencyLimit", |b| {
+        timed!(b, rt, svc.ready().await.unwrap().call(()).await)
+    });
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            tower_resilience::bulkhead::BulkheadLayer::builder()
+                .max_concurrent_calls(100)
+                .build()
+                .unwrap(),
+        )
+        .service(tower::service_fn(|_: ()| op()));
+    g.bench_function("tower-resilience bulkhead", |b| {
+        timed!(b, rt, svc.ready().await.unwrap().call(()).await)
+    });
     let recloser = recloser::AsyncRecloser::from(recloser::Recloser::custom().build());
     g.bench_function("recloser breaker", |b| {
         timed!(b, rt, recloser.call(op()).await)

@@ -83,6 +83,7 @@
 //! Every strategy reads tokio's clock, so tests run on a paused clock
 //! (`#[tokio::test(start_paused = true)]`) and take no real time.
 
+pub mod bulkhead;
 pub mod circuit_breaker;
 mod error;
 pub mod fallback;

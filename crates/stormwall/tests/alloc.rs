@@ -6,6 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+use stormwall::bulkhead::BulkheadOptions;
 use stormwall::circuit_breaker::CircuitBreakerOptions;
 use stormwall::fallback::FallbackOptions;
 use stormwall::pipeline::Strategy;
@@ -50,6 +51,7 @@ fn successful_composite_execution_allocates_nothing() {
         .unwrap();
     let pipeline = Pipeline::builder()
         .fallback(FallbackOptions::value(0u64))
+        .bulkhead(BulkheadOptions::new(100).queue_limit(10))
         .timeout(Duration::from_secs(30))
         .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
         .circuit_breaker(

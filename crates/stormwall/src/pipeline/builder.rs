@@ -1,4 +1,5 @@
 use super::{Attach, Identity, Pipeline, Stack};
+use crate::bulkhead::{Bulkhead, BulkheadOptions, KeyedBulkhead};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, InMemoryStore, StateStore};
 use crate::fallback::{Fallback, FallbackOptions};
 use crate::retry::{Retry, RetryOptions};
@@ -88,6 +89,12 @@ impl<S> PipelineBuilder<S> {
         self.strategy(breaker)
     }
 
+    /// Adds a bulkhead: options (a new bulkhead), or a [`Bulkhead`] / [`KeyedBulkhead`]
+    /// handle.
+    pub fn bulkhead<B: BuildStrategy>(self, bulkhead: B) -> PipelineBuilder<Stack<S, B::Strategy>> {
+        self.strategy(bulkhead)
+    }
+
     /// Adds a fallback.
     pub fn fallback<A, P>(
         self,
@@ -160,7 +167,14 @@ macro_rules! built_strategy {
         }
     )*};
 }
-built_strategy!(Timeout, Identity);
+built_strategy!(Timeout, Identity, Bulkhead, KeyedBulkhead);
+
+impl BuildStrategy for BulkheadOptions {
+    type Strategy = Bulkhead;
+    fn build_strategy(self) -> Result<Bulkhead, ConfigError> {
+        Bulkhead::new(self)
+    }
+}
 
 impl<P, G> BuildStrategy for Retry<P, G> {
     type Strategy = Self;

@@ -37,6 +37,7 @@ mod tracing_listener;
 
 pub use tracing_listener::TracingListener;
 
+use crate::bulkhead::BulkheadRejected;
 use crate::circuit_breaker::{CircuitRejected, CircuitTransition};
 use crate::fallback::FallbackUsed;
 use crate::retry::RetryScheduled;
@@ -58,13 +59,16 @@ pub enum Event {
     CircuitRejected(CircuitRejected),
     /// Fallback replaced an outcome.
     Fallback(FallbackUsed),
+    /// A bulkhead rejected a call.
+    BulkheadRejected(BulkheadRejected),
     /// A whole execution through the pipeline ended.
     ExecutionCompleted(ExecutionCompleted),
 }
 
 impl Event {
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
-    /// `circuit_transition`, `circuit_rejected`, `fallback`, `execution_completed`.
+    /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
+    /// `execution_completed`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Retry(_) => "retry",
@@ -72,6 +76,7 @@ impl Event {
             Event::CircuitTransition(_) => "circuit_transition",
             Event::CircuitRejected(_) => "circuit_rejected",
             Event::Fallback(_) => "fallback",
+            Event::BulkheadRejected(_) => "bulkhead_rejected",
             Event::ExecutionCompleted(_) => "execution_completed",
         }
     }

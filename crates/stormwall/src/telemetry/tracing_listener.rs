@@ -27,6 +27,10 @@ impl EventListener for TracingListener {
             Event::Fallback(f) => {
                 tracing::info!(pipeline, strategy, outcome = f.outcome, "fallback used")
             }
+            Event::BulkheadRejected(b) => tracing::debug!(
+                pipeline, strategy, reason = ?b.reason, in_use = b.in_use, queued = b.queued,
+                "bulkhead rejected a call"
+            ),
             Event::ExecutionCompleted(e) => tracing::debug!(
                 pipeline, strategy, duration = ?e.duration, success = e.success,
                 "execution completed"

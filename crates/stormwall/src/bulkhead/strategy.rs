@@ -1,0 +1,216 @@
+use super::slots::{Slot, Slots};
+use super::{BulkheadOptions, BulkheadRejected, BulkheadRejection};
+use crate::pipeline::{Attach, Context, Strategy};
+use crate::telemetry::{Event, Telemetry};
+use crate::Error;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+/// Lets at most `max_concurrency` calls run at once; queues up to `queue_limit` more,
+/// first come first served, and rejects the rest with [`Error::BulkheadFull`].
+///
+/// A `Bulkhead` is a handle: clones share the slots. A call cancelled while queued leaves
+/// the queue; a call cancelled while running frees its slot.
+#[derive(Debug, Clone)]
+pub struct Bulkhead {
+    slots: Arc<Slots>,
+    options: BulkheadOptions,
+    /// Set once by `attach` when the pipeline is built.
+    telemetry: Telemetry,
+}
+
+impl Bulkhead {
+    /// A bulkhead with `options`, validated.
+    pub fn new(options: BulkheadOptions) -> Result<Self, crate::ConfigError> {
+        options.validate().map_err(|e| e.within("bulkhead"))?;
+        Ok(Bulkhead {
+            slots: Arc::new(Slots::new(options.max_concurrency)),
+            options,
+            telemetry: Telemetry::default(),
+        })
+    }
+
+    /// Calls running now.
+    pub fn in_use(&self) -> u32 {
+        self.slots.in_use()
+    }
+
+    /// Calls waiting now.
+    pub fn queued(&self) -> u32 {
+        self.slots.queued()
+    }
+
+    /// The options this bulkhead runs with.
+    pub fn options(&self) -> &BulkheadOptions {
+        &self.options
+    }
+}
+
+impl Attach for Bulkhead {
+    fn attach(&mut self, telemetry: &Telemetry) {
+        self.telemetry = telemetry.clone();
+    }
+}
+
+/// Takes a slot from `slots`: at once, or after waiting in the queue.
+async fn acquire<'a>(
+    slots: &'a Slots,
+    options: &BulkheadOptions,
+    telemetry: &Telemetry,
+) -> Result<Slot<'a>, BulkheadRejection> {
+    if slots.try_acquire() {
+        return Ok(Slot(slots));
+    }
+    let rejected = |reason| {
+        telemetry.emit("bulkhead", || {
+            Event::BulkheadRejected(BulkheadRejected {
+                reason,
+                in_use: slots.in_use(),
+                queued: slots.queued(),
+            })
+        });
+        Err(reason)
+    };
+    if options.queue_limit == 0 {
+        return rejected(BulkheadRejection::Full);
+    }
+    let Some(mut place) = slots.enqueue(options.queue_limit) else {
+        return rejected(BulkheadRejection::Full);
+    };
+    match options.queue_timeout {
+        None => place.granted().await,
+        Some(timeout) => {
+            if tokio::time::timeout(timeout, place.granted())
+                .await
+                .is_err()
+            {
+                drop(place); // leaves the queue (or frees a slot granted just now)
+                return rejected(BulkheadRejection::QueueTimeout);
+            }
+        }
+    }
+    // Granted: the slot is ours, the place has nothing left to clean up.
+    drop(place);
+    Ok(Slot(slots))
+}
+
+impl<T, E> Strategy<T, E> for Bulkhead {
+    fn execute<F, Fut>(
+        &self,
+        ctx: Context,
+        op: F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
+    where
+        F: Fn(Context) -> Fut + Copy + Send + Sync,
+        Fut: Future<Output = Result<T, Error<E>>> + Send,
+        T: Send,
+        E: Send,
+    {
+        async move {
+            let Ok(_slot) = acquire(&self.slots, &self.options, &self.telemetry).await else {
+                return Err(Error::BulkheadFull);
+            };
+            op(ctx).await
+        }
+    }
+}
+
+/// One bulkhead per key (tenant, route): a noisy tenant fills its own slots, not the
+/// others'. The key is the context's [`key`](Context::key); calls without one share a
+/// default bulkhead.
+///
+/// At most `max_keys` keys are tracked; when a new key arrives at the limit, keys with no
+/// call running or queued are evicted, and if none is idle the call is rejected — memory
+/// stays bounded whatever keys callers send.
+#[derive(Debug, Clone)]
+pub struct KeyedBulkhead {
+    options: BulkheadOptions,
+    max_keys: usize,
+    default: Arc<Slots>,
+    by_key: Arc<Mutex<HashMap<Arc<str>, Arc<Slots>>>>,
+    /// Set once by `attach` when the pipeline is built.
+    telemetry: Telemetry,
+}
+
+impl KeyedBulkhead {
+    /// Per-key bulkheads with `options` each, for at most `max_keys` keys at once.
+    pub fn new(options: BulkheadOptions, max_keys: usize) -> Result<Self, crate::ConfigError> {
+        options.validate().map_err(|e| e.within("bulkhead"))?;
+        if max_keys == 0 {
+            return Err(crate::ConfigError::new(
+                "bulkhead.max_keys",
+                max_keys,
+                "must be ≥ 1",
+            ));
+        }
+        Ok(KeyedBulkhead {
+            options,
+            max_keys,
+            default: Arc::new(Slots::new(options.max_concurrency)),
+            by_key: Arc::default(),
+            telemetry: Telemetry::default(),
+        })
+    }
+
+    /// How many keys are tracked now.
+    pub fn keys(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Slots>>> {
+        // Inserts and removals are single calls: a poisoned map is still consistent.
+        self.by_key.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The slots of `key`, created on first use; `None` when at `max_keys` with none idle.
+    fn slots_for(&self, key: Option<&str>) -> Option<Arc<Slots>> {
+        let Some(key) = key else {
+            return Some(Arc::clone(&self.default));
+        };
+        let mut map = self.lock();
+        if let Some(slots) = map.get(key) {
+            return Some(Arc::clone(slots));
+        }
+        if map.len() >= self.max_keys {
+            // Idle: nothing running or queued, and nobody else holds the slots.
+            map.retain(|_, s| s.in_use() > 0 || s.queued() > 0 || Arc::strong_count(s) > 1);
+            if map.len() >= self.max_keys {
+                return None;
+            }
+        }
+        let slots = Arc::new(Slots::new(self.options.max_concurrency));
+        map.insert(Arc::from(key), Arc::clone(&slots));
+        Some(slots)
+    }
+}
+
+impl Attach for KeyedBulkhead {
+    fn attach(&mut self, telemetry: &Telemetry) {
+        self.telemetry = telemetry.clone();
+    }
+}
+
+impl<T, E> Strategy<T, E> for KeyedBulkhead {
+    fn execute<F, Fut>(
+        &self,
+        ctx: Context,
+        op: F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send
+    where
+        F: Fn(Context) -> Fut + Copy + Send + Sync,
+        Fut: Future<Output = Result<T, Error<E>>> + Send,
+        T: Send,
+        E: Send,
+    {
+        async move {
+            let Some(slots) = self.slots_for(ctx.key()) else {
+                return Err(Error::BulkheadFull);
+            };
+            let Ok(_slot) = acquire(&slots, &self.options, &self.telemetry).await else {
+                return Err(Error::BulkheadFull);
+            };
+            op(ctx).await
+        }
+    }
+}
