@@ -112,6 +112,16 @@ fn success_paths(c: &mut Criterion) {
         timed!(b, rt, p.execute(|_| op()).await)
     });
 
+    let p = Pipeline::builder()
+        .rate_limit(stormwall::rate_limit::RateLimitOptions::per_second(
+            u32::MAX,
+        ))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall rate limiter", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+
     // Peers.
     let mut svc = ServiceBuilder::new()
         .concurrency_limit(100)
@@ -169,6 +179,23 @@ fn success_paths(c: &mut Criterion) {
         .service(tower::service_fn(|_: ()| op()));
     g.bench_function("tower timeout", |b| {
         timed!(b, rt, svc.ready().await.unwrap().call(()).await)
+    });
+    g.finish();
+}
+
+fn rate_limit_check(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rate limiter check (sync)");
+    let limiter = stormwall::rate_limit::RateLimiter::new(
+        stormwall::rate_limit::RateLimitOptions::per_second(u32::MAX),
+    )
+    .unwrap();
+    g.bench_function("stormwall GCRA try_acquire", |b| {
+        b.iter(|| black_box(limiter.try_acquire()))
+    });
+    let quota = governor::Quota::per_second(std::num::NonZeroU32::MAX);
+    let governor = governor::RateLimiter::direct(quota);
+    g.bench_function("governor direct check", |b| {
+        b.iter(|| black_box(governor.check()))
     });
     g.finish();
 }
@@ -323,6 +350,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = success_paths, composite, open_rejection, contention
+    targets = success_paths, rate_limit_check, composite, open_rejection, contention
 }
 criterion_main!(benches);

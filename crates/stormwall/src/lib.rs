@@ -89,6 +89,7 @@ mod error;
 pub mod fallback;
 pub mod layer;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod retry;
 pub mod telemetry;
 pub mod timeout;

@@ -2,6 +2,7 @@ use super::{Attach, Identity, Pipeline, Stack};
 use crate::bulkhead::{Bulkhead, BulkheadOptions, KeyedBulkhead};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, InMemoryStore, StateStore};
 use crate::fallback::{Fallback, FallbackOptions};
+use crate::rate_limit::{KeyedRateLimiter, RateLimitOptions, RateLimiter};
 use crate::retry::{Retry, RetryOptions};
 use crate::telemetry::{EventListener, Telemetry};
 use crate::timeout::{Timeout, TimeoutOptions};
@@ -95,6 +96,15 @@ impl<S> PipelineBuilder<S> {
         self.strategy(bulkhead)
     }
 
+    /// Adds a rate limiter: options (a new limiter), or a [`RateLimiter`] /
+    /// [`KeyedRateLimiter`] handle.
+    pub fn rate_limit<B: BuildStrategy>(
+        self,
+        limiter: B,
+    ) -> PipelineBuilder<Stack<S, B::Strategy>> {
+        self.strategy(limiter)
+    }
+
     /// Adds a fallback.
     pub fn fallback<A, P>(
         self,
@@ -167,7 +177,21 @@ macro_rules! built_strategy {
         }
     )*};
 }
-built_strategy!(Timeout, Identity, Bulkhead, KeyedBulkhead);
+built_strategy!(
+    Timeout,
+    Identity,
+    Bulkhead,
+    KeyedBulkhead,
+    RateLimiter,
+    KeyedRateLimiter
+);
+
+impl BuildStrategy for RateLimitOptions {
+    type Strategy = RateLimiter;
+    fn build_strategy(self) -> Result<RateLimiter, ConfigError> {
+        RateLimiter::new(self)
+    }
+}
 
 impl BuildStrategy for BulkheadOptions {
     type Strategy = Bulkhead;

@@ -40,6 +40,7 @@ pub use tracing_listener::TracingListener;
 use crate::bulkhead::BulkheadRejected;
 use crate::circuit_breaker::{CircuitRejected, CircuitTransition};
 use crate::fallback::FallbackUsed;
+use crate::rate_limit::RateLimited;
 use crate::retry::RetryScheduled;
 use crate::timeout::TimedOut;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub enum Event {
     Fallback(FallbackUsed),
     /// A bulkhead rejected a call.
     BulkheadRejected(BulkheadRejected),
+    /// A rate limiter rejected a call.
+    RateLimited(RateLimited),
     /// A whole execution through the pipeline ended.
     ExecutionCompleted(ExecutionCompleted),
 }
@@ -68,7 +71,7 @@ pub enum Event {
 impl Event {
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
     /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
-    /// `execution_completed`.
+    /// `rate_limited`, `execution_completed`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Retry(_) => "retry",
@@ -77,6 +80,7 @@ impl Event {
             Event::CircuitRejected(_) => "circuit_rejected",
             Event::Fallback(_) => "fallback",
             Event::BulkheadRejected(_) => "bulkhead_rejected",
+            Event::RateLimited(_) => "rate_limited",
             Event::ExecutionCompleted(_) => "execution_completed",
         }
     }

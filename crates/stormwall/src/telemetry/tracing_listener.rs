@@ -31,6 +31,9 @@ impl EventListener for TracingListener {
                 pipeline, strategy, reason = ?b.reason, in_use = b.in_use, queued = b.queued,
                 "bulkhead rejected a call"
             ),
+            Event::RateLimited(r) => tracing::debug!(
+                pipeline, strategy, retry_after = ?r.retry_after, "rate limiter rejected a call"
+            ),
             Event::ExecutionCompleted(e) => tracing::debug!(
                 pipeline, strategy, duration = ?e.duration, success = e.success,
                 "execution completed"

@@ -1,0 +1,305 @@
+//! The counting algorithms. Each decides on one permit at `now` (nanoseconds since the
+//! limiter was made) and, on refusal, says how long until a permit is available.
+
+use super::{RateLimitAlgorithm, RateLimitOptions};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One rate limiter's state.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    origin: Instant,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// Lock-free: the theoretical arrival time of the next permit, in one atomic.
+    Gcra {
+        tat: AtomicU64,
+        interval: u64,
+        tolerance: u64,
+    },
+    /// The rest are counted under a lock: simple, and not the default.
+    TokenBucket {
+        state: Mutex<(u64, u64)>, // (period index of the last refill, tokens)
+        period: u64,
+        permits: u64,
+        burst: u64,
+    },
+    FixedWindow {
+        state: Mutex<(u64, u64)>, // (window index, permits taken in it)
+        period: u64,
+        permits: u64,
+    },
+    SlidingWindow {
+        segments: Mutex<VecDeque<(u64, u64)>>, // (segment index, permits taken in it)
+        width: u64,
+        count: u64,
+        permits: u64,
+    },
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section writes plain numbers: a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Limiter {
+    /// A limiter with `options` (assumed validated), full at creation.
+    pub(crate) fn new(options: &RateLimitOptions) -> Self {
+        let period = nanos(options.period).max(1);
+        let permits = u64::from(options.permits);
+        let burst = u64::from(options.burst);
+        let kind = match options.algorithm {
+            RateLimitAlgorithm::Gcra => {
+                let interval = (period / permits).max(1);
+                Kind::Gcra {
+                    tat: AtomicU64::new(0),
+                    interval,
+                    tolerance: interval * (burst - 1),
+                }
+            }
+            RateLimitAlgorithm::TokenBucket => Kind::TokenBucket {
+                state: Mutex::new((0, burst)),
+                period,
+                permits,
+                burst,
+            },
+            RateLimitAlgorithm::FixedWindow => Kind::FixedWindow {
+                state: Mutex::new((0, 0)),
+                period,
+                permits,
+            },
+            RateLimitAlgorithm::SlidingWindow { segments } => Kind::SlidingWindow {
+                segments: Mutex::new(VecDeque::new()),
+                width: (period / u64::from(segments)).max(1),
+                count: u64::from(segments),
+                permits,
+            },
+        };
+        Limiter {
+            origin: Instant::now(),
+            kind,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        nanos(Instant::now().saturating_duration_since(self.origin))
+    }
+
+    /// Takes one permit now, or says how long until one is available.
+    #[inline]
+    pub(crate) fn try_acquire(&self) -> Result<(), Duration> {
+        self.try_acquire_at(self.now())
+            .map_err(Duration::from_nanos)
+    }
+
+    pub(crate) fn try_acquire_at(&self, now: u64) -> Result<(), u64> {
+        match &self.kind {
+            Kind::Gcra {
+                tat,
+                interval,
+                tolerance,
+            } => {
+                let mut current = tat.load(Ordering::Acquire);
+                loop {
+                    let start = current.max(now);
+                    let ahead = start - now;
+                    if ahead > *tolerance {
+                        return Err(ahead - tolerance);
+                    }
+                    match tat.compare_exchange_weak(
+                        current,
+                        start + interval,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Ok(()),
+                        Err(actual) => current = actual,
+                    }
+                }
+            }
+            Kind::TokenBucket {
+                state,
+                period,
+                permits,
+                burst,
+            } => {
+                let mut s = lock(state);
+                let index = now / period;
+                if index > s.0 {
+                    let added = (index - s.0).saturating_mul(*permits);
+                    s.1 = s.1.saturating_add(added).min(*burst);
+                    s.0 = index;
+                }
+                if s.1 == 0 {
+                    return Err((index + 1) * period - now);
+                }
+                s.1 -= 1;
+                Ok(())
+            }
+            Kind::FixedWindow {
+                state,
+                period,
+                permits,
+            } => {
+                let mut s = lock(state);
+                let index = now / period;
+                if index != s.0 {
+                    *s = (index, 0);
+                }
+                if s.1 >= *permits {
+                    return Err((index + 1) * period - now);
+                }
+                s.1 += 1;
+                Ok(())
+            }
+            Kind::SlidingWindow {
+                segments,
+                width,
+                count,
+                permits,
+            } => {
+                let mut q = lock(segments);
+                let index = now / width;
+                while q.front().is_some_and(|&(i, _)| i + count <= index) {
+                    q.pop_front();
+                }
+                let taken: u64 = q.iter().map(|&(_, n)| n).sum();
+                if taken >= *permits {
+                    // A permit frees when the oldest non-empty segment leaves the window.
+                    let oldest = q.front().map_or(index, |&(i, _)| i);
+                    return Err((oldest + count) * width - now);
+                }
+                match q.back_mut() {
+                    Some((i, n)) if *i == index => *n += 1,
+                    _ => q.push_back((index, 1)),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `true` when the limiter is back to its initial state (forgetting it loses nothing).
+    pub(crate) fn is_idle(&self) -> bool {
+        let now = self.now();
+        match &self.kind {
+            Kind::Gcra { tat, .. } => tat.load(Ordering::Acquire) <= now,
+            Kind::TokenBucket {
+                state,
+                period,
+                permits,
+                burst,
+            } => {
+                let s = lock(state);
+                let refilled = s.1 + (now / period - s.0).saturating_mul(*permits);
+                refilled >= *burst
+            }
+            Kind::FixedWindow { state, period, .. } => {
+                let s = lock(state);
+                s.1 == 0 || s.0 != now / period
+            }
+            Kind::SlidingWindow {
+                segments,
+                width,
+                count,
+                ..
+            } => lock(segments)
+                .back()
+                .is_none_or(|&(i, _)| i + count <= now / width),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn limiter(options: RateLimitOptions) -> Limiter {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async { Limiter::new(&options) })
+    }
+
+    fn admitted(l: &Limiter, times_ms: &[u64]) -> Vec<bool> {
+        times_ms
+            .iter()
+            .map(|&t| l.try_acquire_at(t * MS).is_ok())
+            .collect()
+    }
+
+    #[test]
+    fn gcra_allows_a_burst_then_spaces_permits() {
+        // 10 per second = one per 100 ms, burst 3.
+        let l = limiter(RateLimitOptions::per_second(10).burst(3));
+        assert_eq!(
+            admitted(&l, &[0, 0, 0, 0, 50, 100, 150, 200]),
+            [true, true, true, false, false, true, false, true]
+        );
+        // Refused: the wait until the next permit.
+        assert_eq!(l.try_acquire_at(200 * MS), Err(100 * MS));
+    }
+
+    #[test]
+    fn token_bucket_refills_permits_each_period() {
+        let l = limiter(
+            RateLimitOptions::per_second(2)
+                .burst(3)
+                .algorithm(RateLimitAlgorithm::TokenBucket),
+        );
+        assert_eq!(
+            admitted(&l, &[0, 0, 0, 0, 999, 1000, 1000, 1000]),
+            [true, true, true, false, false, true, true, false]
+        );
+        assert_eq!(l.try_acquire_at(1500 * MS), Err(500 * MS));
+    }
+
+    #[test]
+    fn fixed_window_resets_at_each_window() {
+        let l = limiter(RateLimitOptions::per_second(2).algorithm(RateLimitAlgorithm::FixedWindow));
+        assert_eq!(
+            admitted(&l, &[0, 10, 20, 999, 1000, 1001, 1002]),
+            [true, true, false, false, true, true, false]
+        );
+        assert_eq!(l.try_acquire_at(1250 * MS), Err(750 * MS));
+    }
+
+    #[test]
+    fn sliding_window_counts_the_last_period() {
+        // 2 per second in 4 segments of 250 ms.
+        let l = limiter(
+            RateLimitOptions::per_second(2)
+                .algorithm(RateLimitAlgorithm::SlidingWindow { segments: 4 }),
+        );
+        assert_eq!(admitted(&l, &[0, 600, 700]), [true, true, false]);
+        // The permit taken at 0 leaves the window at 1000 ms.
+        assert_eq!(l.try_acquire_at(700 * MS), Err(300 * MS));
+        assert_eq!(admitted(&l, &[999, 1000, 1100]), [false, true, false]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_means_back_to_the_initial_state() {
+        let l = Limiter::new(&RateLimitOptions::per_second(10));
+        assert!(l.is_idle());
+        for _ in 0..10 {
+            assert!(l.try_acquire().is_ok());
+        }
+        assert!(!l.is_idle());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!l.is_idle());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(l.is_idle());
+    }
+}
