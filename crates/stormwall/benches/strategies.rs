@@ -189,8 +189,16 @@ fn rate_limit_check(c: &mut Criterion) {
         stormwall::rate_limit::RateLimitOptions::per_second(u32::MAX),
     )
     .unwrap();
-    g.bench_function("stormwall GCRA try_acquire", |b| {
+    g.bench_function("stormwall GCRA try_acquire (tokio clock)", |b| {
         b.iter(|| black_box(limiter.try_acquire()))
+    });
+    let fast = stormwall::rate_limit::RateLimiter::new(
+        stormwall::rate_limit::RateLimitOptions::per_second(u32::MAX)
+            .clock(stormwall::clock::Clock::Fast),
+    )
+    .unwrap();
+    g.bench_function("stormwall GCRA try_acquire (fast clock)", |b| {
+        b.iter(|| black_box(fast.try_acquire()))
     });
     let quota = governor::Quota::per_second(std::num::NonZeroU32::MAX);
     let governor = governor::RateLimiter::direct(quota);

@@ -85,6 +85,7 @@
 
 pub mod bulkhead;
 pub mod circuit_breaker;
+pub mod clock;
 mod error;
 pub mod fallback;
 pub mod layer;

@@ -88,6 +88,24 @@ async fn keyed_limiters_isolate_tenants_and_forget_idle_ones() {
 }
 
 #[test]
+fn fast_clock_limits_the_same_way() {
+    // Real time, no sleeping: a burst of 3 in a period of an hour, then a refusal whose
+    // wait is about the interval (20 minutes).
+    let limiter = RateLimiter::new(
+        RateLimitOptions::per(3, Duration::from_secs(3600)).clock(stormwall::clock::Clock::Fast),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert!(limiter.try_acquire().is_ok());
+    }
+    let wait = limiter.try_acquire().unwrap_err();
+    assert!(
+        wait > Duration::from_secs(1190) && wait <= Duration::from_secs(1200),
+        "{wait:?}"
+    );
+}
+
+#[test]
 fn invalid_options_are_rejected_naming_the_field() {
     let field = |o: RateLimitOptions| RateLimiter::new(o).unwrap_err().field;
     assert_eq!(field(RateLimitOptions::per_second(0)), "rate_limit.permits");

@@ -2,16 +2,16 @@
 //! limiter was made) and, on refusal, says how long until a permit is available.
 
 use super::{RateLimitAlgorithm, RateLimitOptions};
+use crate::clock::{saturating_nanos, Stopwatch};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// One rate limiter's state.
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    origin: Instant,
+    stopwatch: Stopwatch,
     kind: Kind,
 }
 
@@ -43,10 +43,6 @@ enum Kind {
     },
 }
 
-fn nanos(d: Duration) -> u64 {
-    d.as_nanos().min(u128::from(u64::MAX)) as u64
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Each critical section writes plain numbers: a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -55,7 +51,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Limiter {
     /// A limiter with `options` (assumed validated), full at creation.
     pub(crate) fn new(options: &RateLimitOptions) -> Self {
-        let period = nanos(options.period).max(1);
+        let period = saturating_nanos(options.period).max(1);
         let permits = u64::from(options.permits);
         let burst = u64::from(options.burst);
         let kind = match options.algorithm {
@@ -86,13 +82,14 @@ impl Limiter {
             },
         };
         Limiter {
-            origin: Instant::now(),
+            stopwatch: Stopwatch::start(options.clock),
             kind,
         }
     }
 
+    #[inline]
     fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.origin))
+        self.stopwatch.nanos()
     }
 
     /// Takes one permit now, or says how long until one is available.

@@ -1,3 +1,4 @@
+use crate::clock::Clock;
 use crate::error::{check, ConfigError};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub struct RateLimitOptions {
     pub burst: u32,
     /// The algorithm. Default: [`RateLimitAlgorithm::Gcra`].
     pub algorithm: RateLimitAlgorithm,
+    /// The clock. Default: [`Clock::Tokio`]; [`Clock::Fast`] for the hottest paths.
+    pub clock: Clock,
 }
 
 impl Default for RateLimitOptions {
@@ -60,6 +63,7 @@ impl RateLimitOptions {
             period,
             burst: permits,
             algorithm: RateLimitAlgorithm::Gcra,
+            clock: Clock::Tokio,
         }
     }
 
@@ -72,6 +76,12 @@ impl RateLimitOptions {
     /// Sets [`algorithm`](Self::algorithm).
     pub fn algorithm(mut self, algorithm: RateLimitAlgorithm) -> Self {
         self.algorithm = algorithm;
+        self
+    }
+
+    /// Sets [`clock`](Self::clock).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
