@@ -69,6 +69,13 @@ fn success_paths(c: &mut Criterion) {
         timed!(b, rt, p.execute(|_| op()).await)
     });
     let p = Pipeline::builder()
+        .circuit_breaker(breaker_options().clock(stormwall::clock::Clock::Fast))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall breaker (time window, fast clock)", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+    let p = Pipeline::builder()
         .circuit_breaker(breaker_options().count_window(100))
         .build()
         .unwrap();
@@ -318,6 +325,10 @@ fn contention(c: &mut Criterion) {
     let mut g = c.benchmark_group("two threads, one breaker");
     for (name, options) in [
         ("stormwall (time window)", breaker_options()),
+        (
+            "stormwall (time window, fast clock)",
+            breaker_options().clock(stormwall::clock::Clock::Fast),
+        ),
         (
             "stormwall (count window)",
             breaker_options().count_window(100),

@@ -93,6 +93,27 @@ async fn failures_older_than_the_sampling_duration_are_forgotten() {
     assert_eq!(breaker.state(), CircuitState::Open);
 }
 
+#[test]
+fn fast_clock_breaker_trips_on_the_failure_ratio() {
+    // Real time, no sleeping: everything happens well within one bucket.
+    let breaker = CircuitBreaker::new(
+        CircuitBreakerOptions::new()
+            .failure_ratio(0.5)
+            .minimum_throughput(4)
+            .sampling_duration(Duration::from_secs(60))
+            .clock(stormwall::clock::Clock::Fast),
+    )
+    .unwrap();
+    breaker.try_acquire().unwrap().record_success();
+    breaker.try_acquire().unwrap().record_success();
+    breaker.try_acquire().unwrap().record_failure();
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    breaker.try_acquire().unwrap().record_failure();
+    assert_eq!(breaker.state(), CircuitState::Open);
+    let retry_after = breaker.try_acquire().unwrap_err().retry_after.unwrap();
+    assert!(retry_after > Duration::from_secs(4) && retry_after <= Duration::from_secs(5));
+}
+
 #[tokio::test(start_paused = true)]
 async fn count_window_considers_only_the_last_n_calls() {
     let (breaker, p) = guarded(

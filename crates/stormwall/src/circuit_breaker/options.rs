@@ -1,3 +1,4 @@
+use crate::clock::Clock;
 use crate::error::{check, ConfigError};
 use crate::pipeline::OnError;
 use std::fmt;
@@ -93,6 +94,9 @@ pub struct CircuitBreakerOptions<P = OnError> {
     pub success_threshold: u32,
     /// Which outcomes count as failures. Default: [`OnError`] (every `Err`).
     pub should_handle: P,
+    /// The clock for the window and the break. Default: [`Clock::Tokio`]; [`Clock::Fast`]
+    /// makes the time window's success path several times cheaper.
+    pub clock: Clock,
 }
 
 impl Default for CircuitBreakerOptions {
@@ -109,6 +113,7 @@ impl Default for CircuitBreakerOptions {
             permitted_calls_in_half_open: 1,
             success_threshold: 1,
             should_handle: OnError,
+            clock: Clock::Tokio,
         }
     }
 }
@@ -210,7 +215,14 @@ impl<P> CircuitBreakerOptions<P> {
             permitted_calls_in_half_open: self.permitted_calls_in_half_open,
             success_threshold: self.success_threshold,
             should_handle,
+            clock: self.clock,
         }
+    }
+
+    /// Sets [`clock`](Self::clock).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Checks every field against its valid range.

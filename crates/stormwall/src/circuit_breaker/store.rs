@@ -9,10 +9,10 @@ use super::{
     BreakDurationArgs, BreakDurationGenerator, CircuitBreakerOptions, CircuitState,
     CircuitTransition, SamplingWindow, TransitionReason,
 };
+use crate::clock::{saturating_nanos, Stopwatch};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// An admitted call, to be handed back to [`StateStore::record`] or
 /// [`StateStore::release`].
@@ -112,7 +112,8 @@ pub struct InMemoryStore {
     consecutive_failures: AtomicU32,
     /// `None` when no ratio condition is configured.
     window: Option<Window>,
-    origin: Instant,
+    /// Reads nanoseconds since the store was made: all times below are in that unit.
+    stopwatch: Stopwatch,
     transitions: Mutex<Transitions>,
 }
 
@@ -164,14 +165,14 @@ impl InMemoryStore {
             open_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             window,
-            origin: Instant::now(),
+            stopwatch: Stopwatch::start(options.clock),
             transitions: Mutex::new(Transitions::default()),
         }
     }
 
     #[inline]
-    fn nanos(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.origin).as_nanos() as u64
+    fn now(&self) -> u64 {
+        self.stopwatch.nanos()
     }
 
     fn reset_window(&self) {
@@ -197,7 +198,7 @@ impl InMemoryStore {
         t: &mut Transitions,
         to: CircuitState,
         reason: TransitionReason,
-        now: Instant,
+        now: u64,
     ) -> Option<CircuitTransition> {
         let from = self.load_state();
         if from == to {
@@ -217,7 +218,7 @@ impl InMemoryStore {
                     }),
                     None => self.thresholds.break_duration,
                 };
-                let until = self.nanos(now).saturating_add(duration.as_nanos() as u64);
+                let until = now.saturating_add(saturating_nanos(duration));
                 self.open_until.store(until, Ordering::Release);
                 break_duration = Some(duration);
             }
@@ -239,7 +240,7 @@ impl InMemoryStore {
     }
 
     /// Whether the closed-state counters call for a trip, and why.
-    fn trip_reason(&self, now: Instant) -> Option<TransitionReason> {
+    fn trip_reason(&self, now: u64) -> Option<TransitionReason> {
         let th = &self.thresholds;
         if let Some(n) = th.consecutive_failures {
             if self.consecutive_failures.load(Ordering::Acquire) >= n {
@@ -252,7 +253,7 @@ impl InMemoryStore {
         let Some(window) = &self.window else {
             return None;
         };
-        let counts = window.counts(self.nanos(now));
+        let counts = window.counts(now);
         if counts.total < th.minimum_throughput {
             return None;
         }
@@ -288,13 +289,13 @@ impl InMemoryStore {
 
     /// The decision the state makes on its own: `None` when the call may become a probe
     /// (the break has elapsed, or the circuit is half-open), which needs the lock.
-    fn decide_unlocked(&self, state: CircuitState, now: Instant) -> Option<Acquired> {
+    fn decide_unlocked(&self, state: CircuitState, now: u64) -> Option<Acquired> {
         match state {
             CircuitState::Closed | CircuitState::Disabled => Some(Acquired::admitted()),
             CircuitState::Isolated => Some(Acquired::rejected(CircuitState::Isolated, None)),
             CircuitState::Open => {
                 let until = self.open_until.load(Ordering::Acquire);
-                let remaining = until.checked_sub(self.nanos(now)).filter(|&r| r > 0)?;
+                let remaining = until.checked_sub(now).filter(|&r| r > 0)?;
                 Some(Acquired::rejected(
                     CircuitState::Open,
                     Some(Duration::from_nanos(remaining)),
@@ -306,7 +307,7 @@ impl InMemoryStore {
 
     /// The slow path of `try_acquire`: Open past its break, or HalfOpen. The state is read
     /// again under the lock, since another caller may have moved it meanwhile.
-    fn acquire_locked(&self, now: Instant) -> Acquired {
+    fn acquire_locked(&self, now: u64) -> Acquired {
         let mut t = self.lock();
         let state = self.load_state();
         if let Some(decided) = self.decide_unlocked(state, now) {
@@ -353,7 +354,7 @@ impl StateStore for InMemoryStore {
             // The hot path: no clock, no lock.
             return Acquired::admitted();
         }
-        let now = Instant::now();
+        let now = self.now();
         // While open, the common case is a rejection, also without the lock.
         self.decide_unlocked(state, now)
             .unwrap_or_else(|| self.acquire_locked(now))
@@ -370,11 +371,7 @@ impl StateStore for InMemoryStore {
                 if !outcome.failure && !outcome.slow {
                     // The hot path: a success cannot trip the breaker, so no lock.
                     if let Some(window) = &self.window {
-                        let now_nanos = if window.needs_clock() {
-                            self.nanos(Instant::now())
-                        } else {
-                            0
-                        };
+                        let now_nanos = if window.needs_clock() { self.now() } else { 0 };
                         window.record(now_nanos, false, false);
                     }
                     if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
@@ -382,13 +379,13 @@ impl StateStore for InMemoryStore {
                     }
                     return None;
                 }
-                let now = Instant::now();
+                let now = self.now();
                 let mut t = self.lock();
                 if self.load_state() != CircuitState::Closed {
                     return None;
                 }
                 if let Some(window) = &self.window {
-                    window.record(self.nanos(now), outcome.failure, outcome.slow);
+                    window.record(now, outcome.failure, outcome.slow);
                 }
                 if outcome.failure {
                     self.consecutive_failures.fetch_add(1, Ordering::AcqRel);
@@ -404,7 +401,7 @@ impl StateStore for InMemoryStore {
                     return None;
                 }
                 t.probes_in_flight = t.probes_in_flight.saturating_sub(1);
-                let now = Instant::now();
+                let now = self.now();
                 if outcome.failure || (outcome.slow && self.thresholds.slow_ratio.is_some()) {
                     return self.transition(
                         &mut t,
@@ -438,7 +435,7 @@ impl StateStore for InMemoryStore {
 
     fn command(&self, command: Command) -> Option<CircuitTransition> {
         let mut t = self.lock();
-        let now = Instant::now();
+        let now = self.now();
         let to = match command {
             Command::Isolate => CircuitState::Isolated,
             Command::Close => CircuitState::Closed,
