@@ -164,6 +164,15 @@ pub struct Permit<'a, S: StateStore = InMemoryStore> {
     started: Option<Instant>,
 }
 
+impl<S: StateStore> std::fmt::Debug for Permit<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("ticket", &self.ticket)
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S: StateStore> Permit<'_, S> {
     /// The call succeeded.
     pub fn record_success(mut self) {
