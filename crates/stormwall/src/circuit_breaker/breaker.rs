@@ -93,7 +93,7 @@ impl<P, S: StateStore> CircuitBreaker<P, S> {
     /// permit dropped without a report (a cancelled call) gives back its half-open slot.
     ///
     /// This is the breaker without a pipeline, for code that is not a closure (a proxy).
-    #[inline]
+    #[inline(always)]
     pub fn try_acquire(&self) -> Result<Permit<'_, S>, CircuitRejected> {
         let Acquired { result, transition } = self.shared.store.try_acquire();
         if let Some(t) = transition {
@@ -185,7 +185,7 @@ impl<S: StateStore> Permit<'_, S> {
     }
 
     /// The call ended; `failure` says how.
-    #[inline]
+    #[inline(always)]
     pub fn record(&mut self, failure: bool) {
         let Some(ticket) = self.ticket.take() else {
             return;

@@ -287,6 +287,57 @@ impl InMemoryStore {
         }
     }
 
+    /// A failure or slow call while closed: may trip, so under the lock.
+    #[cold]
+    #[inline(never)]
+    fn record_closed_locked(&self, outcome: CallOutcome) -> Option<CircuitTransition> {
+        let now = self.now();
+        let mut t = self.lock();
+        if self.load_state() != CircuitState::Closed {
+            return None;
+        }
+        if let Some(window) = &self.window {
+            window.record(now, outcome.failure, outcome.slow);
+        }
+        if outcome.failure {
+            self.consecutive_failures.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.consecutive_failures.store(0, Ordering::Release);
+        }
+        let reason = self.trip_reason(now)?;
+        self.transition(&mut t, CircuitState::Open, reason, now)
+    }
+
+    /// A half-open probe's outcome: closes or reopens the circuit.
+    #[cold]
+    #[inline(never)]
+    fn record_probe(&self, generation: u64, outcome: CallOutcome) -> Option<CircuitTransition> {
+        let mut t = self.lock();
+        if self.load_state() != CircuitState::HalfOpen || t.generation != generation {
+            return None;
+        }
+        t.probes_in_flight = t.probes_in_flight.saturating_sub(1);
+        let now = self.now();
+        if outcome.failure || (outcome.slow && self.thresholds.slow_ratio.is_some()) {
+            return self.transition(
+                &mut t,
+                CircuitState::Open,
+                TransitionReason::ProbeFailed,
+                now,
+            );
+        }
+        t.probe_successes += 1;
+        if t.probe_successes >= self.thresholds.success_threshold {
+            return self.transition(
+                &mut t,
+                CircuitState::Closed,
+                TransitionReason::ProbesSucceeded,
+                now,
+            );
+        }
+        None
+    }
+
     /// The decision the state makes on its own: `None` when the call may become a probe
     /// (the break has elapsed, or the circuit is half-open), which needs the lock.
     fn decide_unlocked(&self, state: CircuitState, now: u64) -> Option<Acquired> {
@@ -307,6 +358,8 @@ impl InMemoryStore {
 
     /// The slow path of `try_acquire`: Open past its break, or HalfOpen. The state is read
     /// again under the lock, since another caller may have moved it meanwhile.
+    #[cold]
+    #[inline(never)]
     fn acquire_locked(&self, now: u64) -> Acquired {
         let mut t = self.lock();
         let state = self.load_state();
@@ -347,7 +400,7 @@ impl Acquired {
 }
 
 impl StateStore for InMemoryStore {
-    #[inline]
+    #[inline(always)]
     fn try_acquire(&self) -> Acquired {
         let state = self.load_state();
         if matches!(state, CircuitState::Closed | CircuitState::Disabled) {
@@ -360,7 +413,7 @@ impl StateStore for InMemoryStore {
             .unwrap_or_else(|| self.acquire_locked(now))
     }
 
-    #[inline]
+    #[inline(always)]
     fn record(&self, ticket: Ticket, outcome: CallOutcome) -> Option<CircuitTransition> {
         match ticket {
             Ticket::Normal => {
@@ -379,48 +432,9 @@ impl StateStore for InMemoryStore {
                     }
                     return None;
                 }
-                let now = self.now();
-                let mut t = self.lock();
-                if self.load_state() != CircuitState::Closed {
-                    return None;
-                }
-                if let Some(window) = &self.window {
-                    window.record(now, outcome.failure, outcome.slow);
-                }
-                if outcome.failure {
-                    self.consecutive_failures.fetch_add(1, Ordering::AcqRel);
-                } else {
-                    self.consecutive_failures.store(0, Ordering::Release);
-                }
-                let reason = self.trip_reason(now)?;
-                self.transition(&mut t, CircuitState::Open, reason, now)
+                self.record_closed_locked(outcome)
             }
-            Ticket::Probe { generation } => {
-                let mut t = self.lock();
-                if self.load_state() != CircuitState::HalfOpen || t.generation != generation {
-                    return None;
-                }
-                t.probes_in_flight = t.probes_in_flight.saturating_sub(1);
-                let now = self.now();
-                if outcome.failure || (outcome.slow && self.thresholds.slow_ratio.is_some()) {
-                    return self.transition(
-                        &mut t,
-                        CircuitState::Open,
-                        TransitionReason::ProbeFailed,
-                        now,
-                    );
-                }
-                t.probe_successes += 1;
-                if t.probe_successes >= self.thresholds.success_threshold {
-                    return self.transition(
-                        &mut t,
-                        CircuitState::Closed,
-                        TransitionReason::ProbesSucceeded,
-                        now,
-                    );
-                }
-                None
-            }
+            Ticket::Probe { generation } => self.record_probe(generation, outcome),
         }
     }
 
