@@ -340,13 +340,13 @@ impl InMemoryStore {
 
     /// The decision the state makes on its own: `None` when the call may become a probe
     /// (the break has elapsed, or the circuit is half-open), which needs the lock.
-    fn decide_unlocked(&self, state: CircuitState, now: u64) -> Option<Acquired> {
+    fn decide_unlocked(&self, state: CircuitState, now: impl FnOnce() -> u64) -> Option<Acquired> {
         match state {
             CircuitState::Closed | CircuitState::Disabled => Some(Acquired::admitted()),
             CircuitState::Isolated => Some(Acquired::rejected(CircuitState::Isolated, None)),
             CircuitState::Open => {
                 let until = self.open_until.load(Ordering::Acquire);
-                let remaining = until.checked_sub(now).filter(|&r| r > 0)?;
+                let remaining = until.checked_sub(now()).filter(|&r| r > 0)?;
                 Some(Acquired::rejected(
                     CircuitState::Open,
                     Some(Duration::from_nanos(remaining)),
@@ -363,7 +363,7 @@ impl InMemoryStore {
     fn acquire_locked(&self, now: u64) -> Acquired {
         let mut t = self.lock();
         let state = self.load_state();
-        if let Some(decided) = self.decide_unlocked(state, now) {
+        if let Some(decided) = self.decide_unlocked(state, || now) {
             return decided;
         }
         let transition = if state == CircuitState::Open {
@@ -407,10 +407,11 @@ impl StateStore for InMemoryStore {
             // The hot path: no clock, no lock.
             return Acquired::admitted();
         }
-        let now = self.now();
-        // While open, the common case is a rejection, also without the lock.
-        self.decide_unlocked(state, now)
-            .unwrap_or_else(|| self.acquire_locked(now))
+        // While open, the common case is a rejection, also without the lock. The clock is
+        // read only when the state needs it (open: has the break ended?).
+        let mut now = None;
+        self.decide_unlocked(state, || *now.get_or_insert_with(|| self.now()))
+            .unwrap_or_else(|| self.acquire_locked(now.unwrap_or_else(|| self.now())))
     }
 
     #[inline(always)]
