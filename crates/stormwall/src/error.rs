@@ -35,6 +35,10 @@ pub enum Error<E> {
     /// A retry budget had no retry left to spend.
     #[error("retry budget exhausted")]
     BudgetExhausted,
+    /// Adaptive throttling rejected the call locally: the dependency has been refusing
+    /// most calls, so this one was not sent.
+    #[error("throttled locally: the dependency is rejecting most calls")]
+    Throttled,
 }
 
 impl<E> Error<E> {
@@ -62,11 +66,12 @@ impl<E> Error<E> {
                 | Error::BulkheadFull
                 | Error::RateLimited { .. }
                 | Error::BudgetExhausted
+                | Error::Throttled
         )
     }
 
     /// A short, stable name for the variant (a metrics label): `inner`, `timeout`,
-    /// `circuit_open`, `bulkhead_full`, `rate_limited`, `budget_exhausted`.
+    /// `circuit_open`, `bulkhead_full`, `rate_limited`, `budget_exhausted`, `throttled`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Inner(_) => "inner",
@@ -75,6 +80,7 @@ impl<E> Error<E> {
             Error::BulkheadFull => "bulkhead_full",
             Error::RateLimited { .. } => "rate_limited",
             Error::BudgetExhausted => "budget_exhausted",
+            Error::Throttled => "throttled",
         }
     }
 

@@ -53,7 +53,7 @@ mod events;
 mod options;
 mod state;
 pub mod store;
-mod window;
+pub(crate) mod window;
 
 pub use breaker::{CircuitBreaker, Permit};
 pub use events::{CircuitRejected, CircuitTransition, TransitionReason};

@@ -52,6 +52,7 @@ impl Window {
 /// 16-bit counters (total, failures, slow). A record whose epoch differs from the tag starts
 /// the bucket afresh; one compare-and-swap keeps tag and counts consistent under contention.
 /// A counter about to overflow halves all three, which keeps the ratios.
+#[derive(Debug)]
 pub(crate) struct TimeWindow {
     buckets: [AtomicU64; BUCKETS],
     bucket_nanos: u64,
@@ -86,7 +87,7 @@ impl TimeWindow {
         }
     }
 
-    fn record(&self, now_nanos: u64, failure: bool, slow: bool) {
+    pub(crate) fn record(&self, now_nanos: u64, failure: bool, slow: bool) {
         let epoch = now_nanos / self.bucket_nanos;
         let tag = epoch as u16;
         let bucket = &self.buckets[(epoch % BUCKETS as u64) as usize];
@@ -113,7 +114,7 @@ impl TimeWindow {
         }
     }
 
-    fn counts(&self, now_nanos: u64) -> Counts {
+    pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
         let epoch = now_nanos / self.bucket_nanos;
         if epoch.saturating_sub(self.newest_epoch.load(Ordering::Relaxed)) >= BUCKETS as u64 {
             return Counts::default();

@@ -3,7 +3,7 @@ use crate::bulkhead::{Bulkhead, BulkheadOptions, KeyedBulkhead};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, InMemoryStore, StateStore};
 use crate::fallback::{Fallback, FallbackOptions};
 use crate::rate_limit::{KeyedRateLimiter, RateLimitOptions, RateLimiter};
-use crate::retry::{Retry, RetryOptions};
+use crate::retry::{AdaptiveThrottle, AdaptiveThrottleOptions, Retry, RetryOptions};
 use crate::telemetry::{EventListener, Telemetry};
 use crate::timeout::{Timeout, TimeoutOptions};
 use crate::ConfigError;
@@ -201,6 +201,20 @@ impl BuildStrategy for BulkheadOptions {
 }
 
 impl<P, G> BuildStrategy for Retry<P, G> {
+    type Strategy = Self;
+    fn build_strategy(self) -> Result<Self, ConfigError> {
+        Ok(self)
+    }
+}
+
+impl<P> BuildStrategy for AdaptiveThrottleOptions<P> {
+    type Strategy = AdaptiveThrottle<P>;
+    fn build_strategy(self) -> Result<Self::Strategy, ConfigError> {
+        AdaptiveThrottle::new(self)
+    }
+}
+
+impl<P> BuildStrategy for AdaptiveThrottle<P> {
     type Strategy = Self;
     fn build_strategy(self) -> Result<Self, ConfigError> {
         Ok(self)

@@ -8,3 +8,18 @@ pub struct RetryScheduled {
     /// How long the strategy waits before it.
     pub delay: Duration,
 }
+
+/// Raised when a retry was due but the retry budget had none left: the last outcome is
+/// returned instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetExhausted {
+    /// The retry that was refused: 1 for the first retry.
+    pub attempt: u32,
+}
+
+/// Raised when adaptive throttling rejected a call locally.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throttled {
+    /// The rejection probability at that moment.
+    pub probability: f64,
+}

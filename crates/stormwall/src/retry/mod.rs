@@ -31,11 +31,15 @@
 //! ```
 
 mod backoff;
+mod budget;
 mod events;
 mod options;
 mod strategy;
+mod throttle;
 
 pub use backoff::{Backoff, Jitter};
-pub use events::RetryScheduled;
+pub use budget::{RetryBudget, RetryBudgetOptions};
+pub use events::{RetryBudgetExhausted, RetryScheduled, Throttled};
 pub use options::{NoDelayGenerator, RetryOptions};
 pub use strategy::{DelayGenerator, Retry};
+pub use throttle::{AdaptiveThrottle, AdaptiveThrottleOptions};

@@ -1,4 +1,4 @@
-use super::{Backoff, Jitter};
+use super::{Backoff, Jitter, RetryBudget};
 use crate::error::{check, ConfigError};
 use crate::pipeline::OnTransientError;
 use std::time::Duration;
@@ -33,6 +33,10 @@ pub struct RetryOptions<P = OnTransientError, G = NoDelayGenerator> {
     /// May replace the computed delay from the outcome (`Some(delay)`), e.g. to honour a
     /// `Retry-After`. Default: [`NoDelayGenerator`] (always the computed delay).
     pub delay_generator: G,
+    /// A retry budget shared with other retry strategies: each execution deposits, each
+    /// retry withdraws; with the budget empty the last outcome is returned at once.
+    /// Default: `None` (no budget).
+    pub budget: Option<RetryBudget>,
 }
 
 impl Default for RetryOptions {
@@ -45,6 +49,7 @@ impl Default for RetryOptions {
             jitter: Jitter::DecorrelatedV2,
             should_retry: OnTransientError,
             delay_generator: NoDelayGenerator,
+            budget: None,
         }
     }
 }
@@ -120,6 +125,7 @@ impl<P, G> RetryOptions<P, G> {
             jitter: self.jitter,
             should_retry,
             delay_generator: self.delay_generator,
+            budget: self.budget,
         }
     }
 
@@ -134,7 +140,14 @@ impl<P, G> RetryOptions<P, G> {
             jitter: self.jitter,
             should_retry: self.should_retry,
             delay_generator,
+            budget: self.budget,
         }
+    }
+
+    /// Sets [`budget`](Self::budget).
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Checks every field against its valid range.

@@ -1,5 +1,5 @@
 use super::backoff::{compute_delay, DelayState};
-use super::{NoDelayGenerator, RetryOptions, RetryScheduled};
+use super::{NoDelayGenerator, RetryBudgetExhausted, RetryOptions, RetryScheduled};
 use crate::pipeline::{Attach, Context, OnTransientError, Predicate, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
@@ -106,6 +106,10 @@ where
         async move {
             let mut state = DelayState::default();
             let mut attempt = 0u32;
+            let budget = self.options.budget.as_ref();
+            if let Some(budget) = budget {
+                budget.deposit();
+            }
             loop {
                 let outcome = op(ctx.for_attempt(attempt)).await;
                 if attempt >= self.options.max_retries || !self.options.should_retry.test(&outcome)
@@ -119,6 +123,13 @@ where
                         // The enclosing timeout would fire mid-sleep: the real outcome says more.
                         return outcome;
                     }
+                }
+                if budget.is_some_and(|b| !b.try_withdraw()) {
+                    let attempt = attempt + 1;
+                    self.telemetry.emit("retry", || {
+                        Event::RetryBudgetExhausted(RetryBudgetExhausted { attempt })
+                    });
+                    return outcome;
                 }
                 attempt += 1;
                 self.telemetry

@@ -41,7 +41,7 @@ use crate::bulkhead::BulkheadRejected;
 use crate::circuit_breaker::{CircuitRejected, CircuitTransition};
 use crate::fallback::FallbackUsed;
 use crate::rate_limit::RateLimited;
-use crate::retry::RetryScheduled;
+use crate::retry::{RetryBudgetExhausted, RetryScheduled, Throttled};
 use crate::timeout::TimedOut;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +52,10 @@ use std::time::Duration;
 pub enum Event {
     /// Retry is about to wait and try again.
     Retry(RetryScheduled),
+    /// A retry was due but the retry budget was empty.
+    RetryBudgetExhausted(RetryBudgetExhausted),
+    /// Adaptive throttling rejected a call locally.
+    Throttled(Throttled),
     /// A timeout cancelled the operation.
     Timeout(TimedOut),
     /// A circuit breaker changed state.
@@ -71,10 +75,12 @@ pub enum Event {
 impl Event {
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
     /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
-    /// `rate_limited`, `execution_completed`.
+    /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `execution_completed`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Retry(_) => "retry",
+            Event::RetryBudgetExhausted(_) => "retry_budget_exhausted",
+            Event::Throttled(_) => "throttled",
             Event::Timeout(_) => "timeout",
             Event::CircuitTransition(_) => "circuit_transition",
             Event::CircuitRejected(_) => "circuit_rejected",

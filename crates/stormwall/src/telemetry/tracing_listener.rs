@@ -34,6 +34,18 @@ impl EventListener for TracingListener {
             Event::RateLimited(r) => tracing::debug!(
                 pipeline, strategy, retry_after = ?r.retry_after, "rate limiter rejected a call"
             ),
+            Event::RetryBudgetExhausted(b) => tracing::info!(
+                pipeline,
+                strategy,
+                attempt = b.attempt,
+                "retry budget exhausted, not retrying"
+            ),
+            Event::Throttled(t) => tracing::debug!(
+                pipeline,
+                strategy,
+                probability = t.probability,
+                "throttled locally"
+            ),
             Event::ExecutionCompleted(e) => tracing::debug!(
                 pipeline, strategy, duration = ?e.duration, success = e.success,
                 "execution completed"
