@@ -84,6 +84,7 @@
 //! (`#[tokio::test(start_paused = true)]`) and take no real time.
 
 pub mod bulkhead;
+pub mod chaos;
 pub mod circuit_breaker;
 pub mod clock;
 mod error;

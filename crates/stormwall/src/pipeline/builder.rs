@@ -221,6 +221,13 @@ impl<P> BuildStrategy for AdaptiveThrottle<P> {
     }
 }
 
+impl<I> BuildStrategy for crate::chaos::Chaos<I> {
+    type Strategy = Self;
+    fn build_strategy(self) -> Result<Self, ConfigError> {
+        Ok(self)
+    }
+}
+
 impl<A, P> BuildStrategy for Fallback<A, P> {
     type Strategy = Self;
     fn build_strategy(self) -> Result<Self, ConfigError> {

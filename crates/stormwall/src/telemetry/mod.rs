@@ -38,6 +38,7 @@ mod tracing_listener;
 pub use tracing_listener::TracingListener;
 
 use crate::bulkhead::BulkheadRejected;
+use crate::chaos::ChaosInjected;
 use crate::circuit_breaker::{CircuitRejected, CircuitTransition};
 use crate::fallback::FallbackUsed;
 use crate::rate_limit::RateLimited;
@@ -68,6 +69,8 @@ pub enum Event {
     BulkheadRejected(BulkheadRejected),
     /// A rate limiter rejected a call.
     RateLimited(RateLimited),
+    /// A chaos strategy injected into a call.
+    ChaosInjected(ChaosInjected),
     /// A whole execution through the pipeline ended.
     ExecutionCompleted(ExecutionCompleted),
 }
@@ -75,7 +78,8 @@ pub enum Event {
 impl Event {
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
     /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
-    /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `execution_completed`.
+    /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `chaos_injected`,
+    /// `execution_completed`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Retry(_) => "retry",
@@ -87,6 +91,7 @@ impl Event {
             Event::Fallback(_) => "fallback",
             Event::BulkheadRejected(_) => "bulkhead_rejected",
             Event::RateLimited(_) => "rate_limited",
+            Event::ChaosInjected(_) => "chaos_injected",
             Event::ExecutionCompleted(_) => "execution_completed",
         }
     }

@@ -46,6 +46,9 @@ impl EventListener for TracingListener {
                 probability = t.probability,
                 "throttled locally"
             ),
+            Event::ChaosInjected(c) => {
+                tracing::debug!(pipeline, strategy, kind = c.kind, "chaos injected")
+            }
             Event::ExecutionCompleted(e) => tracing::debug!(
                 pipeline, strategy, duration = ?e.duration, success = e.success,
                 "execution completed"

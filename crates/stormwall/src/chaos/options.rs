@@ -1,0 +1,142 @@
+use crate::error::ConfigError;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Options shared by every chaos strategy.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    /// The chance that a call gets the injection. Default: 0.001 (Polly's). Valid: 0 – 1.
+    pub injection_rate: f64,
+    /// Whether injection is on at start. Default: `true`. Change it at runtime through
+    /// [`ChaosControl`].
+    pub enabled: bool,
+    /// Seeds the random choice, for reproducible runs. Default: `None` (random).
+    pub seed: Option<u64>,
+}
+
+impl Default for ChaosOptions {
+    fn default() -> Self {
+        ChaosOptions {
+            injection_rate: 0.001,
+            enabled: true,
+            seed: None,
+        }
+    }
+}
+
+impl ChaosOptions {
+    /// Inject into `injection_rate` of the calls.
+    pub fn rate(injection_rate: f64) -> Self {
+        ChaosOptions {
+            injection_rate,
+            ..Default::default()
+        }
+    }
+
+    /// Sets [`seed`](Self::seed).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Sets [`enabled`](Self::enabled).
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Checks every field against its valid range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_rate(self.injection_rate)
+    }
+}
+
+fn check_rate(rate: f64) -> Result<(), ConfigError> {
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(ConfigError::new(
+            "injection_rate",
+            rate,
+            "must be between 0 and 1",
+        ));
+    }
+    Ok(())
+}
+
+/// Turns a chaos strategy on or off, and changes its injection rate, while it runs.
+/// Clones control the same strategy.
+#[derive(Debug, Clone)]
+pub struct ChaosControl {
+    pub(crate) inner: Arc<ControlState>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ControlState {
+    enabled: AtomicBool,
+    /// The rate's `f64` bits.
+    rate: AtomicU64,
+    /// The state of a splitmix64 generator: lock-free, and reproducible from a seed.
+    random: AtomicU64,
+}
+
+impl ChaosControl {
+    pub(crate) fn new(options: &ChaosOptions) -> Self {
+        ChaosControl {
+            inner: Arc::new(ControlState {
+                enabled: AtomicBool::new(options.enabled),
+                rate: AtomicU64::new(options.injection_rate.to_bits()),
+                random: AtomicU64::new(options.seed.unwrap_or_else(|| fastrand::u64(..))),
+            }),
+        }
+    }
+
+    /// Starts injecting.
+    pub fn enable(&self) {
+        self.inner.enabled.store(true, Ordering::Release);
+    }
+
+    /// Stops injecting: every call runs as it is.
+    pub fn disable(&self) {
+        self.inner.enabled.store(false, Ordering::Release);
+    }
+
+    /// Whether injection is on.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::Acquire)
+    }
+
+    /// Changes the injection rate; a rate outside 0 – 1 is refused and changes nothing.
+    pub fn set_injection_rate(&self, rate: f64) -> Result<(), ConfigError> {
+        check_rate(rate).map_err(|e| e.within("chaos"))?;
+        self.inner.rate.store(rate.to_bits(), Ordering::Release);
+        Ok(())
+    }
+
+    /// The injection rate now.
+    pub fn injection_rate(&self) -> f64 {
+        f64::from_bits(self.inner.rate.load(Ordering::Acquire))
+    }
+
+    /// Decides whether this call gets the injection.
+    #[inline]
+    pub(crate) fn should_inject(&self) -> bool {
+        if !self.is_enabled() {
+            return false;
+        }
+        let rate = self.injection_rate();
+        rate > 0.0 && self.inner.next_f64() < rate
+    }
+}
+
+impl ControlState {
+    /// splitmix64: one atomic add per draw.
+    fn next_f64(&self) -> f64 {
+        let mut z = self
+            .random
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
