@@ -33,8 +33,10 @@
 //! # }
 //! ```
 
+mod metrics_listener;
 mod tracing_listener;
 
+pub use metrics_listener::MetricsListener;
 pub use tracing_listener::TracingListener;
 
 use crate::bulkhead::BulkheadRejected;
@@ -71,6 +73,9 @@ pub enum Event {
     RateLimited(RateLimited),
     /// A chaos strategy injected into a call.
     ChaosInjected(ChaosInjected),
+    /// One attempt of the operation ended (raised by the pipeline for every call of the
+    /// operation, retries and hedges included).
+    AttemptCompleted(AttemptCompleted),
     /// A whole execution through the pipeline ended.
     ExecutionCompleted(ExecutionCompleted),
 }
@@ -79,7 +84,7 @@ impl Event {
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
     /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
     /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `chaos_injected`,
-    /// `execution_completed`.
+    /// `attempt_completed`, `execution_completed`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Retry(_) => "retry",
@@ -92,6 +97,7 @@ impl Event {
             Event::BulkheadRejected(_) => "bulkhead_rejected",
             Event::RateLimited(_) => "rate_limited",
             Event::ChaosInjected(_) => "chaos_injected",
+            Event::AttemptCompleted(_) => "attempt_completed",
             Event::ExecutionCompleted(_) => "execution_completed",
         }
     }
@@ -103,6 +109,17 @@ pub struct ExecutionCompleted {
     /// Wall time from the call to `execute` to its outcome.
     pub duration: Duration,
     /// Whether the outcome was `Ok`.
+    pub success: bool,
+}
+
+/// One attempt of the operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptCompleted {
+    /// 0 for the first attempt.
+    pub attempt: u32,
+    /// How long the operation ran.
+    pub duration: Duration,
+    /// Whether it returned `Ok`.
     pub success: bool,
 }
 
@@ -125,26 +142,24 @@ pub trait EventListener: Send + Sync + 'static {
 }
 
 /// What each strategy holds to raise events: the pipeline's name and its listener.
-#[derive(Clone)]
+///
+/// One pointer, `None` without a listener: cheap to hold in every strategy and every
+/// attempt, and cloned (one atomic increment) only when a listener is attached.
+#[derive(Clone, Default)]
 pub struct Telemetry {
-    pipeline: Arc<str>,
-    listener: Option<Arc<dyn EventListener>>,
+    inner: Option<Arc<Reporter>>,
 }
 
-impl Default for Telemetry {
-    fn default() -> Self {
-        Telemetry {
-            pipeline: Arc::from("default"),
-            listener: None,
-        }
-    }
+struct Reporter {
+    pipeline: Arc<str>,
+    listener: Arc<dyn EventListener>,
 }
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
-            .field("pipeline", &self.pipeline)
-            .field("listener", &self.listener.is_some())
+            .field("pipeline", &self.pipeline())
+            .field("listener", &self.is_enabled())
             .finish()
     }
 }
@@ -152,32 +167,32 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     /// Telemetry for the pipeline `name`, reporting to `listener` (if any).
     pub fn new(name: impl Into<Arc<str>>, listener: Option<Arc<dyn EventListener>>) -> Self {
+        let pipeline = name.into();
         Telemetry {
-            pipeline: name.into(),
-            listener,
+            inner: listener.map(|listener| Arc::new(Reporter { pipeline, listener })),
         }
     }
 
-    /// The pipeline's name.
+    /// The pipeline's name (`"default"` when no listener is attached: nothing reads it).
     pub fn pipeline(&self) -> &str {
-        &self.pipeline
+        self.inner.as_ref().map_or("default", |r| &r.pipeline)
     }
 
     /// `true` when a listener is attached.
     #[inline]
     pub fn is_enabled(&self) -> bool {
-        self.listener.is_some()
+        self.inner.is_some()
     }
 
     /// Raises the event `make` builds — only if a listener is attached.
     #[inline]
     pub fn emit(&self, strategy: &'static str, make: impl FnOnce() -> Event) {
-        if let Some(listener) = &self.listener {
+        if let Some(reporter) = &self.inner {
             let source = EventSource {
-                pipeline: &self.pipeline,
+                pipeline: &reporter.pipeline,
                 strategy,
             };
-            listener.on_event(&source, &make());
+            reporter.listener.on_event(&source, &make());
         }
     }
 }

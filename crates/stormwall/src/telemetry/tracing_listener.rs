@@ -49,6 +49,10 @@ impl EventListener for TracingListener {
             Event::ChaosInjected(c) => {
                 tracing::debug!(pipeline, strategy, kind = c.kind, "chaos injected")
             }
+            Event::AttemptCompleted(a) => tracing::trace!(
+                pipeline, strategy, attempt = a.attempt, duration = ?a.duration,
+                success = a.success, "attempt completed"
+            ),
             Event::ExecutionCompleted(e) => tracing::debug!(
                 pipeline, strategy, duration = ?e.duration, success = e.success,
                 "execution completed"
