@@ -91,6 +91,7 @@ mod error;
 pub mod fallback;
 pub mod layer;
 pub mod pipeline;
+mod random;
 pub mod rate_limit;
 pub mod retry;
 pub mod telemetry;

@@ -1,4 +1,5 @@
 use crate::error::ConfigError;
+use crate::random::SplitMix;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -74,8 +75,7 @@ pub(crate) struct ControlState {
     enabled: AtomicBool,
     /// The rate's `f64` bits.
     rate: AtomicU64,
-    /// The state of a splitmix64 generator: lock-free, and reproducible from a seed.
-    random: AtomicU64,
+    random: SplitMix,
 }
 
 impl ChaosControl {
@@ -84,7 +84,7 @@ impl ChaosControl {
             inner: Arc::new(ControlState {
                 enabled: AtomicBool::new(options.enabled),
                 rate: AtomicU64::new(options.injection_rate.to_bits()),
-                random: AtomicU64::new(options.seed.unwrap_or_else(|| fastrand::u64(..))),
+                random: SplitMix::new(options.seed),
             }),
         }
     }
@@ -123,20 +123,6 @@ impl ChaosControl {
             return false;
         }
         let rate = self.injection_rate();
-        rate > 0.0 && self.inner.next_f64() < rate
-    }
-}
-
-impl ControlState {
-    /// splitmix64: one atomic add per draw.
-    fn next_f64(&self) -> f64 {
-        let mut z = self
-            .random
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        rate > 0.0 && self.inner.random.next_f64() < rate
     }
 }

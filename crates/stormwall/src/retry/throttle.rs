@@ -6,6 +6,7 @@ use crate::circuit_breaker::window::TimeWindow;
 use crate::clock::{Clock, Stopwatch};
 use crate::error::ConfigError;
 use crate::pipeline::{Attach, Context, OnError, Predicate, Strategy};
+use crate::random::SplitMix;
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
 use std::future::Future;
@@ -25,6 +26,8 @@ pub struct AdaptiveThrottleOptions<P = OnError> {
     pub should_handle: P,
     /// The clock. Default: [`Clock::Tokio`].
     pub clock: Clock,
+    /// Seeds the random rejections, for reproducible runs. Default: `None` (random).
+    pub seed: Option<u64>,
 }
 
 impl Default for AdaptiveThrottleOptions {
@@ -34,6 +37,7 @@ impl Default for AdaptiveThrottleOptions {
             window: Duration::from_secs(120),
             should_handle: OnError,
             clock: Clock::Tokio,
+            seed: None,
         }
     }
 }
@@ -48,6 +52,12 @@ impl<P> AdaptiveThrottleOptions<P> {
     /// Sets [`window`](Self::window).
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
+        self
+    }
+
+    /// Sets [`seed`](Self::seed).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -84,6 +94,7 @@ struct Shared {
     window: TimeWindow,
     stopwatch: Stopwatch,
     k: f64,
+    random: SplitMix,
 }
 
 impl<P> AdaptiveThrottle<P> {
@@ -97,6 +108,7 @@ impl<P> AdaptiveThrottle<P> {
                 window: TimeWindow::new(options.window),
                 stopwatch: Stopwatch::start(options.clock),
                 k: options.k,
+                random: SplitMix::new(options.seed),
             }),
             should_handle: options.should_handle,
             telemetry: Telemetry::default(),
@@ -141,7 +153,7 @@ where
             let now = shared.stopwatch.nanos();
             let counts = shared.window.counts(now);
             let p = probability(counts.total, counts.total - counts.failures, shared.k);
-            if p > 0.0 && fastrand::f64() < p {
+            if p > 0.0 && shared.random.next_f64() < p {
                 // A locally rejected request still counts as a request, not an accept.
                 shared.window.record(now, true, false);
                 self.telemetry.emit("adaptive_throttle", || {
