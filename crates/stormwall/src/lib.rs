@@ -89,6 +89,7 @@ pub mod circuit_breaker;
 pub mod clock;
 mod error;
 pub mod fallback;
+pub mod health;
 pub mod layer;
 pub mod pipeline;
 mod random;
