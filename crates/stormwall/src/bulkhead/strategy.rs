@@ -53,7 +53,7 @@ impl Attach for Bulkhead {
     }
 }
 
-/// Takes a slot from `slots`: at once, or after waiting in the queue.
+/// Takes a slot from `slots`: at once (no future involved), or after waiting in the queue.
 async fn acquire<'a>(
     slots: &'a Slots,
     options: &BulkheadOptions,
@@ -62,6 +62,15 @@ async fn acquire<'a>(
     if slots.try_acquire() {
         return Ok(Slot(slots));
     }
+    acquire_queued(slots, options, telemetry).await
+}
+
+/// The slow path: no slot free, so queue (if allowed) or reject.
+async fn acquire_queued<'a>(
+    slots: &'a Slots,
+    options: &BulkheadOptions,
+    telemetry: &Telemetry,
+) -> Result<Slot<'a>, BulkheadRejection> {
     let rejected = |reason| {
         telemetry.emit("bulkhead", || {
             Event::BulkheadRejected(BulkheadRejected {
@@ -108,8 +117,14 @@ impl<T, E> Strategy<T, E> for Bulkhead {
         E: Send,
     {
         async move {
-            let Ok(_slot) = acquire(&self.slots, &self.options, &self.telemetry).await else {
-                return Err(Error::BulkheadFull);
+            // The fast path stays out of any inner future: a free slot is taken inline.
+            let _slot = if self.slots.try_acquire() {
+                Slot(&self.slots)
+            } else {
+                match acquire_queued(&self.slots, &self.options, &self.telemetry).await {
+                    Ok(slot) => slot,
+                    Err(_) => return Err(Error::BulkheadFull),
+                }
             };
             op(ctx).await
         }
