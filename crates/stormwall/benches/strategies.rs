@@ -129,6 +129,16 @@ fn success_paths(c: &mut Criterion) {
         timed!(b, rt, p.execute(|_| op()).await)
     });
 
+    let p = Pipeline::builder()
+        .hedging(stormwall::hedging::HedgingOptions::latency(
+            Duration::from_secs(2),
+        ))
+        .build()
+        .unwrap();
+    g.bench_function("stormwall hedging (primary answers)", |b| {
+        timed!(b, rt, p.execute(|_| op()).await)
+    });
+
     // Peers.
     let mut svc = ServiceBuilder::new()
         .concurrency_limit(100)

@@ -90,6 +90,7 @@ pub mod clock;
 mod error;
 pub mod fallback;
 pub mod health;
+pub mod hedging;
 pub mod layer;
 pub mod pipeline;
 mod random;

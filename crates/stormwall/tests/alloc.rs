@@ -17,6 +17,8 @@ struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 static COUNTING: AtomicBool = AtomicBool::new(false);
+/// The counter is global: tests that count take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // SAFETY: every call is forwarded unchanged to `System`; the wrapper only counts.
 unsafe impl GlobalAlloc for Counting {
@@ -45,6 +47,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn successful_composite_execution_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -104,7 +107,37 @@ async fn pending_call<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) {
 }
 
 #[test]
+fn hedging_primary_path_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let pipeline = Pipeline::builder()
+        .hedging(stormwall::hedging::HedgingOptions::latency(
+            Duration::from_secs(2),
+        ))
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..2000 {
+            ready_call(&pipeline).await;
+            pending_call(&pipeline).await;
+        }
+        COUNTING.store(true, Ordering::SeqCst);
+        for _ in 0..1000 {
+            ready_call(&pipeline).await;
+            // Pending once: the hedge timer is armed, no hedge starts.
+            pending_call(&pipeline).await;
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+    });
+    assert_eq!(ALLOCATIONS.swap(0, Ordering::SeqCst), 0);
+}
+
+#[test]
 fn the_counter_sees_allocations() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Proves the allocator above counts: without this, a broken counter passes the test.
     COUNTING.store(true, Ordering::SeqCst);
     let v = std::hint::black_box(vec![1u8; 64]);

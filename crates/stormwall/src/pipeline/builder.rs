@@ -105,6 +105,14 @@ impl<S> PipelineBuilder<S> {
         self.strategy(limiter)
     }
 
+    /// Adds hedging.
+    pub fn hedging<P>(
+        self,
+        options: crate::hedging::HedgingOptions<P>,
+    ) -> PipelineBuilder<Stack<S, crate::hedging::Hedging<P>>> {
+        self.strategy(options)
+    }
+
     /// Adds a fallback.
     pub fn fallback<A, P>(
         self,
@@ -222,6 +230,20 @@ impl<P> BuildStrategy for AdaptiveThrottle<P> {
 }
 
 impl<I> BuildStrategy for crate::chaos::Chaos<I> {
+    type Strategy = Self;
+    fn build_strategy(self) -> Result<Self, ConfigError> {
+        Ok(self)
+    }
+}
+
+impl<P> BuildStrategy for crate::hedging::HedgingOptions<P> {
+    type Strategy = crate::hedging::Hedging<P>;
+    fn build_strategy(self) -> Result<Self::Strategy, ConfigError> {
+        crate::hedging::Hedging::new(self)
+    }
+}
+
+impl<P> BuildStrategy for crate::hedging::Hedging<P> {
     type Strategy = Self;
     fn build_strategy(self) -> Result<Self, ConfigError> {
         Ok(self)

@@ -43,6 +43,7 @@ use crate::bulkhead::BulkheadRejected;
 use crate::chaos::ChaosInjected;
 use crate::circuit_breaker::{CircuitRejected, CircuitTransition};
 use crate::fallback::FallbackUsed;
+use crate::hedging::HedgeStarted;
 use crate::rate_limit::RateLimited;
 use crate::retry::{RetryBudgetExhausted, RetryScheduled, Throttled};
 use crate::timeout::TimedOut;
@@ -73,6 +74,8 @@ pub enum Event {
     RateLimited(RateLimited),
     /// A chaos strategy injected into a call.
     ChaosInjected(ChaosInjected),
+    /// Hedging started a further attempt.
+    HedgeStarted(HedgeStarted),
     /// One attempt of the operation ended (raised by the pipeline for every call of the
     /// operation, retries and hedges included).
     AttemptCompleted(AttemptCompleted),
@@ -84,7 +87,7 @@ impl Event {
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
     /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
     /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `chaos_injected`,
-    /// `attempt_completed`, `execution_completed`.
+    /// `hedge_started`, `attempt_completed`, `execution_completed`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Retry(_) => "retry",
@@ -97,6 +100,7 @@ impl Event {
             Event::BulkheadRejected(_) => "bulkhead_rejected",
             Event::RateLimited(_) => "rate_limited",
             Event::ChaosInjected(_) => "chaos_injected",
+            Event::HedgeStarted(_) => "hedge_started",
             Event::AttemptCompleted(_) => "attempt_completed",
             Event::ExecutionCompleted(_) => "execution_completed",
         }

@@ -49,6 +49,9 @@ impl EventListener for TracingListener {
             Event::ChaosInjected(c) => {
                 tracing::debug!(pipeline, strategy, kind = c.kind, "chaos injected")
             }
+            Event::HedgeStarted(h) => {
+                tracing::debug!(pipeline, strategy, attempt = h.attempt, "hedge started")
+            }
             Event::AttemptCompleted(a) => tracing::trace!(
                 pipeline, strategy, attempt = a.attempt, duration = ?a.duration,
                 success = a.success, "attempt completed"
