@@ -1,9 +1,24 @@
 //! # stormwall
 //!
-//! Resilience pipelines for async Rust: retry, timeout, circuit breaker and fallback,
-//! composed outer to inner into one statically-typed pipeline that allocates nothing on the
-//! success path, plus a tower [`Layer`](layer::PipelineLayer) to put a pipeline in front of
-//! any `tower::Service`.
+//! Resilience pipelines for async Rust, composed outer to inner into one statically-typed
+//! pipeline that allocates nothing on the success path, plus a tower
+//! [`Layer`](layer::PipelineLayer) to put a pipeline in front of any `tower::Service`.
+//!
+//! | strategy | module | in one line |
+//! |---|---|---|
+//! | retry | [`retry`] | try again with backoff and jitter; a shared [`RetryBudget`](retry::RetryBudget) caps the extra load |
+//! | timeout | [`timeout`] | give up after a total or per-attempt time |
+//! | circuit breaker | [`circuit_breaker`] | stop calling what keeps failing; probe before trusting it again |
+//! | bulkhead | [`bulkhead`] | bound calls in flight, with a FIFO queue, per key if needed |
+//! | rate limiter | [`rate_limit`] | bound calls per period (GCRA, token bucket, windows), per key if needed |
+//! | adaptive throttle | [`retry::AdaptiveThrottle`] | reject locally when the dependency refuses most calls |
+//! | hedging | [`hedging`] | race a further attempt against a slow one |
+//! | fallback | [`fallback`] | answer something useful instead of an error |
+//! | chaos | [`chaos`] | inject faults, latency and fake outcomes, on purpose |
+//!
+//! Around them: [`telemetry`] (events, `tracing` and `metrics` listeners), [`health`]
+//! (tagged health checks), [`clock`] (tokio's clock for tests, the CPU counter for hot
+//! paths).
 //!
 //! ## The pattern
 //!
