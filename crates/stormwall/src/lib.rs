@@ -14,6 +14,7 @@
 //! | adaptive throttle | [`retry::AdaptiveThrottle`] | reject locally when the dependency refuses most calls |
 //! | hedging | [`hedging`] | race a further attempt against a slow one |
 //! | fallback | [`fallback`] | answer something useful instead of an error |
+//! | stale-on-error | [`cache`] | answer the last good value for the key when the call fails |
 //! | chaos | [`chaos`] | inject faults, latency and fake outcomes, on purpose |
 //!
 //! Around them: [`telemetry`] (events, `tracing` and `metrics` listeners), [`health`]
@@ -99,6 +100,7 @@
 //! (`#[tokio::test(start_paused = true)]`) and take no real time.
 
 pub mod bulkhead;
+pub mod cache;
 pub mod chaos;
 pub mod circuit_breaker;
 pub mod clock;

@@ -250,6 +250,13 @@ impl<P> BuildStrategy for crate::hedging::Hedging<P> {
     }
 }
 
+impl<C, P> BuildStrategy for crate::cache::StaleOnError<C, P> {
+    type Strategy = Self;
+    fn build_strategy(self) -> Result<Self, ConfigError> {
+        Ok(self)
+    }
+}
+
 impl<A, P> BuildStrategy for Fallback<A, P> {
     type Strategy = Self;
     fn build_strategy(self) -> Result<Self, ConfigError> {

@@ -40,6 +40,7 @@ pub use metrics_listener::MetricsListener;
 pub use tracing_listener::TracingListener;
 
 use crate::bulkhead::BulkheadRejected;
+use crate::cache::ServedStale;
 use crate::chaos::ChaosInjected;
 use crate::circuit_breaker::{CircuitRejected, CircuitTransition};
 use crate::fallback::FallbackUsed;
@@ -76,6 +77,8 @@ pub enum Event {
     ChaosInjected(ChaosInjected),
     /// Hedging started a further attempt.
     HedgeStarted(HedgeStarted),
+    /// Stale-on-error answered with a cached value.
+    ServedStale(ServedStale),
     /// One attempt of the operation ended (raised by the pipeline for every call of the
     /// operation, retries and hedges included).
     AttemptCompleted(AttemptCompleted),
@@ -87,7 +90,7 @@ impl Event {
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
     /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
     /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `chaos_injected`,
-    /// `hedge_started`, `attempt_completed`, `execution_completed`.
+    /// `hedge_started`, `served_stale`, `attempt_completed`, `execution_completed`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Retry(_) => "retry",
@@ -101,6 +104,7 @@ impl Event {
             Event::RateLimited(_) => "rate_limited",
             Event::ChaosInjected(_) => "chaos_injected",
             Event::HedgeStarted(_) => "hedge_started",
+            Event::ServedStale(_) => "served_stale",
             Event::AttemptCompleted(_) => "attempt_completed",
             Event::ExecutionCompleted(_) => "execution_completed",
         }

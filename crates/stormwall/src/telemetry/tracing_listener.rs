@@ -52,6 +52,9 @@ impl EventListener for TracingListener {
             Event::HedgeStarted(h) => {
                 tracing::debug!(pipeline, strategy, attempt = h.attempt, "hedge started")
             }
+            Event::ServedStale(s) => {
+                tracing::info!(pipeline, strategy, age = ?s.age, "served a stale value")
+            }
             Event::AttemptCompleted(a) => tracing::trace!(
                 pipeline, strategy, attempt = a.attempt, duration = ?a.duration,
                 success = a.success, "attempt completed"

@@ -1,0 +1,65 @@
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A value read back from a cache, with how long ago it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached<V> {
+    /// The value.
+    pub value: V,
+    /// Time since it was stored.
+    pub age: Duration,
+}
+
+/// Where stale-on-error keeps the last good values: in memory ([`MemoryCache`]) or shared
+/// (stormwall-redis implements it on Redis).
+///
+/// Both calls are async so a remote cache fits; neither may fail the call it serves — a
+/// cache that cannot answer returns `None`, one that cannot store drops the value.
+pub trait ValueCache<V>: Send + Sync {
+    /// The value stored under `key`, if any.
+    fn get(&self, key: &str) -> impl Future<Output = Option<Cached<V>>> + Send;
+    /// Stores `value` under `key`.
+    fn put(&self, key: &str, value: V) -> impl Future<Output = ()> + Send;
+}
+
+/// An in-memory cache on `moka`: bounded in entries, entries expire after a time to live.
+#[derive(Clone)]
+pub struct MemoryCache<V> {
+    entries: moka::sync::Cache<String, (V, Instant)>,
+}
+
+impl<V> std::fmt::Debug for MemoryCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> MemoryCache<V> {
+    /// At most `max_entries` values, each dropped `time_to_live` after it was stored.
+    pub fn new(max_entries: u64, time_to_live: Duration) -> Self {
+        MemoryCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(time_to_live)
+                .build(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> ValueCache<V> for MemoryCache<V> {
+    fn get(&self, key: &str) -> impl Future<Output = Option<Cached<V>>> + Send {
+        let found = self.entries.get(key).map(|(value, stored)| Cached {
+            value,
+            age: stored.elapsed(),
+        });
+        std::future::ready(found)
+    }
+
+    fn put(&self, key: &str, value: V) -> impl Future<Output = ()> + Send {
+        self.entries.insert(key.to_owned(), (value, Instant::now()));
+        std::future::ready(())
+    }
+}
