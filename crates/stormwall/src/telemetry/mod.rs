@@ -86,7 +86,46 @@ pub enum Event {
     ExecutionCompleted(ExecutionCompleted),
 }
 
+/// Every event kind as (strategy label, event name), in [`Event::index`] order: the
+/// metrics listener registers one counter per entry up front.
+pub(crate) const EVENT_KINDS: [(&str, &str); 14] = [
+    ("retry", "retry"),
+    ("retry", "retry_budget_exhausted"),
+    ("adaptive_throttle", "throttled"),
+    ("timeout", "timeout"),
+    ("circuit_breaker", "circuit_transition"),
+    ("circuit_breaker", "circuit_rejected"),
+    ("fallback", "fallback"),
+    ("bulkhead", "bulkhead_rejected"),
+    ("rate_limit", "rate_limited"),
+    ("chaos", "chaos_injected"),
+    ("hedging", "hedge_started"),
+    ("stale_on_error", "served_stale"),
+    ("pipeline", "attempt_completed"),
+    ("pipeline", "execution_completed"),
+];
+
 impl Event {
+    /// The event's position in [`EVENT_KINDS`].
+    pub(crate) fn index(&self) -> usize {
+        match self {
+            Event::Retry(_) => 0,
+            Event::RetryBudgetExhausted(_) => 1,
+            Event::Throttled(_) => 2,
+            Event::Timeout(_) => 3,
+            Event::CircuitTransition(_) => 4,
+            Event::CircuitRejected(_) => 5,
+            Event::Fallback(_) => 6,
+            Event::BulkheadRejected(_) => 7,
+            Event::RateLimited(_) => 8,
+            Event::ChaosInjected(_) => 9,
+            Event::HedgeStarted(_) => 10,
+            Event::ServedStale(_) => 11,
+            Event::AttemptCompleted(_) => 12,
+            Event::ExecutionCompleted(_) => 13,
+        }
+    }
+
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
     /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
     /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `chaos_injected`,
