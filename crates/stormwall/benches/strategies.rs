@@ -5,11 +5,13 @@
 //! Run with `cargo bench -p stormwall`.
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions};
 use stormwall::fallback::FallbackOptions;
+use stormwall::pipeline::Strategy;
 use stormwall::retry::RetryOptions;
 use stormwall::Pipeline;
 use tokio::runtime::Runtime;
@@ -43,6 +45,16 @@ async fn op() -> Result<u64, std::io::Error> {
     Ok(black_box(1))
 }
 
+/// Benchmarks one execution of the bare operation through `pipeline`.
+fn bench_pipeline<S: Strategy<u64, std::io::Error>>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    pipeline: Pipeline<S>,
+) {
+    g.bench_function(name, |b| timed!(b, rt, pipeline.execute(|_| op()).await));
+}
+
 fn breaker_options() -> CircuitBreakerOptions {
     CircuitBreakerOptions::new()
         .failure_ratio(0.5)
@@ -56,88 +68,110 @@ fn success_paths(c: &mut Criterion) {
 
     g.bench_function("bare call", |b| timed!(b, rt, op().await));
 
-    let p = Pipeline::builder().build().unwrap();
-    g.bench_function("stormwall empty pipeline", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall empty pipeline",
+        Pipeline::builder().build().unwrap(),
+    );
 
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker_options())
-        .build()
-        .unwrap();
-    g.bench_function("stormwall breaker (time window)", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker_options().clock(stormwall::clock::Clock::Fast))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall breaker (time window, fast clock)", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
-    let p = Pipeline::builder()
-        .circuit_breaker(breaker_options().count_window(100))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall breaker (count window)", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
-    let p = Pipeline::builder()
-        .circuit_breaker(CircuitBreakerOptions::consecutive(5))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall breaker (consecutive)", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
-    let p = Pipeline::builder()
-        .retry(RetryOptions::exponential(Duration::from_millis(200)))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall retry", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
-    let p = Pipeline::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall timeout", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
-    let p = Pipeline::builder()
-        .fallback(FallbackOptions::value(0))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall fallback", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall breaker (time window)",
+        Pipeline::builder()
+            .circuit_breaker(breaker_options())
+            .build()
+            .unwrap(),
+    );
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall breaker (time window, fast clock)",
+        Pipeline::builder()
+            .circuit_breaker(breaker_options().clock(stormwall::clock::Clock::Fast))
+            .build()
+            .unwrap(),
+    );
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall breaker (count window)",
+        Pipeline::builder()
+            .circuit_breaker(breaker_options().count_window(100))
+            .build()
+            .unwrap(),
+    );
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall breaker (consecutive)",
+        Pipeline::builder()
+            .circuit_breaker(CircuitBreakerOptions::consecutive(5))
+            .build()
+            .unwrap(),
+    );
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall retry",
+        Pipeline::builder()
+            .retry(RetryOptions::exponential(Duration::from_millis(200)))
+            .build()
+            .unwrap(),
+    );
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall timeout",
+        Pipeline::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    );
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall fallback",
+        Pipeline::builder()
+            .fallback(FallbackOptions::value(0))
+            .build()
+            .unwrap(),
+    );
 
-    let p = Pipeline::builder()
-        .bulkhead(stormwall::bulkhead::BulkheadOptions::new(100))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall bulkhead", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall bulkhead",
+        Pipeline::builder()
+            .bulkhead(stormwall::bulkhead::BulkheadOptions::new(100))
+            .build()
+            .unwrap(),
+    );
 
-    let p = Pipeline::builder()
-        .rate_limit(stormwall::rate_limit::RateLimitOptions::per_second(
-            u32::MAX,
-        ))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall rate limiter", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall rate limiter",
+        Pipeline::builder()
+            .rate_limit(stormwall::rate_limit::RateLimitOptions::per_second(
+                u32::MAX,
+            ))
+            .build()
+            .unwrap(),
+    );
 
-    let p = Pipeline::builder()
-        .hedging(stormwall::hedging::HedgingOptions::latency(
-            Duration::from_secs(2),
-        ))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall hedging (primary answers)", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall hedging (primary answers)",
+        Pipeline::builder()
+            .hedging(stormwall::hedging::HedgingOptions::latency(
+                Duration::from_secs(2),
+            ))
+            .build()
+            .unwrap(),
+    );
 
     // Peers.
     let mut svc = ServiceBuilder::new()
@@ -242,20 +276,22 @@ fn composite(c: &mut Criterion) {
     );
     // The same with the metrics listener attached (to the `metrics` no-op recorder: the
     // cost measured is stormwall's, not an exporter's).
-    let p = Pipeline::builder()
-        .listener(std::sync::Arc::new(
-            stormwall::telemetry::MetricsListener::new(),
-        ))
-        .fallback(FallbackOptions::value(0))
-        .timeout(Duration::from_secs(30))
-        .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
-        .circuit_breaker(breaker_options())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    g.bench_function("stormwall composite with the metrics listener", |b| {
-        timed!(b, rt, p.execute(|_| op()).await)
-    });
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall composite with the metrics listener",
+        Pipeline::builder()
+            .listener(std::sync::Arc::new(
+                stormwall::telemetry::MetricsListener::new(),
+            ))
+            .fallback(FallbackOptions::value(0))
+            .timeout(Duration::from_secs(30))
+            .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
+            .circuit_breaker(breaker_options())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    );
     let mut svc = ServiceBuilder::new()
         .layer(
             tower_resilience::retry::RetryLayer::<

@@ -45,13 +45,37 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-#[test]
-fn successful_composite_execution_allocates_nothing() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// Warms `pipeline` up, then counts the allocations of 1000 calls that are ready at once
+/// and of 1000 calls that are pending once (timers armed).
+fn allocations<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) -> (usize, usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
+    rt.block_on(async {
+        // Warm up: the runtime's timer wheel, its deferred-wake list and thread-locals
+        // allocate (and grow) on first use.
+        for _ in 0..2000 {
+            ready_call(pipeline).await;
+            pending_call(pipeline).await;
+        }
+        COUNTING.store(true, Ordering::SeqCst);
+        for _ in 0..1000 {
+            ready_call(pipeline).await;
+        }
+        let ready = ALLOCATIONS.swap(0, Ordering::SeqCst);
+        for _ in 0..1000 {
+            pending_call(pipeline).await;
+        }
+        let pending = ALLOCATIONS.swap(0, Ordering::SeqCst);
+        COUNTING.store(false, Ordering::SeqCst);
+        (ready, pending)
+    })
+}
+
+#[test]
+fn successful_composite_execution_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let pipeline = Pipeline::builder()
         .fallback(FallbackOptions::value(0u64))
         .bulkhead(BulkheadOptions::new(100).queue_limit(10))
@@ -66,27 +90,28 @@ fn successful_composite_execution_allocates_nothing() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    rt.block_on(async {
-        // Warm up: the runtime's timer wheel, its deferred-wake list and thread-locals
-        // allocate (and grow) on first use.
-        for _ in 0..2000 {
-            ready_call(&pipeline).await;
-            pending_call(&pipeline).await;
-        }
+    assert_eq!(
+        allocations(&pipeline),
+        (0, 0),
+        "(ready, pending) allocations"
+    );
+}
 
-        COUNTING.store(true, Ordering::SeqCst);
-        for _ in 0..1000 {
-            ready_call(&pipeline).await;
-        }
-        let ready = ALLOCATIONS.swap(0, Ordering::SeqCst);
-        for _ in 0..1000 {
-            pending_call(&pipeline).await;
-        }
-        let pending = ALLOCATIONS.swap(0, Ordering::SeqCst);
-        COUNTING.store(false, Ordering::SeqCst);
-        assert_eq!(ready, 0, "allocations on the ready success path");
-        assert_eq!(pending, 0, "allocations on the pending success path");
-    });
+#[test]
+fn hedging_primary_path_allocates_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pipeline = Pipeline::builder()
+        .hedging(stormwall::hedging::HedgingOptions::latency(
+            Duration::from_secs(2),
+        ))
+        .build()
+        .unwrap();
+    // Pending once: the hedge timer is armed, no hedge starts.
+    assert_eq!(
+        allocations(&pipeline),
+        (0, 0),
+        "(ready, pending) allocations"
+    );
 }
 
 /// An operation that is ready at once: no timer is ever armed.
@@ -104,35 +129,6 @@ async fn pending_call<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) {
         })
         .await;
     assert_eq!(v, Ok(2));
-}
-
-#[test]
-fn hedging_primary_path_allocates_nothing() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let pipeline = Pipeline::builder()
-        .hedging(stormwall::hedging::HedgingOptions::latency(
-            Duration::from_secs(2),
-        ))
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        for _ in 0..2000 {
-            ready_call(&pipeline).await;
-            pending_call(&pipeline).await;
-        }
-        COUNTING.store(true, Ordering::SeqCst);
-        for _ in 0..1000 {
-            ready_call(&pipeline).await;
-            // Pending once: the hedge timer is armed, no hedge starts.
-            pending_call(&pipeline).await;
-        }
-        COUNTING.store(false, Ordering::SeqCst);
-    });
-    assert_eq!(ALLOCATIONS.swap(0, Ordering::SeqCst), 0);
 }
 
 #[test]

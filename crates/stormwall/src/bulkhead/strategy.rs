@@ -1,6 +1,6 @@
 use super::slots::{Slot, Slots};
 use super::{BulkheadOptions, BulkheadRejected, BulkheadRejection};
-use crate::pipeline::{Attach, Context, Strategy};
+use crate::pipeline::{Context, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
 use std::collections::HashMap;
@@ -47,11 +47,7 @@ impl Bulkhead {
     }
 }
 
-impl Attach for Bulkhead {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([] Bulkhead);
 
 /// Takes a slot from `slots`: at once (no future involved), or after waiting in the queue.
 async fn acquire<'a>(
@@ -200,11 +196,7 @@ impl KeyedBulkhead {
     }
 }
 
-impl Attach for KeyedBulkhead {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([] KeyedBulkhead);
 
 impl<T, E> Strategy<T, E> for KeyedBulkhead {
     fn execute<F, Fut>(

@@ -1,6 +1,6 @@
 use super::{Cached, ServedStale, ValueCache};
 use crate::error::{check, ConfigError};
-use crate::pipeline::{Attach, Context, OnError, Predicate, Strategy};
+use crate::pipeline::{Context, OnError, Predicate, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
 use std::future::Future;
@@ -71,11 +71,7 @@ impl<C, P> StaleOnError<C, P> {
     }
 }
 
-impl<C, P> Attach for StaleOnError<C, P> {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([C, P] StaleOnError<C, P>);
 
 impl<T, E, C, P> Strategy<T, E> for StaleOnError<C, P>
 where

@@ -1,5 +1,5 @@
 use super::{ChaosControl, ChaosInjected, ChaosOptions};
-use crate::pipeline::{Attach, Context, Strategy};
+use crate::pipeline::{Context, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
 use std::future::Future;
@@ -117,11 +117,7 @@ impl<I> Chaos<I> {
     }
 }
 
-impl<I> Attach for Chaos<I> {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([I] Chaos<I>);
 
 impl<T, E, I> Strategy<T, E> for Chaos<I>
 where

@@ -1,5 +1,5 @@
 use super::{FallbackOptions, FallbackUsed};
-use crate::pipeline::{Attach, Context, Predicate, Strategy};
+use crate::pipeline::{Context, Predicate, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
 use std::future::Future;
@@ -60,11 +60,7 @@ impl<A, P> Fallback<A, P> {
     }
 }
 
-impl<A, P> Attach for Fallback<A, P> {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([A, P] Fallback<A, P>);
 
 impl<T, E, A, P> Strategy<T, E> for Fallback<A, P>
 where

@@ -1,5 +1,5 @@
 use super::{HedgeStarted, HedgingMode, HedgingOptions};
-use crate::pipeline::{Attach, Context, OnError, Predicate, Strategy};
+use crate::pipeline::{Context, OnError, Predicate, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
 use std::future::{poll_fn, Future};
@@ -34,11 +34,7 @@ impl<P> Hedging<P> {
     }
 }
 
-impl<P> Attach for Hedging<P> {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([P] Hedging<P>);
 
 impl<T, E, P> Strategy<T, E> for Hedging<P>
 where

@@ -8,6 +8,7 @@ mod strategy;
 pub use builder::{BuildStrategy, PipelineBuilder};
 pub use context::{Context, Properties};
 pub use outcome::{OnError, OnTransientError, Predicate};
+pub(crate) use strategy::attach_telemetry;
 pub use strategy::{Attach, Identity, Stack, Strategy};
 
 use crate::telemetry::{AttemptCompleted, Event, ExecutionCompleted, Telemetry};

@@ -33,6 +33,19 @@ pub trait Attach {
     fn attach(&mut self, telemetry: &Telemetry);
 }
 
+/// Implements [`Attach`] for strategies that keep the telemetry in a `telemetry` field:
+/// `attach_telemetry!([P, G] Retry<P, G>)`.
+macro_rules! attach_telemetry {
+    ([$($generics:tt)*] $ty:ty) => {
+        impl<$($generics)*> $crate::pipeline::Attach for $ty {
+            fn attach(&mut self, telemetry: &$crate::telemetry::Telemetry) {
+                self.telemetry = telemetry.clone();
+            }
+        }
+    };
+}
+pub(crate) use attach_telemetry;
+
 /// The empty strategy: runs the operation once, as it is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Identity;

@@ -1,6 +1,6 @@
 use super::limiter::Limiter;
 use super::{RateLimitOptions, RateLimited};
-use crate::pipeline::{Attach, Context, Strategy};
+use crate::pipeline::{Context, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
 use std::collections::HashMap;
@@ -50,11 +50,7 @@ fn rejected<T, E>(telemetry: &Telemetry, retry_after: Duration) -> Result<T, Err
     Err(Error::RateLimited { retry_after })
 }
 
-impl Attach for RateLimiter {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([] RateLimiter);
 
 impl<T, E> Strategy<T, E> for RateLimiter {
     fn execute<F, Fut>(
@@ -150,11 +146,7 @@ impl KeyedRateLimiter {
     }
 }
 
-impl Attach for KeyedRateLimiter {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([] KeyedRateLimiter);
 
 impl<T, E> Strategy<T, E> for KeyedRateLimiter {
     fn execute<F, Fut>(

@@ -1,6 +1,6 @@
 use super::backoff::{compute_delay, DelayState};
 use super::{NoDelayGenerator, RetryBudgetExhausted, RetryOptions, RetryScheduled};
-use crate::pipeline::{Attach, Context, OnTransientError, Predicate, Strategy};
+use crate::pipeline::{Context, OnTransientError, Predicate, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
 use std::future::Future;
@@ -81,11 +81,7 @@ impl<P, G> Retry<P, G> {
     }
 }
 
-impl<P, G> Attach for Retry<P, G> {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([P, G] Retry<P, G>);
 
 impl<T, E, P, G> Strategy<T, E> for Retry<P, G>
 where

@@ -5,7 +5,7 @@
 use crate::circuit_breaker::window::TimeWindow;
 use crate::clock::{Clock, Stopwatch};
 use crate::error::ConfigError;
-use crate::pipeline::{Attach, Context, OnError, Predicate, Strategy};
+use crate::pipeline::{Context, OnError, Predicate, Strategy};
 use crate::random::SplitMix;
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
@@ -127,11 +127,7 @@ fn probability(requests: u32, accepts: u32, k: f64) -> f64 {
     ((requests - k * f64::from(accepts)) / (requests + 1.0)).max(0.0)
 }
 
-impl<P> Attach for AdaptiveThrottle<P> {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([P] AdaptiveThrottle<P>);
 
 impl<T, E, P> Strategy<T, E> for AdaptiveThrottle<P>
 where

@@ -1,5 +1,5 @@
 use super::{TimeoutFuture, TimeoutOptions};
-use crate::pipeline::{Attach, Context, Strategy};
+use crate::pipeline::{Context, Strategy};
 use crate::telemetry::Telemetry;
 use crate::Error;
 use std::future::Future;
@@ -36,11 +36,7 @@ impl Timeout {
     }
 }
 
-impl Attach for Timeout {
-    fn attach(&mut self, telemetry: &Telemetry) {
-        self.telemetry = telemetry.clone();
-    }
-}
+crate::pipeline::attach_telemetry!([] Timeout);
 
 impl<T, E> Strategy<T, E> for Timeout {
     #[inline]
