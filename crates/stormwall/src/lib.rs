@@ -109,6 +109,7 @@ pub mod fallback;
 pub mod health;
 pub mod hedging;
 pub mod layer;
+mod layer_future;
 pub mod pipeline;
 mod random;
 pub mod rate_limit;

@@ -27,10 +27,12 @@
 //! ```
 
 mod events;
+mod layer;
 mod options;
 mod slots;
 mod strategy;
 
 pub use events::{BulkheadRejected, BulkheadRejection};
+pub use layer::{BulkheadLayer, BulkheadService, OwnedSlot};
 pub use options::BulkheadOptions;
 pub use strategy::{Bulkhead, KeyedBulkhead};

@@ -45,6 +45,10 @@ impl Bulkhead {
     pub fn options(&self) -> &BulkheadOptions {
         &self.options
     }
+
+    pub(crate) fn slots(&self) -> Arc<Slots> {
+        Arc::clone(&self.slots)
+    }
 }
 
 crate::pipeline::attach_telemetry!([] Bulkhead);

@@ -24,10 +24,12 @@
 //! ```
 
 mod events;
+mod layer;
 mod limiter;
 mod options;
 mod strategy;
 
 pub use events::RateLimited;
+pub use layer::{RateLimitLayer, RateLimitService};
 pub use options::{RateLimitAlgorithm, RateLimitOptions};
 pub use strategy::{KeyedRateLimiter, RateLimiter};
