@@ -108,7 +108,10 @@ impl<S> Pipeline<S> {
             }
         };
         let started = Instant::now();
-        let outcome = self.strategy.execute(ctx, observed).await;
+        // A span per observed execution: events and logs inside carry the pipeline's name.
+        let span = tracing::debug_span!("stormwall.execute", pipeline = telemetry.pipeline());
+        let outcome =
+            tracing::Instrument::instrument(self.strategy.execute(ctx, observed), span).await;
         let completed = ExecutionCompleted {
             duration: started.elapsed(),
             success: outcome.is_ok(),
