@@ -67,7 +67,7 @@ fn check_rate(rate: f64) -> Result<(), ConfigError> {
 /// Clones control the same strategy.
 #[derive(Debug, Clone)]
 pub struct ChaosControl {
-    pub(crate) inner: Arc<ControlState>,
+    inner: Arc<ControlState>,
 }
 
 #[derive(Debug)]
