@@ -30,7 +30,8 @@
 //! # }
 //! ```
 
-use crate::pipeline::{Pipeline, Strategy};
+use crate::pipeline::{BuildStrategy, Identity, Pipeline, Stack, Strategy};
+use crate::ConfigError;
 use crate::Error;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -64,6 +65,19 @@ impl<S> PipelineLayer<S> {
     pub fn new_shared(pipeline: Arc<Pipeline<S>>) -> Self {
         PipelineLayer { pipeline }
     }
+}
+
+/// The tower layer of a single strategy, from its options or a built strategy:
+/// `strategy_layer(RetryOptions::exponential(..))?`, `strategy_layer(breaker.clone())?`.
+/// (The bulkhead and the rate limiter also have layers that signal readiness:
+/// [`BulkheadLayer`](crate::bulkhead::BulkheadLayer),
+/// [`RateLimitLayer`](crate::rate_limit::RateLimitLayer).)
+pub fn strategy_layer<B: BuildStrategy>(
+    strategy: B,
+) -> Result<PipelineLayer<Stack<Identity, B::Strategy>>, ConfigError> {
+    Ok(PipelineLayer::new(
+        Pipeline::builder().strategy(strategy).build()?,
+    ))
 }
 
 impl<S, Svc> Layer<Svc> for PipelineLayer<S> {

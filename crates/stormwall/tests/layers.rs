@@ -120,3 +120,23 @@ async fn a_dropped_ready_service_gives_its_slot_back() {
     drop(svc);
     assert_eq!(bulkhead.in_use(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_strategy_has_a_layer() {
+    use stormwall::circuit_breaker::CircuitBreakerOptions;
+    use stormwall::layer::strategy_layer;
+    use stormwall::retry::RetryOptions;
+    let svc = ServiceBuilder::new()
+        .layer(strategy_layer(Duration::from_millis(50)).unwrap())
+        .layer(strategy_layer(RetryOptions::constant(Duration::from_millis(1))).unwrap())
+        .layer(strategy_layer(CircuitBreakerOptions::consecutive(3)).unwrap())
+        .service(slow(100));
+    // The inner call takes 100 ms: the outer timeout (a layer of its own) gives up at 50.
+    let outcome = svc.oneshot(1).await;
+    assert!(matches!(outcome, Err(Error::Timeout(_))));
+    let invalid = strategy_layer(RetryOptions::constant(Duration::ZERO));
+    assert_eq!(
+        invalid.err().map(|e| e.field),
+        Some("retry.delay".to_owned())
+    );
+}
