@@ -386,3 +386,51 @@ fn first_invalid_strategy_is_reported_even_when_later_ones_are_valid() {
         .build();
     assert_eq!(field_of(result), "retry.delay");
 }
+
+#[tokio::test(start_paused = true)]
+async fn optional_strategies_compose_a_pipeline_from_configuration() {
+    // As a config file would give them: a retry, no breaker, a timeout.
+    let retry: Option<RetryOptions> = Some(RetryOptions::constant(Duration::from_millis(1)));
+    let breaker: Option<CircuitBreakerOptions> = None;
+    let timeout: Option<Duration> = Some(Duration::from_secs(1));
+    let recorder = Recorder::new();
+    let p = Pipeline::builder()
+        .listener(recorder.clone())
+        .strategy(timeout)
+        .strategy(retry)
+        .strategy(breaker)
+        .build()
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    let outcome = p
+        .execute(|_| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if n < 2 {
+                    Err("flaky")
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+    assert_eq!(outcome, Ok(2));
+    assert_eq!(
+        recorder.count("retry"),
+        2,
+        "the configured retry ran and reported"
+    );
+    let slow = p
+        .execute(|_| async {
+            sleep(Duration::from_secs(5)).await;
+            Ok::<_, &str>(0)
+        })
+        .await;
+    assert_eq!(slow, Err(Error::Timeout(Duration::from_secs(1))));
+    // An invalid configured strategy still names its field.
+    let bad: Option<RetryOptions> = Some(RetryOptions::constant(Duration::ZERO));
+    assert_eq!(
+        field_of(Pipeline::builder().strategy(bad).build()),
+        "retry.delay"
+    );
+}

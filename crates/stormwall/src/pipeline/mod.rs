@@ -2,6 +2,7 @@
 
 mod builder;
 mod context;
+mod optional;
 mod outcome;
 mod strategy;
 
