@@ -108,6 +108,7 @@ mod error;
 pub mod fallback;
 pub mod health;
 pub mod hedging;
+mod keyed;
 pub mod layer;
 mod layer_future;
 pub mod pipeline;

@@ -1,11 +1,11 @@
 use super::slots::{Slot, Slots};
 use super::{BulkheadOptions, BulkheadRejected, BulkheadRejection};
+use crate::keyed::Keyed;
 use crate::pipeline::{Context, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Lets at most `max_concurrency` calls run at once; queues up to `queue_limit` more,
 /// first come first served, and rejects the rest with [`Error::BulkheadFull`].
@@ -141,9 +141,8 @@ impl<T, E> Strategy<T, E> for Bulkhead {
 #[derive(Debug, Clone)]
 pub struct KeyedBulkhead {
     options: BulkheadOptions,
-    max_keys: usize,
     default: Arc<Slots>,
-    by_key: Arc<Mutex<HashMap<Arc<str>, Arc<Slots>>>>,
+    by_key: Arc<Keyed<Slots>>,
     /// Set once by `attach` when the pipeline is built.
     telemetry: Telemetry,
 }
@@ -152,30 +151,17 @@ impl KeyedBulkhead {
     /// Per-key bulkheads with `options` each, for at most `max_keys` keys at once.
     pub fn new(options: BulkheadOptions, max_keys: usize) -> Result<Self, crate::ConfigError> {
         options.validate().map_err(|e| e.within("bulkhead"))?;
-        if max_keys == 0 {
-            return Err(crate::ConfigError::new(
-                "bulkhead.max_keys",
-                max_keys,
-                "must be ≥ 1",
-            ));
-        }
         Ok(KeyedBulkhead {
             options,
-            max_keys,
             default: Arc::new(Slots::new(options.max_concurrency)),
-            by_key: Arc::default(),
+            by_key: Arc::new(Keyed::new(max_keys, "bulkhead.max_keys")?),
             telemetry: Telemetry::default(),
         })
     }
 
     /// How many keys are tracked now.
     pub fn keys(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Slots>>> {
-        // Inserts and removals are single calls: a poisoned map is still consistent.
-        self.by_key.lock().unwrap_or_else(|e| e.into_inner())
+        self.by_key.len()
     }
 
     /// The slots of `key`, created on first use; `None` when at `max_keys` with none idle.
@@ -183,20 +169,12 @@ impl KeyedBulkhead {
         let Some(key) = key else {
             return Some(Arc::clone(&self.default));
         };
-        let mut map = self.lock();
-        if let Some(slots) = map.get(key) {
-            return Some(Arc::clone(slots));
-        }
-        if map.len() >= self.max_keys {
-            // Idle: nothing running or queued, and nobody else holds the slots.
-            map.retain(|_, s| s.in_use() > 0 || s.queued() > 0 || Arc::strong_count(s) > 1);
-            if map.len() >= self.max_keys {
-                return None;
-            }
-        }
-        let slots = Arc::new(Slots::new(self.options.max_concurrency));
-        map.insert(Arc::from(key), Arc::clone(&slots));
-        Some(slots)
+        // Idle: nothing running or queued.
+        self.by_key.get_or_make(
+            key,
+            |s| s.in_use() == 0 && s.queued() == 0,
+            || Slots::new(self.options.max_concurrency),
+        )
     }
 }
 

@@ -1,11 +1,11 @@
 use super::limiter::Limiter;
 use super::{RateLimitOptions, RateLimited};
+use crate::keyed::Keyed;
 use crate::pipeline::{Context, Strategy};
 use crate::telemetry::{Event, Telemetry};
 use crate::Error;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Admits at most `permits` calls per `period` (by the configured algorithm); rejects the
@@ -83,9 +83,8 @@ impl<T, E> Strategy<T, E> for RateLimiter {
 #[derive(Debug, Clone)]
 pub struct KeyedRateLimiter {
     options: RateLimitOptions,
-    max_keys: usize,
     default: Arc<Limiter>,
-    by_key: Arc<Mutex<HashMap<Arc<str>, Arc<Limiter>>>>,
+    by_key: Arc<Keyed<Limiter>>,
     /// Set once by `attach` when the pipeline is built.
     telemetry: Telemetry,
 }
@@ -94,30 +93,17 @@ impl KeyedRateLimiter {
     /// Per-key limiters with `options` each, for at most `max_keys` keys at once.
     pub fn new(options: RateLimitOptions, max_keys: usize) -> Result<Self, crate::ConfigError> {
         options.validate().map_err(|e| e.within("rate_limit"))?;
-        if max_keys == 0 {
-            return Err(crate::ConfigError::new(
-                "rate_limit.max_keys",
-                max_keys,
-                "must be ≥ 1",
-            ));
-        }
         Ok(KeyedRateLimiter {
             options,
-            max_keys,
             default: Arc::new(Limiter::new(&options)),
-            by_key: Arc::default(),
+            by_key: Arc::new(Keyed::new(max_keys, "rate_limit.max_keys")?),
             telemetry: Telemetry::default(),
         })
     }
 
     /// How many keys are tracked now.
     pub fn keys(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Limiter>>> {
-        // Inserts and removals are single calls: a poisoned map is still consistent.
-        self.by_key.lock().unwrap_or_else(|e| e.into_inner())
+        self.by_key.len()
     }
 
     /// Takes a permit for `key` now, or says how long until one is free.
@@ -125,22 +111,12 @@ impl KeyedRateLimiter {
         let Some(key) = key else {
             return self.default.try_acquire();
         };
-        let limiter = {
-            let mut map = self.lock();
-            match map.get(key) {
-                Some(limiter) => Arc::clone(limiter),
-                None => {
-                    if map.len() >= self.max_keys {
-                        map.retain(|_, l| Arc::strong_count(l) > 1 || !l.is_idle());
-                        if map.len() >= self.max_keys {
-                            return Err(self.options.period);
-                        }
-                    }
-                    let limiter = Arc::new(Limiter::new(&self.options));
-                    map.insert(Arc::from(key), Arc::clone(&limiter));
-                    limiter
-                }
-            }
+        // Idle: back to its initial state, so forgetting it loses nothing.
+        let Some(limiter) = self
+            .by_key
+            .get_or_make(key, Limiter::is_idle, || Limiter::new(&self.options))
+        else {
+            return Err(self.options.period);
         };
         limiter.try_acquire()
     }
