@@ -214,6 +214,39 @@ fn success_paths(c: &mut Criterion) {
     g.bench_function("tower-resilience breaker", |b| {
         timed!(b, rt, svc.ready().await.unwrap().call(()).await)
     });
+    // The pair again on the fast clock (breaker window and pipeline timing): the overhead
+    // of the metrics listener without the cost of `clock_gettime`.
+    let fast_breaker = || breaker_options().clock(stormwall::clock::Clock::Fast);
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall composite, fast clock",
+        Pipeline::builder()
+            .fallback(FallbackOptions::value(0))
+            .timeout(Duration::from_secs(30))
+            .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
+            .circuit_breaker(fast_breaker())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    );
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall composite with the metrics listener, fast clock",
+        Pipeline::builder()
+            .listener(std::sync::Arc::new(
+                stormwall::telemetry::MetricsListener::new(),
+            ))
+            .clock(stormwall::clock::Clock::Fast)
+            .fallback(FallbackOptions::value(0))
+            .timeout(Duration::from_secs(30))
+            .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
+            .circuit_breaker(fast_breaker())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    );
     let mut svc = ServiceBuilder::new()
         .layer(
             tower_resilience::retry::RetryLayer::<(), u64, std::io::Error>::builder()

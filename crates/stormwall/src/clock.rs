@@ -56,3 +56,47 @@ impl Stopwatch {
 pub(crate) fn saturating_nanos(d: Duration) -> u64 {
     d.as_nanos().min(u128::from(u64::MAX)) as u64
 }
+
+/// Reads moments on a [`Clock`] and measures the time between them: what the pipeline
+/// times attempts and executions with.
+#[derive(Debug, Clone)]
+pub(crate) struct Timer {
+    /// The calibrated counter, for [`Clock::Fast`].
+    fast: Option<quanta::Clock>,
+}
+
+/// A moment read by a [`Timer`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mark {
+    Tokio(tokio::time::Instant),
+    Fast(u64),
+}
+
+impl Timer {
+    pub(crate) fn new(clock: Clock) -> Self {
+        Timer {
+            fast: (clock == Clock::Fast).then(quanta::Clock::new),
+        }
+    }
+
+    /// The current moment.
+    #[inline]
+    pub(crate) fn mark(&self) -> Mark {
+        match &self.fast {
+            Some(counter) => Mark::Fast(counter.raw()),
+            None => Mark::Tokio(tokio::time::Instant::now()),
+        }
+    }
+
+    /// The time since `mark`.
+    #[inline]
+    pub(crate) fn elapsed(&self, mark: Mark) -> Duration {
+        match (&self.fast, mark) {
+            (Some(counter), Mark::Fast(start)) => {
+                Duration::from_nanos(counter.delta_as_nanos(start, counter.raw()))
+            }
+            (_, Mark::Tokio(start)) => start.elapsed(),
+            (None, Mark::Fast(_)) => Duration::ZERO,
+        }
+    }
+}

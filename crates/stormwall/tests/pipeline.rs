@@ -434,3 +434,46 @@ async fn optional_strategies_compose_a_pipeline_from_configuration() {
         "retry.delay"
     );
 }
+
+fn durations(recorder: &Recorder) -> Vec<Duration> {
+    recorder
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            stormwall::telemetry::Event::AttemptCompleted(a) => Some(a.duration),
+            stormwall::telemetry::Event::ExecutionCompleted(e) => Some(e.duration),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn pipeline_times_attempts_on_tokios_clock_by_default_and_on_the_fast_clock_when_asked() {
+    let slow_op = || async {
+        sleep(Duration::from_secs(5)).await;
+        Ok::<_, ()>(1)
+    };
+    let tokio_recorder = Recorder::new();
+    let p = Pipeline::builder()
+        .listener(tokio_recorder.clone())
+        .build()
+        .unwrap();
+    p.execute(|_| slow_op()).await.unwrap();
+    // The paused clock advanced 5 s: attempt and execution both took exactly that.
+    assert_eq!(
+        durations(&tokio_recorder),
+        vec![Duration::from_secs(5), Duration::from_secs(5)]
+    );
+
+    let fast_recorder = Recorder::new();
+    let p = Pipeline::builder()
+        .listener(fast_recorder.clone())
+        .clock(stormwall::clock::Clock::Fast)
+        .build()
+        .unwrap();
+    p.execute(|_| slow_op()).await.unwrap();
+    // The CPU counter is not paused: the 5 s passed only on tokio's clock.
+    let fast = durations(&fast_recorder);
+    assert_eq!(fast.len(), 2);
+    assert!(fast.iter().all(|d| *d < Duration::from_secs(1)), "{fast:?}");
+}

@@ -1,6 +1,7 @@
 use super::{Attach, Identity, Pipeline, Stack};
 use crate::bulkhead::{Bulkhead, BulkheadOptions, KeyedBulkhead};
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, InMemoryStore, StateStore};
+use crate::clock::Clock;
 use crate::fallback::{Fallback, FallbackOptions};
 use crate::rate_limit::{KeyedRateLimiter, RateLimitOptions, RateLimiter};
 use crate::retry::{AdaptiveThrottle, AdaptiveThrottleOptions, Retry, RetryOptions};
@@ -27,6 +28,8 @@ pub struct PipelineBuilder<S> {
     strategy: Result<S, ConfigError>,
     name: Arc<str>,
     listener: Option<Arc<dyn EventListener>>,
+    /// Times attempts and executions for the listener.
+    clock: Clock,
 }
 
 impl PipelineBuilder<Identity> {
@@ -35,6 +38,7 @@ impl PipelineBuilder<Identity> {
             strategy: Ok(Identity),
             name: Arc::from("default"),
             listener: None,
+            clock: Clock::Tokio,
         }
     }
 }
@@ -52,6 +56,15 @@ impl<S> PipelineBuilder<S> {
         self
     }
 
+    /// The clock the pipeline times attempts and executions on, for the listener's
+    /// `AttemptCompleted` and `ExecutionCompleted` events. Default: [`Clock::Tokio`] (paused
+    /// in tests); [`Clock::Fast`] makes the four readings per execution several times
+    /// cheaper. Strategies keep the clocks their own options name.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Adds `strategy` inside the ones added so far.
     pub fn strategy<B: BuildStrategy>(self, strategy: B) -> PipelineBuilder<Stack<S, B::Strategy>> {
         let strategy = self
@@ -61,6 +74,7 @@ impl<S> PipelineBuilder<S> {
             strategy,
             name: self.name,
             listener: self.listener,
+            clock: self.clock,
         }
     }
 
@@ -127,7 +141,7 @@ impl<S> PipelineBuilder<S> {
         S: Attach,
     {
         let mut strategy = self.strategy?;
-        let telemetry = Telemetry::new(self.name, self.listener);
+        let telemetry = Telemetry::with_clock(self.name, self.listener, self.clock);
         strategy.attach(&telemetry);
         Ok(Pipeline::from_parts(strategy, telemetry))
     }

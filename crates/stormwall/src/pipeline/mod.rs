@@ -15,7 +15,6 @@ pub use strategy::{Attach, Identity, Stack, Strategy};
 use crate::telemetry::{AttemptCompleted, Event, ExecutionCompleted, Telemetry};
 use crate::Error;
 use std::future::Future;
-use tokio::time::Instant;
 
 /// Strategies composed outer to inner, ready to run operations.
 ///
@@ -95,26 +94,26 @@ impl<S> Pipeline<S> {
             // The telemetry is cloned rather than borrowed: a borrow inside the attempt's
             // future trips the compiler's higher-ranked `Send` check when the execution is
             // spawned.
-            let (number, started, telemetry) = (ctx.attempt(), Instant::now(), telemetry.clone());
+            let (number, started, telemetry) = (ctx.attempt(), telemetry.mark(), telemetry.clone());
             let attempt = user_op(ctx);
             async move {
                 let outcome = attempt.await.map_err(Error::Inner);
                 let completed = AttemptCompleted {
                     attempt: number,
-                    duration: started.elapsed(),
+                    duration: telemetry.elapsed(started),
                     success: outcome.is_ok(),
                 };
                 telemetry.emit("pipeline", || Event::AttemptCompleted(completed));
                 outcome
             }
         };
-        let started = Instant::now();
+        let started = telemetry.mark();
         // A span per observed execution: events and logs inside carry the pipeline's name.
         let span = tracing::debug_span!("stormwall.execute", pipeline = telemetry.pipeline());
         let outcome =
             tracing::Instrument::instrument(self.strategy.execute(ctx, observed), span).await;
         let completed = ExecutionCompleted {
-            duration: started.elapsed(),
+            duration: telemetry.elapsed(started),
             success: outcome.is_ok(),
         };
         self.telemetry

@@ -43,6 +43,7 @@ use crate::bulkhead::BulkheadRejected;
 use crate::cache::ServedStale;
 use crate::chaos::ChaosInjected;
 use crate::circuit_breaker::{CircuitRejected, CircuitTransition};
+use crate::clock::{Clock, Mark, Timer};
 use crate::fallback::FallbackUsed;
 use crate::hedging::HedgeStarted;
 use crate::rate_limit::RateLimited;
@@ -200,6 +201,8 @@ pub struct Telemetry {
 struct Reporter {
     pipeline: Arc<str>,
     listener: Arc<dyn EventListener>,
+    /// Times attempts and executions for the listener.
+    timer: Timer,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -214,9 +217,39 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     /// Telemetry for the pipeline `name`, reporting to `listener` (if any).
     pub fn new(name: impl Into<Arc<str>>, listener: Option<Arc<dyn EventListener>>) -> Self {
+        Self::with_clock(name, listener, Clock::Tokio)
+    }
+
+    /// Like [`new`](Self::new), timing attempts and executions on `clock`.
+    pub fn with_clock(
+        name: impl Into<Arc<str>>,
+        listener: Option<Arc<dyn EventListener>>,
+        clock: Clock,
+    ) -> Self {
         let pipeline = name.into();
         Telemetry {
-            inner: listener.map(|listener| Arc::new(Reporter { pipeline, listener })),
+            inner: listener.map(|listener| {
+                Arc::new(Reporter {
+                    pipeline,
+                    listener,
+                    timer: Timer::new(clock),
+                })
+            }),
+        }
+    }
+
+    /// The current moment on the telemetry's clock (`None` without a listener).
+    #[inline]
+    pub(crate) fn mark(&self) -> Option<Mark> {
+        self.inner.as_ref().map(|r| r.timer.mark())
+    }
+
+    /// The time since `mark` on the telemetry's clock.
+    #[inline]
+    pub(crate) fn elapsed(&self, mark: Option<Mark>) -> Duration {
+        match (&self.inner, mark) {
+            (Some(r), Some(mark)) => r.timer.elapsed(mark),
+            _ => Duration::ZERO,
         }
     }
 
