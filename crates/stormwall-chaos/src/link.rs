@@ -215,6 +215,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         loop {
             let active = self.active();
             let deadline = self.deadline(&active);
+            if let Some((at, end)) = deadline {
+                // Checked before waiting: tokio's timer rounds up to the next millisecond, so
+                // a deadline already passed could otherwise let a chunk through first.
+                if at <= Instant::now() {
+                    return end;
+                }
+            }
             let at = deadline.map_or_else(Instant::now, |(at, _)| at);
             tokio::select! {
                 biased;

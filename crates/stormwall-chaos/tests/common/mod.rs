@@ -28,27 +28,43 @@ pub async fn request_as(
     body: &str,
     user_agent: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    try_request(addr, method, path, body, user_agent)
+        .await
+        .unwrap()
+}
+
+/// One request; an error when the connection fails or closes before a status line.
+pub async fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    user_agent: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {user_agent}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+    stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    if status == 0 {
+        return Err(std::io::Error::other(format!("no status line: {text:?}")));
+    }
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 pub fn json(body: &str) -> Value {
