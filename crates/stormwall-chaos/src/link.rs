@@ -39,7 +39,7 @@ enum End {
     Reset,
 }
 
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// Proxies `client` to `upstream` until either side ends, a toxic closes it, or `cancel`.
 pub(crate) async fn run(
