@@ -61,7 +61,16 @@ async fn an_order_succeeds_when_payment_has_2s_latency_within_its_total_timeout(
     let (payment, _) = service(200, "charged".into()).await;
     let listen = behind_proxy(&chaos, "payment", payment).await;
     chaos
-        .add_toxic("payment", toxic(ToxicKind::Latency { latency: 2000, jitter: 0 }, "slow"))
+        .add_toxic(
+            "payment",
+            toxic(
+                ToxicKind::Latency {
+                    latency: 2000,
+                    jitter: 0,
+                },
+                "slow",
+            ),
+        )
         .unwrap();
     let pipeline = Pipeline::builder()
         .timeout(Duration::from_secs(30))
@@ -86,7 +95,10 @@ async fn inventory_down_returns_the_fallback_answer() {
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    assert_eq!(pipeline.execute(|_| call(&listen)).await, Ok("in stock: 7".into()));
+    assert_eq!(
+        pipeline.execute(|_| call(&listen)).await,
+        Ok("in stock: 7".into())
+    );
     chaos
         .update("inventory", &serde_json::json!({"enabled": false}))
         .await
@@ -95,7 +107,11 @@ async fn inventory_down_returns_the_fallback_answer() {
         pipeline.execute(|_| call(&listen)).await,
         Ok("in stock (cached)".into())
     );
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "the disabled proxy reached nothing");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the disabled proxy reached nothing"
+    );
 }
 
 #[tokio::test]
@@ -122,10 +138,17 @@ async fn a_failing_dependency_opens_the_breaker_then_calls_fail_fast_without_rea
     for _ in 0..20 {
         let started = Instant::now();
         let outcome = pipeline.execute(|_| call(&listen)).await;
-        assert!(matches!(outcome, Err(Error::CircuitOpen { .. })), "{outcome:?}");
+        assert!(
+            matches!(outcome, Err(Error::CircuitOpen { .. })),
+            "{outcome:?}"
+        );
         assert!(started.elapsed() < Duration::from_millis(100));
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 5, "open: nothing reached the dependency");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        5,
+        "open: nothing reached the dependency"
+    );
 }
 
 #[tokio::test]
@@ -155,7 +178,10 @@ async fn reset_peer_on_half_the_connections_still_delivers_every_order_with_retr
         assert_eq!(order, Ok("charged".to_owned()));
     }
     // At 50 % per connection, 20 orders without a single reset would take odds of 1 in 10⁶.
-    assert!(retries.load(Ordering::SeqCst) > 0, "some connections were reset and retried");
+    assert!(
+        retries.load(Ordering::SeqCst) > 0,
+        "some connections were reset and retried"
+    );
     let reached = hits.load(Ordering::SeqCst);
     assert_eq!(reached, 20, "every order was charged exactly once");
 }
@@ -163,7 +189,9 @@ async fn reset_peer_on_half_the_connections_still_delivers_every_order_with_retr
 #[tokio::test]
 async fn slicer_and_bandwidth_toxics_deliver_responses_intact() {
     let chaos = ChaosServer::new();
-    let body: String = (0..20_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let body: String = (0..20_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let (catalog, _) = service(200, body.clone()).await;
     let listen = behind_proxy(&chaos, "catalog", catalog).await;
     chaos
@@ -180,7 +208,10 @@ async fn slicer_and_bandwidth_toxics_deliver_responses_intact() {
         )
         .unwrap();
     chaos
-        .add_toxic("catalog", toxic(ToxicKind::Bandwidth { rate: 400 }, "bandwidth"))
+        .add_toxic(
+            "catalog",
+            toxic(ToxicKind::Bandwidth { rate: 400 }, "bandwidth"),
+        )
         .unwrap();
     let pipeline = Pipeline::builder()
         .timeout(Duration::from_secs(5))

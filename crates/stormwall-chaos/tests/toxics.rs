@@ -36,7 +36,16 @@ async fn latency_delays_each_chunk_by_the_setting_within_2ms() {
     let mut conn = TcpStream::connect(&listen).await.unwrap();
     let base = echo_time(&mut conn, b"warm").await;
     server
-        .add_toxic("p", toxic(ToxicKind::Latency { latency: 50, jitter: 0 }, Stream::Downstream))
+        .add_toxic(
+            "p",
+            toxic(
+                ToxicKind::Latency {
+                    latency: 50,
+                    jitter: 0,
+                },
+                Stream::Downstream,
+            ),
+        )
         .unwrap();
     for _ in 0..3 {
         let took = echo_time(&mut conn, b"hello").await;
@@ -48,10 +57,22 @@ async fn latency_delays_each_chunk_by_the_setting_within_2ms() {
     }
     // Both directions add up.
     server
-        .add_toxic("p", toxic(ToxicKind::Latency { latency: 30, jitter: 0 }, Stream::Upstream))
+        .add_toxic(
+            "p",
+            toxic(
+                ToxicKind::Latency {
+                    latency: 30,
+                    jitter: 0,
+                },
+                Stream::Upstream,
+            ),
+        )
         .unwrap();
     let took = echo_time(&mut conn, b"both").await;
-    assert!(took >= Duration::from_millis(80) && took <= Duration::from_millis(84) + base, "{took:?}");
+    assert!(
+        took >= Duration::from_millis(80) && took <= Duration::from_millis(84) + base,
+        "{took:?}"
+    );
     // Removed: back to fast, on the same live connection.
     server.remove_toxic("p", "latency_downstream").unwrap();
     server.remove_toxic("p", "latency_upstream").unwrap();
@@ -65,7 +86,10 @@ async fn bandwidth_limits_throughput_within_10_percent() {
     let listen = proxy(&server, "p", sending_server(bytes).await).await;
     // 500 KB/s: 100 KB take 200 ms.
     server
-        .add_toxic("p", toxic(ToxicKind::Bandwidth { rate: 500 }, Stream::Downstream))
+        .add_toxic(
+            "p",
+            toxic(ToxicKind::Bandwidth { rate: 500 }, Stream::Downstream),
+        )
         .unwrap();
     let started = Instant::now();
     let mut conn = TcpStream::connect(&listen).await.unwrap();
@@ -85,7 +109,10 @@ async fn timeout_drops_data_and_closes_after_the_set_time() {
     let server = ChaosServer::new();
     let listen = proxy(&server, "p", echo_server().await).await;
     server
-        .add_toxic("p", toxic(ToxicKind::Timeout { timeout: 100 }, Stream::Upstream))
+        .add_toxic(
+            "p",
+            toxic(ToxicKind::Timeout { timeout: 100 }, Stream::Upstream),
+        )
         .unwrap();
     let started = Instant::now();
     let mut conn = TcpStream::connect(&listen).await.unwrap();
@@ -93,7 +120,10 @@ async fn timeout_drops_data_and_closes_after_the_set_time() {
     let mut buf = [0; 16];
     let read = conn.read(&mut buf).await;
     let took = started.elapsed();
-    assert!(matches!(read, Ok(0)) || read.is_err(), "no data, then closed: {read:?}");
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "no data, then closed: {read:?}"
+    );
     assert!(
         took >= Duration::from_millis(100) && took < Duration::from_millis(150),
         "{took:?}"
@@ -107,12 +137,18 @@ async fn timeout_zero_holds_until_removed_then_data_flows_again() {
     let mut conn = TcpStream::connect(&listen).await.unwrap();
     echo_time(&mut conn, b"before").await;
     server
-        .add_toxic("p", toxic(ToxicKind::Timeout { timeout: 0 }, Stream::Downstream))
+        .add_toxic(
+            "p",
+            toxic(ToxicKind::Timeout { timeout: 0 }, Stream::Downstream),
+        )
         .unwrap();
     conn.write_all(b"held").await.unwrap();
     let mut buf = [0; 16];
     let held = tokio::time::timeout(Duration::from_millis(150), conn.read(&mut buf)).await;
-    assert!(held.is_err(), "nothing passes while the toxic is there: {held:?}");
+    assert!(
+        held.is_err(),
+        "nothing passes while the toxic is there: {held:?}"
+    );
     server.remove_toxic("p", "timeout_downstream").unwrap();
     echo_time(&mut conn, b"after").await;
 }
@@ -122,7 +158,10 @@ async fn reset_peer_resets_the_connection() {
     let server = ChaosServer::new();
     let listen = proxy(&server, "p", echo_server().await).await;
     server
-        .add_toxic("p", toxic(ToxicKind::ResetPeer { timeout: 50 }, Stream::Downstream))
+        .add_toxic(
+            "p",
+            toxic(ToxicKind::ResetPeer { timeout: 50 }, Stream::Downstream),
+        )
         .unwrap();
     let started = Instant::now();
     let mut conn = TcpStream::connect(&listen).await.unwrap();
@@ -139,7 +178,10 @@ async fn limit_data_closes_after_n_bytes() {
     let server = ChaosServer::new();
     let listen = proxy(&server, "p", sending_server(10_000).await).await;
     server
-        .add_toxic("p", toxic(ToxicKind::LimitData { bytes: 1234 }, Stream::Downstream))
+        .add_toxic(
+            "p",
+            toxic(ToxicKind::LimitData { bytes: 1234 }, Stream::Downstream),
+        )
         .unwrap();
     let mut conn = TcpStream::connect(&listen).await.unwrap();
     let mut got = Vec::new();
@@ -179,7 +221,10 @@ async fn slow_close_delays_the_close() {
     let server = ChaosServer::new();
     let listen = proxy(&server, "p", sending_server(10).await).await;
     server
-        .add_toxic("p", toxic(ToxicKind::SlowClose { delay: 100 }, Stream::Downstream))
+        .add_toxic(
+            "p",
+            toxic(ToxicKind::SlowClose { delay: 100 }, Stream::Downstream),
+        )
         .unwrap();
     let started = Instant::now();
     let mut conn = TcpStream::connect(&listen).await.unwrap();
@@ -187,7 +232,10 @@ async fn slow_close_delays_the_close() {
     conn.read_to_end(&mut got).await.unwrap();
     assert_eq!(got.len(), 10);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(100) && took < Duration::from_millis(150), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(150),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]

@@ -26,7 +26,14 @@ fn python() -> PathBuf {
         assert!(made.success(), "python3 -m venv {venv:?} failed");
     }
     let installed = Command::new(&python)
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "toxiproxy-python"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "toxiproxy-python",
+        ])
         .status()
         .expect("pip");
     assert!(installed.success(), "pip install toxiproxy-python failed");
@@ -39,7 +46,10 @@ async fn the_official_python_client_drives_the_proxy() {
     let (_server, api) = start_api().await;
     let upstream = echo_server().await;
     let (host, port) = api.rsplit_once(':').unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/toxiproxy_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/toxiproxy_client.py"
+    );
     let output = tokio::process::Command::new(python)
         .arg(script)
         .args([host, port, &upstream.to_string()])
