@@ -10,6 +10,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Crit
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions};
+use stormwall::clock::Clock;
 use stormwall::fallback::FallbackOptions;
 use stormwall::pipeline::Strategy;
 use stormwall::retry::RetryOptions;
@@ -214,39 +215,6 @@ fn success_paths(c: &mut Criterion) {
     g.bench_function("tower-resilience breaker", |b| {
         timed!(b, rt, svc.ready().await.unwrap().call(()).await)
     });
-    // The pair again on the fast clock (breaker window and pipeline timing): the overhead
-    // of the metrics listener without the cost of `clock_gettime`.
-    let fast_breaker = || breaker_options().clock(stormwall::clock::Clock::Fast);
-    bench_pipeline(
-        &mut g,
-        &rt,
-        "stormwall composite, fast clock",
-        Pipeline::builder()
-            .fallback(FallbackOptions::value(0))
-            .timeout(Duration::from_secs(30))
-            .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
-            .circuit_breaker(fast_breaker())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    );
-    bench_pipeline(
-        &mut g,
-        &rt,
-        "stormwall composite with the metrics listener, fast clock",
-        Pipeline::builder()
-            .listener(std::sync::Arc::new(
-                stormwall::telemetry::MetricsListener::new(),
-            ))
-            .clock(stormwall::clock::Clock::Fast)
-            .fallback(FallbackOptions::value(0))
-            .timeout(Duration::from_secs(30))
-            .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
-            .circuit_breaker(fast_breaker())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    );
     let mut svc = ServiceBuilder::new()
         .layer(
             tower_resilience::retry::RetryLayer::<(), u64, std::io::Error>::builder()
@@ -292,39 +260,52 @@ fn rate_limit_check(c: &mut Criterion) {
     g.finish();
 }
 
-fn composite(c: &mut Criterion) {
-    let rt = runtime();
-    let mut g = c.benchmark_group("composite");
-    let p = Pipeline::builder()
+/// The composite the goals name: fallback → total timeout → retry → breaker → attempt
+/// timeout; with the metrics listener when `metrics`; breaker window and pipeline timing on
+/// `clock`.
+fn composite_pipeline(metrics: bool, clock: Clock) -> Pipeline<impl Strategy<u64, std::io::Error>> {
+    let mut builder = Pipeline::builder().clock(clock);
+    if metrics {
+        builder = builder.listener(Arc::new(stormwall::telemetry::MetricsListener::new()));
+    }
+    builder
         .fallback(FallbackOptions::value(0))
         .timeout(Duration::from_secs(30))
         .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
-        .circuit_breaker(breaker_options())
+        .circuit_breaker(breaker_options().clock(clock))
         .timeout(Duration::from_secs(10))
         .build()
-        .unwrap();
-    g.bench_function(
-        "stormwall total timeout > retry > breaker > attempt timeout > fallback",
-        |b| timed!(b, rt, p.execute(|_| op()).await),
-    );
-    // The same with the metrics listener attached (to the `metrics` no-op recorder: the
-    // cost measured is stormwall's, not an exporter's).
-    bench_pipeline(
-        &mut g,
-        &rt,
-        "stormwall composite with the metrics listener",
-        Pipeline::builder()
-            .listener(std::sync::Arc::new(
-                stormwall::telemetry::MetricsListener::new(),
-            ))
-            .fallback(FallbackOptions::value(0))
-            .timeout(Duration::from_secs(30))
-            .retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3))
-            .circuit_breaker(breaker_options())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap(),
-    );
+        .unwrap()
+}
+
+fn composite(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("composite");
+    let variants = [
+        (
+            "stormwall total timeout > retry > breaker > attempt timeout > fallback",
+            false,
+            Clock::Tokio,
+        ),
+        // With the metrics listener attached (to the `metrics` no-op recorder: the cost
+        // measured is stormwall's, not an exporter's).
+        (
+            "stormwall composite with the metrics listener",
+            true,
+            Clock::Tokio,
+        ),
+        // The pair on the fast clock (breaker window and pipeline timing): the listener's
+        // overhead without the cost of `clock_gettime`.
+        ("stormwall composite, fast clock", false, Clock::Fast),
+        (
+            "stormwall composite with the metrics listener, fast clock",
+            true,
+            Clock::Fast,
+        ),
+    ];
+    for (name, metrics, clock) in variants {
+        bench_pipeline(&mut g, &rt, name, composite_pipeline(metrics, clock));
+    }
     let mut svc = ServiceBuilder::new()
         .layer(
             tower_resilience::retry::RetryLayer::<
