@@ -53,7 +53,7 @@ impl std::fmt::Debug for OwnedSlot {
     }
 }
 
-type Wait = Pin<Box<dyn Future<Output = bool> + Send>>;
+type Wait = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
 
 enum State {
     Idle,
