@@ -23,6 +23,7 @@
 
 mod body;
 mod classify;
+mod hedging;
 mod options;
 mod reqwest_middleware_impl;
 mod standard;
@@ -32,6 +33,7 @@ pub use classify::{
     is_transient, may_retry, parse_retry_after, AttemptOutcome, Classifier, HttpResponse,
     RetryAfter, Transient, IDEMPOTENCY_KEY,
 };
+pub use hedging::{HedgingLayer, HedgingOptions, HedgingService};
 pub use options::{CircuitBreakerOptions, RateLimiterOptions, RetryOptions, StandardOptions};
 pub use reqwest_middleware_impl::StandardMiddleware;
 pub use standard::{

@@ -41,6 +41,32 @@ pub enum Error<E> {
     Throttled,
 }
 
+impl<E> Error<Error<E>> {
+    /// One level instead of two, for a pipeline whose operation runs another pipeline
+    /// (the HTTP hedging handler runs each endpoint's breaker and timeout inside hedging):
+    /// the outer strategies' errors and the inner ones end up side by side.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stormwall::Error;
+    /// let nested: Error<Error<&str>> = Error::Inner(Error::Inner("refused"));
+    /// assert_eq!(nested.flatten(), Error::Inner("refused"));
+    /// let outer: Error<Error<&str>> = Error::Timeout(Duration::from_secs(1));
+    /// assert_eq!(outer.flatten(), Error::Timeout(Duration::from_secs(1)));
+    /// ```
+    pub fn flatten(self) -> Error<E> {
+        match self {
+            Error::Inner(inner) => inner,
+            Error::Timeout(d) => Error::Timeout(d),
+            Error::CircuitOpen { retry_after } => Error::CircuitOpen { retry_after },
+            Error::BulkheadFull => Error::BulkheadFull,
+            Error::RateLimited { retry_after } => Error::RateLimited { retry_after },
+            Error::BudgetExhausted => Error::BudgetExhausted,
+            Error::Throttled => Error::Throttled,
+        }
+    }
+}
+
 impl<E> Error<E> {
     /// The operation's own error, if that is what this is.
     pub fn inner(&self) -> Option<&E> {

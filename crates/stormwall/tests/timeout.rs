@@ -132,3 +132,57 @@ async fn context_has_no_deadline_without_a_timeout() {
         .await;
     assert_eq!(remaining, Ok(None));
 }
+
+#[tokio::test(start_paused = true)]
+async fn nested_timeouts_share_one_timer_and_still_enforce_the_total() {
+    // total 1 s → retry every 300 ms → attempt 600 ms: attempt 1 ends at 600 ms, the retry
+    // sleeps to 900 ms, attempt 2 is capped by the total — whose own timer must fire.
+    let p = Pipeline::builder()
+        .timeout(Duration::from_secs(1))
+        .retry(
+            stormwall::retry::RetryOptions::constant(Duration::from_millis(300))
+                .max_retries(10)
+                .jitter(stormwall::retry::Jitter::None),
+        )
+        .timeout(Duration::from_millis(600))
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let outcome = p
+        .execute(|_| async {
+            std::future::pending::<()>().await;
+            Ok::<(), ()>(())
+        })
+        .await;
+    assert!(matches!(outcome, Err(Error::Timeout(_))), "{outcome:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outer_timeout_arms_once_the_inner_one_that_covered_it_is_gone() {
+    let inner = Pipeline::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let outer = Pipeline::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let outcome = outer
+        .execute(|_| async {
+            // While this runs, the inner 100 ms timer covers the outer deadline...
+            let _ = inner
+                .execute(|_| async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, ()>(())
+                })
+                .await;
+            // ...then nothing does: the outer timeout must arm its own timer.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, ()>(())
+        })
+        .await;
+    assert_eq!(outcome, Err(Error::Timeout(Duration::from_secs(1))));
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
