@@ -5,24 +5,36 @@ use pin_project_lite::pin_project;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 thread_local! {
     /// While a timeout polls its operation: the earliest deadline at which an armed timer of
-    /// a timeout inside it will wake the task. A timeout whose deadline is later needs no
-    /// timer of its own yet — the inner one wakes the task first, and the outer one looks
-    /// again then. Nested timeouts thus register one timer, not two (a second registration
-    /// earlier than the first wakes tokio's parked timer driver: microseconds per request).
-    static COVERED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// a timeout inside it will wake the task ([`ticks`], 0 = none). A timeout whose
+    /// deadline is later needs no timer of its own yet — the inner one wakes the task first,
+    /// and the outer one looks again then. Nested timeouts thus register one timer, not two
+    /// (a second registration earlier than the first wakes tokio's parked timer driver:
+    /// microseconds per request). A plain `u64` keeps the ready path to two cheap accesses.
+    static COVERED: Cell<u64> = const { Cell::new(0) };
 }
 
-/// The earlier of two optional deadlines.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+/// `at` as nanoseconds (+1, so that 0 means "none") since a process-wide origin.
+fn ticks(at: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| Instant::now() - Duration::from_secs(1 << 20));
+    u64::try_from(at.saturating_duration_since(origin).as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+/// The earlier of two deadlines in [`ticks`] (0 = none).
+fn earliest(a: u64, b: u64) -> u64 {
     match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+        (0, b) => b,
+        (a, 0) => a,
+        (a, b) => a.min(b),
     }
 }
 
@@ -75,16 +87,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        // What the timeouts around this one saw so far in this poll; restored below with
-        // what this one adds.
+        // What the timeouts around this one saw so far in this poll; restored with what
+        // this one adds.
         let around = COVERED.take();
         // The operation first: a result that is ready wins over a deadline that passed.
-        let polled = this.inner.as_mut().poll(cx);
-        let inside = COVERED.get();
-        let (result, covered) = match polled {
-            Poll::Ready(outcome) => (Poll::Ready(outcome), None),
-            Poll::Pending => poll_deadline(&mut this, cx, inside),
-        };
+        if let Poll::Ready(outcome) = this.inner.as_mut().poll(cx) {
+            COVERED.set(around);
+            return Poll::Ready(outcome);
+        }
+        let (result, covered) = poll_deadline(&mut this, cx, COVERED.get());
         COVERED.set(earliest(around, covered));
         result
     }
@@ -92,23 +103,25 @@ where
 
 /// The operation is pending: has the deadline passed? Returns the result and the deadline
 /// this timeout (or one inside it) covers with an armed timer.
+#[inline(never)]
 fn poll_deadline<T, E, F>(
     this: &mut TimeoutFutureProjection<'_, '_, F>,
     cx: &mut Context<'_>,
-    inside: Option<Instant>,
-) -> (Poll<Result<T, Error<E>>>, Option<Instant>) {
+    inside: u64,
+) -> (Poll<Result<T, Error<E>>>, u64) {
     if !*this.armed {
         return (Poll::Pending, inside);
     }
+    let deadline = ticks(*this.deadline);
     if this.sleep.is_none() {
-        if inside.is_some_and(|at| at <= *this.deadline) {
+        if inside != 0 && inside <= deadline {
             // A timer inside fires no later than this deadline: no timer needed yet.
             return (Poll::Pending, inside);
         }
         this.sleep
             .set(Some(tokio::time::sleep_until(*this.deadline)));
     }
-    let covered = earliest(inside, Some(*this.deadline));
+    let covered = earliest(inside, deadline);
     if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
         if sleep.poll(cx).is_pending() {
             return (Poll::Pending, covered);
@@ -117,5 +130,5 @@ fn poll_deadline<T, E, F>(
     let timeout = *this.timeout;
     this.telemetry
         .emit("timeout", || Event::Timeout(TimedOut { timeout }));
-    (Poll::Ready(Err(Error::Timeout(timeout))), None)
+    (Poll::Ready(Err(Error::Timeout(timeout))), 0)
 }
