@@ -40,15 +40,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(StandardMiddleware::new(layer.clone()))
         .build();
-    let response = client.post(format!("http://{addr}/always-busy")).send().await?;
-    println!("reqwest POST /always-busy → {} (no Idempotency-Key: sent once)", response.status());
+    let response = client
+        .post(format!("http://{addr}/always-busy"))
+        .send()
+        .await?;
+    println!(
+        "reqwest POST /always-busy → {} (no Idempotency-Key: sent once)",
+        response.status()
+    );
     let response = client
         .post(format!("http://{addr}/always-busy"))
         .header("Idempotency-Key", "order-42")
         .send()
         .await?;
-    println!("reqwest POST /always-busy → {} (with a key: retried 3 times)", response.status());
-    println!("authorities with their own breaker: {:?}", layer.authorities());
+    println!(
+        "reqwest POST /always-busy → {} (with a key: retried 3 times)",
+        response.status()
+    );
+    println!(
+        "authorities with their own breaker: {:?}",
+        layer.authorities()
+    );
     Ok(())
 }
 
@@ -76,7 +88,11 @@ async fn flaky_service() -> std::io::Result<std::net::SocketAddr> {
                 let n = limited.fetch_add(1, Ordering::SeqCst);
                 async move {
                     match n {
-                        0 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down"),
+                        0 => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "1")],
+                            "slow down",
+                        ),
                         _ => (StatusCode::OK, [("retry-after", "0")], "done"),
                     }
                 }

@@ -86,17 +86,22 @@ impl StandardLayerBuilder {
                     ConfigError::new("deadline_header", name, "a valid header name")
                 })?),
             };
-        let shared = Shared {
+        let recipe = Recipe {
             options: self.options,
             classifier: self.classifier,
             listener: self.listener,
             name: self.name,
+        };
+        // Built now, so that any invalid value fails here rather than per request; it serves
+        // requests without an authority and those beyond `max_authorities`.
+        let overflow = Arc::new(recipe.build("")?);
+        let shared = Shared {
+            recipe,
             max_authorities: self.max_authorities,
             deadline_header,
             authorities: RwLock::new(HashMap::new()),
+            overflow,
         };
-        // Builds one authority now so that any invalid value fails here, not per request.
-        shared.build_authority("")?;
         Ok(StandardLayer {
             shared: Arc::new(shared),
         })
@@ -127,19 +132,26 @@ pub struct StandardLayer {
 impl std::fmt::Debug for StandardLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StandardLayer")
-            .field("options", &self.shared.options)
+            .field("options", &self.shared.recipe.options)
             .finish_non_exhaustive()
     }
 }
 
-pub(crate) struct Shared {
+/// What each authority's strategies are built from.
+struct Recipe {
     options: StandardOptions,
     classifier: Option<Classifier>,
     listener: Option<Arc<dyn EventListener>>,
     name: String,
+}
+
+pub(crate) struct Shared {
+    recipe: Recipe,
     max_authorities: usize,
     deadline_header: Option<HeaderName>,
     authorities: RwLock<HashMap<String, Arc<Authority>>>,
+    /// The shared set for requests without an authority or beyond `max_authorities`.
+    overflow: Arc<Authority>,
 }
 
 impl StandardLayer {
@@ -199,7 +211,7 @@ impl Authority {
 
 impl Shared {
     pub(crate) fn options(&self) -> &StandardOptions {
-        &self.options
+        &self.recipe.options
     }
 
     pub(crate) fn deadline_header(&self) -> Option<&HeaderName> {
@@ -229,8 +241,8 @@ pub fn authority_key(uri: &Uri) -> String {
     format!("{scheme}://{host}:{port}")
 }
 
-impl Shared {
-    fn build_authority(&self, authority: &str) -> Result<Authority, ConfigError> {
+impl Recipe {
+    fn build(&self, authority: &str) -> Result<Authority, ConfigError> {
         let o = &self.options;
         let transient = Transient::new(self.classifier.clone());
         let limiter = Bulkhead::new(
@@ -273,7 +285,9 @@ impl Shared {
             breaker,
         })
     }
+}
 
+impl Shared {
     pub(crate) fn authority(&self, key: String) -> Arc<Authority> {
         if let Some(found) = self
             .authorities
@@ -284,15 +298,15 @@ impl Shared {
             return Arc::clone(found);
         }
         let mut map = self.authorities.write().unwrap_or_else(|e| e.into_inner());
-        let full = map.len() >= self.max_authorities && !map.contains_key(&key);
-        let key = if full { String::new() } else { key };
         if let Some(found) = map.get(&key) {
             return Arc::clone(found);
         }
-        // The options were validated when the layer was built: building again cannot fail.
-        match self.build_authority(&key) {
-            Ok(authority) => Arc::clone(map.entry(key).or_insert(Arc::new(authority))),
-            Err(e) => unreachable!("options validated at build: {e}"),
+        let room = map.len() < self.max_authorities && !key.is_empty();
+        // Options were validated when the layer was built, so building cannot fail; if it
+        // did, the overflow set serves.
+        match self.recipe.build(&key) {
+            Ok(authority) if room => Arc::clone(map.entry(key).or_insert(Arc::new(authority))),
+            _ => Arc::clone(&self.overflow),
         }
     }
 }
@@ -358,7 +372,7 @@ where
     let by_method = may_retry(
         &parts.method,
         &parts.headers,
-        shared.options.retry.retry_unsafe_methods,
+        shared.recipe.options.retry.retry_unsafe_methods,
     );
     if by_method && copy.is_none() {
         tracing::debug!(uri = %parts.uri, "stormwall-http: the body cannot be replayed; sent once, not retried");

@@ -448,3 +448,19 @@ async fn a_body_that_cannot_be_replayed_is_sent_once_even_for_get() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(server.hits("a.test/stream"), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn authorities_beyond_the_limit_share_the_overflow_set() {
+    let server = Server::default();
+    let layer = StandardLayer::builder(fast_options())
+        .max_authorities(1)
+        .build()
+        .unwrap();
+    let mut client = layer.clone().layer(server.service());
+    for uri in ["http://a.test/x", "http://b.test/x", "http://c.test/x"] {
+        let r = client.ready().await.unwrap().call(get(uri)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(layer.authorities(), vec!["http://a.test:80".to_string()]);
+    assert_eq!(server.hits("b.test/x") + server.hits("c.test/x"), 2);
+}
