@@ -1,7 +1,11 @@
 //! `stormwall`: the command line.
 //!
+//! - `stormwall demo [--quick | --full] [--json] [--scenario NAME]...`: the order flow under
+//!   injected faults, with and without resilience.
 //! - `stormwall chaos --listen 127.0.0.1:8474 [--config proxies.json]`: the
 //!   Toxiproxy-compatible chaos proxy.
+
+mod demo;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -20,6 +24,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the order flow (payment, inventory, notification behind chaos proxies) under
+    /// injected faults, with and without stormwall, and compares.
+    Demo {
+        /// Shorter: fewer orders, timings × 1/50 (for tests).
+        #[arg(long, conflicts_with = "full")]
+        quick: bool,
+        /// The seeds' timings as written (slow).
+        #[arg(long)]
+        full: bool,
+        /// Print the result as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Run only these scenarios: healthy, payment-latency, inventory-down,
+        /// payment-failing-50, notification-down, recovery.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+        /// Where to write the HTML report. Default: stormwall-demo-report.html.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Write no HTML report.
+        #[arg(long)]
+        no_report: bool,
+    },
     /// Runs the chaos proxy: Toxiproxy's HTTP API, TCP proxies with toxics.
     Chaos {
         /// Address of the HTTP API.
@@ -50,6 +77,24 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Chaos { listen, config } => chaos(listen, config).await,
+            Command::Demo {
+                quick,
+                full,
+                json,
+                scenarios,
+                report,
+                no_report,
+            } => {
+                demo::run(demo::DemoArgs {
+                    quick,
+                    full,
+                    json,
+                    scenarios,
+                    report,
+                    no_report,
+                })
+                .await
+            }
         }
     });
     match result {

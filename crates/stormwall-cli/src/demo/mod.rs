@@ -1,0 +1,274 @@
+//! `stormwall demo`: the seeds' order flow on loopback, each dependency behind a chaos
+//! proxy, run with and without stormwall under the same load, scenario by scenario.
+//!
+//! Timings are the seeds' (attempt 10 s, total 30 s, +2 s latency, ...) times a scale:
+//! 1/20 by default (a run takes well under a minute), 1/50 with `--quick`, 1 with `--full`.
+
+mod flow;
+mod report;
+mod scenarios;
+mod services;
+
+use flow::{Dependencies, Load, RunRecord};
+use scenarios::Scenario;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use stormwall_chaos::{ChaosServer, ProxySpec};
+
+/// The seeds' timings, scaled.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// 1.0 = as written in the seeds.
+    pub scale: f64,
+}
+
+impl Timings {
+    /// `seconds` of the seeds' time, scaled.
+    pub fn scaled(&self, seconds: f64) -> Duration {
+        Duration::from_secs_f64(seconds * self.scale)
+    }
+}
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default)]
+pub struct DemoArgs {
+    pub quick: bool,
+    pub full: bool,
+    pub json: bool,
+    /// Scenario names; empty = all.
+    pub scenarios: Vec<String>,
+    /// Where to write the HTML report; `None` = `stormwall-demo-report.html`.
+    pub report: Option<PathBuf>,
+    pub no_report: bool,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStats {
+    pub orders: usize,
+    pub accepted: usize,
+    /// Accepted / orders (an order accepted with its payment queued counts).
+    pub success_rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Attempts the order service made to the dependency under fault.
+    pub calls_to_failing_dependency: u64,
+    /// Requests that dependency actually served.
+    pub served_by_failing_dependency: u64,
+    pub fallbacks: u64,
+}
+
+/// One scenario, both ways.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub failing_dependency: Option<&'static str>,
+    pub without_resilience: RunStats,
+    pub with_resilience: RunStats,
+}
+
+/// The whole demo's result (what `--json` prints).
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoResult {
+    pub scale: f64,
+    pub orders_per_run: u64,
+    pub scenarios: Vec<ScenarioResult>,
+    /// True when Ctrl-C stopped the demo early (the results so far are kept).
+    pub interrupted: bool,
+    pub report: Option<String>,
+}
+
+const DEPENDENCIES: [&str; 3] = ["payment", "inventory", "notification"];
+
+/// Parses the scenario names; an unknown one is a usage error naming it.
+pub fn parse_scenarios(names: &[String]) -> Result<Vec<Scenario>, String> {
+    if names.is_empty() {
+        return Ok(Scenario::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            Scenario::parse(n).ok_or_else(|| {
+                let known: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown scenario {n:?} (known: {})", known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Runs the demo and prints its result.
+pub async fn run(args: DemoArgs) -> Result<(), String> {
+    let scenarios = parse_scenarios(&args.scenarios)?;
+    let t = Timings {
+        scale: if args.full {
+            1.0
+        } else if args.quick {
+            0.02
+        } else {
+            0.05
+        },
+    };
+    let shape = Load {
+        orders: if args.quick { 60 } else { 200 },
+        interval: t.scaled(0.25),
+        concurrency: 64,
+    };
+    let services = services::start()
+        .await
+        .map_err(|e| format!("starting the mock services: {e}"))?;
+    let chaos = ChaosServer::new();
+    let mut proxies = Vec::new();
+    for (name, service) in DEPENDENCIES.iter().zip(&services) {
+        let proxy = chaos
+            .create(ProxySpec::new(*name, service.addr.to_string()))
+            .await
+            .map_err(|e| format!("starting the chaos proxy for {name}: {e}"))?;
+        proxies.push(proxy.listen);
+    }
+    let progress = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(scenarios.len() as u64 * 2 * shape.orders);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg:28} [{bar:30}] {pos}/{len} orders",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    };
+    let mut results = Vec::new();
+    let mut records = Vec::new();
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    'scenarios: for scenario in scenarios {
+        let mut runs = Vec::new();
+        for resilient in [false, true] {
+            progress.set_message(format!(
+                "{} {}",
+                scenario.title(),
+                if resilient { "(stormwall)" } else { "(plain)" }
+            ));
+            let one = run_once(
+                scenario, resilient, &chaos, &proxies, &services, &t, shape, &progress,
+            );
+            let record = tokio::select! {
+                record = one => record?,
+                _ = &mut ctrl_c => {
+                    interrupted = true;
+                    break 'scenarios;
+                }
+            };
+            runs.push(record);
+        }
+        let with = runs.pop().unwrap_or_default();
+        let without = runs.pop().unwrap_or_default();
+        results.push(ScenarioResult {
+            name: scenario.name(),
+            title: scenario.title(),
+            failing_dependency: scenario.failing().map(|i| DEPENDENCIES[i]),
+            without_resilience: stats(&without, scenario),
+            with_resilience: stats(&with, scenario),
+        });
+        records.push((scenario, without, with));
+    }
+    progress.finish_and_clear();
+    let mut result = DemoResult {
+        scale: t.scale,
+        orders_per_run: shape.orders,
+        scenarios: results,
+        interrupted,
+        report: None,
+    };
+    if !args.no_report {
+        let path = args
+            .report
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("stormwall-demo-report.html"));
+        std::fs::write(&path, report::html(&result, &records))
+            .map_err(|e| format!("writing the report {}: {e}", path.display()))?;
+        result.report = Some(path.display().to_string());
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        print!("{}", report::table(&result, report::use_colour()));
+        if let Some(path) = &result.report {
+            println!("report: {path}");
+        }
+        if interrupted {
+            println!("interrupted: the results above are the scenarios that finished");
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_once(
+    scenario: Scenario,
+    resilient: bool,
+    chaos: &ChaosServer,
+    proxies: &[String],
+    services: &[services::Service; 3],
+    t: &Timings,
+    shape: Load,
+    progress: &indicatif::ProgressBar,
+) -> Result<RunRecord, String> {
+    let changer = scenario
+        .inject(chaos, t)
+        .await
+        .map_err(|e| format!("injecting {}: {e}", scenario.name()))?;
+    let deps = Dependencies::new(proxies[0].clone(), proxies[1].clone(), proxies[2].clone());
+    let served_before = services.each_ref().map(|s| s.served());
+    let (orders, breaker) = if resilient {
+        flow::run_resilient(&deps, t, shape, progress)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        (flow::run_plain(&deps, t, shape, progress).await, Vec::new())
+    };
+    if let Some(changer) = changer {
+        changer.abort();
+    }
+    let served_after = services.each_ref().map(|s| s.served());
+    Ok(RunRecord {
+        orders,
+        breaker,
+        calls: deps.calls(),
+        served: [0, 1, 2].map(|i| served_after[i] - served_before[i]),
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+fn stats(run: &RunRecord, scenario: Scenario) -> RunStats {
+    let mut latencies: Vec<_> = run.orders.iter().map(|o| o.latency).collect();
+    latencies.sort();
+    let accepted = run.orders.iter().filter(|o| o.accepted).count();
+    let failing = scenario.failing();
+    RunStats {
+        orders: run.orders.len(),
+        accepted,
+        success_rate: if run.orders.is_empty() {
+            0.0
+        } else {
+            accepted as f64 / run.orders.len() as f64
+        },
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        calls_to_failing_dependency: failing.map_or(0, |i| run.calls[i]),
+        served_by_failing_dependency: failing.map_or(0, |i| run.served[i]),
+        fallbacks: run.orders.iter().map(|o| u64::from(o.fallbacks)).sum(),
+    }
+}

@@ -1,0 +1,217 @@
+//! What the demo shows: a comparison table for the terminal, and an HTML report with one
+//! chart per scenario (latency over time, both runs; the payment breaker's state).
+
+use super::flow::RunRecord;
+use super::scenarios::Scenario;
+use super::{DemoResult, RunStats};
+use plotters::prelude::*;
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use stormwall::circuit_breaker::CircuitState;
+
+/// Colour when stdout is a terminal and `NO_COLOR` is not set.
+pub fn use_colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn paint(text: String, code: &str, colour: bool) -> String {
+    if colour {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text
+    }
+}
+
+fn rate_colour(rate: f64) -> &'static str {
+    if rate >= 0.99 {
+        "32"
+    } else if rate >= 0.8 {
+        "33"
+    } else {
+        "31"
+    }
+}
+
+/// The comparison table.
+pub fn table(result: &DemoResult, colour: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nOrder flow, {} orders per run, seeds' timings × {}\n",
+        result.orders_per_run, result.scale
+    );
+    let head = format!(
+        "{:<26} {:<10} {:>8} {:>9} {:>9} {:>15} {:>10}",
+        "scenario", "client", "success", "p50", "p99", "calls to failing", "fallbacks"
+    );
+    let _ = writeln!(out, "{}", paint(head, "1", colour));
+    for s in &result.scenarios {
+        for (label, run) in [
+            ("plain", &s.without_resilience),
+            ("stormwall", &s.with_resilience),
+        ] {
+            let title = if label == "plain" { s.title } else { "" };
+            let rate = format!("{:.1} %", run.success_rate * 100.0);
+            let calls = match s.failing_dependency {
+                Some(dep) => format!("{} ({dep})", run.calls_to_failing_dependency),
+                None => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<26} {:<10} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10}",
+                title,
+                label,
+                paint(format!("{rate:>8}"), rate_colour(run.success_rate), colour),
+                run.p50_ms,
+                run.p99_ms,
+                calls,
+                run.fallbacks
+            );
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn row(label: &str, run: &RunStats) -> String {
+    format!(
+        "<td>{label}</td><td>{:.1} %</td><td>{:.1} ms</td><td>{:.1} ms</td><td>{}</td><td>{}</td><td>{}</td>",
+        run.success_rate * 100.0,
+        run.p50_ms,
+        run.p99_ms,
+        run.calls_to_failing_dependency,
+        run.served_by_failing_dependency,
+        run.fallbacks
+    )
+}
+
+/// The HTML report: the table and, per scenario, two SVG charts.
+pub fn html(result: &DemoResult, records: &[(Scenario, RunRecord, RunRecord)]) -> String {
+    let mut out = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>stormwall demo</title>\
+         <style>body{font-family:sans-serif;margin:2em;max-width:1100px}\
+         table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}\
+         td:first-child,th:first-child{text-align:left}.charts{display:flex;gap:1em;flex-wrap:wrap}</style>\
+         </head><body><h1>stormwall demo: the order flow with and without resilience</h1>",
+    );
+    let _ = write!(
+        out,
+        "<p>{} orders per run; the seeds' timings × {}{}.</p><table><tr><th>scenario</th><th>client</th>\
+         <th>success</th><th>p50</th><th>p99</th><th>calls to failing dependency</th>\
+         <th>served by it</th><th>fallbacks</th></tr>",
+        result.orders_per_run,
+        result.scale,
+        if result.interrupted { " (interrupted: partial)" } else { "" }
+    );
+    for s in &result.scenarios {
+        let _ = write!(
+            out,
+            "<tr><td rowspan=2>{}</td>{}</tr><tr>{}</tr>",
+            s.title,
+            row("plain", &s.without_resilience),
+            row("stormwall", &s.with_resilience)
+        );
+    }
+    out.push_str("</table>");
+    for (scenario, plain, resilient) in records {
+        let _ = write!(out, "<h2>{}</h2><div class=\"charts\">", scenario.title());
+        out.push_str(&latency_chart(plain, resilient));
+        out.push_str(&breaker_chart(resilient));
+        out.push_str("</div>");
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// Each order's latency by when it started: red plain, green stormwall (failed orders as
+/// hollow circles).
+fn latency_chart(plain: &RunRecord, resilient: &RunRecord) -> String {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (540, 300)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let all = plain.orders.iter().chain(&resilient.orders);
+        let max_x = all
+            .clone()
+            .map(|o| o.started.as_secs_f64())
+            .fold(0.01, f64::max);
+        let max_y = all
+            .map(|o| o.latency.as_secs_f64() * 1000.0)
+            .fold(1.0, f64::max);
+        let chart = ChartBuilder::on(&root)
+            .caption("latency by start time", ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0.0..max_x * 1.02, 0.0..max_y * 1.1);
+        let Ok(mut chart) = chart else {
+            return String::new();
+        };
+        let _ = chart
+            .configure_mesh()
+            .x_desc("start (s)")
+            .y_desc("latency (ms)")
+            .draw();
+        for (run, colour, label) in [(plain, RED, "plain"), (resilient, GREEN, "stormwall")] {
+            let points = run.orders.iter().map(|o| {
+                let at = (o.started.as_secs_f64(), o.latency.as_secs_f64() * 1000.0);
+                let style = if o.accepted {
+                    colour.filled()
+                } else {
+                    colour.stroke_width(1)
+                };
+                Circle::new(at, 2, style)
+            });
+            if let Ok(series) = chart.draw_series(points) {
+                series
+                    .label(label)
+                    .legend(move |(x, y)| Circle::new((x, y), 3, colour.filled()));
+            }
+        }
+        let _ = chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw();
+        let _ = root.present();
+    }
+    svg
+}
+
+/// The payment breaker's state over the stormwall run: 0 closed, 1 half-open, 2 open.
+fn breaker_chart(resilient: &RunRecord) -> String {
+    let level = |s: CircuitState| match s {
+        CircuitState::Closed | CircuitState::Disabled => 0.0,
+        CircuitState::HalfOpen => 1.0,
+        _ => 2.0,
+    };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (540, 300)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let max_x = resilient
+            .breaker
+            .last()
+            .map_or(0.01, |(at, _)| at.as_secs_f64().max(0.01));
+        let chart = ChartBuilder::on(&root)
+            .caption(
+                "payment breaker (0 closed, 1 half-open, 2 open)",
+                ("sans-serif", 16),
+            )
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0.0..max_x * 1.02, -0.2..2.2);
+        let Ok(mut chart) = chart else {
+            return String::new();
+        };
+        let _ = chart.configure_mesh().x_desc("time (s)").draw();
+        let points = resilient
+            .breaker
+            .iter()
+            .map(|(at, state)| (at.as_secs_f64(), level(*state)));
+        let _ = chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2)));
+        let _ = root.present();
+    }
+    svg
+}

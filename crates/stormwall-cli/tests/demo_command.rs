@@ -1,0 +1,112 @@
+//! `stormwall demo --quick --json`: the result has its shape, and resilience improved the
+//! success rate wherever a dependency was failing.
+
+use std::process::Command;
+
+#[test]
+fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
+    let output = Command::new(env!("CARGO_BIN_EXE_stormwall"))
+        .args(["demo", "--quick", "--json", "--no-report"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["interrupted"], false);
+    let scenarios = result["scenarios"].as_array().unwrap();
+    let names: Vec<_> = scenarios
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "healthy",
+            "payment-latency",
+            "inventory-down",
+            "payment-failing-50",
+            "notification-down",
+            "recovery"
+        ]
+    );
+    for s in scenarios {
+        let name = s["name"].as_str().unwrap();
+        let (plain, resilient) = (&s["without_resilience"], &s["with_resilience"]);
+        for run in [plain, resilient] {
+            for field in [
+                "orders",
+                "accepted",
+                "success_rate",
+                "p50_ms",
+                "p99_ms",
+                "calls_to_failing_dependency",
+                "served_by_failing_dependency",
+                "fallbacks",
+            ] {
+                assert!(run[field].is_number(), "{name}: {field} in {run}");
+            }
+            assert_eq!(run["orders"], result["orders_per_run"]);
+        }
+        let (before, after) = (
+            plain["success_rate"].as_f64().unwrap(),
+            resilient["success_rate"].as_f64().unwrap(),
+        );
+        match name {
+            "healthy" | "payment-latency" => {
+                assert_eq!((before, after), (1.0, 1.0), "{name}")
+            }
+            _ => assert!(
+                after > before && after >= 0.95,
+                "{name}: stormwall {after} vs plain {before}"
+            ),
+        }
+    }
+    // A dead dependency is called far less once stormwall's breaker opens.
+    let recovery = &scenarios[5];
+    assert!(
+        recovery["with_resilience"]["calls_to_failing_dependency"].as_u64()
+            < recovery["without_resilience"]["calls_to_failing_dependency"].as_u64()
+    );
+}
+
+#[test]
+fn an_unknown_scenario_is_a_usage_error_naming_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_stormwall"))
+        .args(["demo", "--quick", "--scenario", "meteor-strike"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("meteor-strike") && stderr.contains("payment-latency"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_html_report_is_written_with_a_chart_per_scenario() {
+    let dir = std::env::temp_dir().join(format!("stormwall-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("report.html");
+    let output = Command::new(env!("CARGO_BIN_EXE_stormwall"))
+        .args(["demo", "--quick", "--scenario", "recovery", "--report"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("report: ") && stdout.contains("payment down, then back"),
+        "{stdout}"
+    );
+    let html = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        html.matches("<svg").count(),
+        2,
+        "latency and breaker charts"
+    );
+    assert!(html.contains("payment down, then back"));
+}
