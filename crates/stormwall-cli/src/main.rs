@@ -5,6 +5,7 @@
 //! - `stormwall chaos --listen 127.0.0.1:8474 [--config proxies.json]`: the
 //!   Toxiproxy-compatible chaos proxy.
 
+mod dashboard;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,12 @@ enum Command {
         /// Write no HTML report.
         #[arg(long)]
         no_report: bool,
+        /// Serve the live dashboard while the demo runs (and after, until Ctrl-C).
+        #[arg(long)]
+        dashboard: bool,
+        /// The dashboard's port (another is picked, and said, if it is taken).
+        #[arg(long, default_value_t = 9901)]
+        dashboard_port: u16,
     },
     /// Runs the chaos proxy: Toxiproxy's HTTP API, TCP proxies with toxics.
     Chaos {
@@ -84,6 +91,8 @@ fn main() -> ExitCode {
                 scenarios,
                 report,
                 no_report,
+                dashboard,
+                dashboard_port,
             } => {
                 demo::run(demo::DemoArgs {
                     quick,
@@ -92,6 +101,7 @@ fn main() -> ExitCode {
                     scenarios,
                     report,
                     no_report,
+                    dashboard: dashboard.then_some(dashboard_port),
                 })
                 .await
             }

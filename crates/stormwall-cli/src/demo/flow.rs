@@ -206,7 +206,15 @@ pub async fn run_resilient(
     t: &Timings,
     shape: Load,
     progress: &indicatif::ProgressBar,
+    listener: Option<Arc<dyn stormwall::telemetry::EventListener>>,
 ) -> Result<(Vec<OrderRecord>, Vec<(Duration, CircuitState)>), stormwall::ConfigError> {
+    let builder = |name: &'static str| {
+        let builder = Pipeline::builder().name(name);
+        match &listener {
+            Some(listener) => builder.listener(Arc::clone(listener)),
+            None => builder,
+        }
+    };
     // payment: attempt 10 s, total 30 s, 3 retries, breaker 50 % over 10 s; fallback: queue
     // the payment for later (the order is accepted as PaymentPending).
     let breaker = CircuitBreaker::new(
@@ -216,8 +224,7 @@ pub async fn run_resilient(
             .sampling_duration(t.scaled(10.0))
             .break_duration(t.scaled(5.0)),
     )?;
-    let payment = Pipeline::builder()
-        .name("payment")
+    let payment = builder("payment")
         .fallback(FallbackOptions::value(Step::Fallback))
         .timeout(t.scaled(30.0))
         .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(3))
@@ -225,15 +232,13 @@ pub async fn run_resilient(
         .timeout(t.scaled(10.0))
         .build()?;
     // inventory: 5 s, 2 retries, cached fallback.
-    let inventory = Pipeline::builder()
-        .name("inventory")
+    let inventory = builder("inventory")
         .fallback(FallbackOptions::value(Step::Fallback))
         .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(2))
         .timeout(t.scaled(5.0))
         .build()?;
     // notification: 3 s, 1 retry, log and continue.
-    let notification = Pipeline::builder()
-        .name("notification")
+    let notification = builder("notification")
         .fallback(FallbackOptions::value(Step::Fallback))
         .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(1))
         .timeout(t.scaled(3.0))

@@ -41,6 +41,9 @@ pub struct DemoArgs {
     /// Where to write the HTML report; `None` = `stormwall-demo-report.html`.
     pub report: Option<PathBuf>,
     pub no_report: bool,
+    /// Serve the live dashboard on this port (another if taken) while the demo runs, and
+    /// after it until Ctrl-C.
+    pub dashboard: Option<u16>,
 }
 
 /// One run's figures.
@@ -127,6 +130,26 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             .map_err(|e| format!("starting the chaos proxy for {name}: {e}"))?;
         proxies.push(proxy.listen);
     }
+    let dashboard = match args.dashboard {
+        None => None,
+        Some(port) => {
+            let listener = crate::dashboard::bind(port)
+                .await
+                .map_err(|e| format!("--dashboard-port {port}: {e}"))?;
+            let url = format!(
+                "http://{}/dashboard",
+                listener.local_addr().map_err(|e| e.to_string())?
+            );
+            let board = crate::dashboard::Dashboard::new();
+            let router = board.router();
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            // On stdout at once: a test (or a person) opens it while the demo runs.
+            println!("dashboard: {url}");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            Some(board)
+        }
+    };
     let progress = if args.json {
         indicatif::ProgressBar::hidden()
     } else {
@@ -153,8 +176,11 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 scenario.title(),
                 if resilient { "(stormwall)" } else { "(plain)" }
             ));
+            let listener = dashboard
+                .clone()
+                .map(|d| d as std::sync::Arc<dyn stormwall::telemetry::EventListener>);
             let one = run_once(
-                scenario, resilient, &chaos, &proxies, &services, &t, shape, &progress,
+                scenario, resilient, &chaos, &proxies, &services, &t, shape, &progress, listener,
             );
             let record = tokio::select! {
                 record = one => record?,
@@ -205,6 +231,10 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             println!("interrupted: the results above are the scenarios that finished");
         }
     }
+    if dashboard.is_some() && !interrupted {
+        eprintln!("stormwall: the dashboard keeps serving; Ctrl-C to exit");
+        let _ = ctrl_c.await;
+    }
     Ok(())
 }
 
@@ -218,6 +248,7 @@ async fn run_once(
     t: &Timings,
     shape: Load,
     progress: &indicatif::ProgressBar,
+    listener: Option<std::sync::Arc<dyn stormwall::telemetry::EventListener>>,
 ) -> Result<RunRecord, String> {
     let changer = scenario
         .inject(chaos, t)
@@ -226,7 +257,7 @@ async fn run_once(
     let deps = Dependencies::new(proxies[0].clone(), proxies[1].clone(), proxies[2].clone());
     let served_before = services.each_ref().map(|s| s.served());
     let (orders, breaker) = if resilient {
-        flow::run_resilient(&deps, t, shape, progress)
+        flow::run_resilient(&deps, t, shape, progress, listener)
             .await
             .map_err(|e| e.to_string())?
     } else {
