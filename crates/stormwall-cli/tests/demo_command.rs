@@ -110,3 +110,66 @@ fn the_html_report_is_written_with_a_chart_per_scenario() {
     );
     assert!(html.contains("payment down, then back"));
 }
+
+#[test]
+fn ctrl_c_stops_the_demo_and_still_writes_the_partial_report() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("stormwall-demo-int-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("partial.html");
+    // The default scale takes seconds per scenario: time enough to interrupt it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stormwall"))
+        .args(["demo", "--dashboard", "--dashboard-port", "0", "--report"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The dashboard line comes first: the demo is running.
+    assert!(lines.next().unwrap().unwrap().starts_with("dashboard: "));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exits cleanly: {status:?}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("interrupted")),
+        "{rest:?}"
+    );
+    let html = std::fs::read_to_string(&path).unwrap();
+    assert!(html.contains("interrupted: partial"));
+}
+
+#[test]
+fn a_dashboard_port_in_use_is_replaced_by_a_free_one_and_said() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let output = Command::new(env!("CARGO_BIN_EXE_stormwall"))
+        .args([
+            "demo",
+            "--quick",
+            "--no-report",
+            "--scenario",
+            "healthy",
+            "--dashboard",
+        ])
+        .args(["--dashboard-port", &port.to_string()])
+        // With a dashboard the demo serves until Ctrl-C: the test stops it once it has said
+        // which port it took.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = output;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains(&format!("port {port} is in use")), "{line:?}");
+}
