@@ -69,12 +69,20 @@ impl<P, S: StateStore> CircuitBreaker<P, S> {
     }
 
     fn from_parts(options: CircuitBreakerOptions<P>, store: S) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            slow_threshold: options.slow_call.map(|s| s.duration_threshold),
+            telemetry: OnceLock::new(),
+        });
+        // Weak: the store lives inside `shared`; a strong reference would keep it alive.
+        let weak = Arc::downgrade(&shared);
+        shared.store.set_transition_sink(Arc::new(move |t| {
+            if let Some(shared) = weak.upgrade() {
+                shared.emit(t);
+            }
+        }));
         CircuitBreaker {
-            shared: Arc::new(Shared {
-                store,
-                slow_threshold: options.slow_call.map(|s| s.duration_threshold),
-                telemetry: OnceLock::new(),
-            }),
+            shared,
             should_handle: options.should_handle,
         }
     }

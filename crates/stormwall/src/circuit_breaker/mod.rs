@@ -62,4 +62,6 @@ pub use options::{
     SlowCallOptions,
 };
 pub use state::CircuitState;
-pub use store::{InMemoryStore, StateStore};
+pub use store::{
+    Acquired, CallOutcome, Command, InMemoryStore, Rejection, StateStore, Ticket, TransitionSink,
+};

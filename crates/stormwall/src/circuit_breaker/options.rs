@@ -45,7 +45,8 @@ impl BreakDurationGenerator {
         BreakDurationGenerator(Arc::new(generator))
     }
 
-    pub(crate) fn generate(&self, args: BreakDurationArgs) -> Duration {
+    /// The break duration for `args`.
+    pub fn generate(&self, args: BreakDurationArgs) -> Duration {
         (self.0)(args)
     }
 }

@@ -81,7 +81,16 @@ pub trait StateStore: Send + Sync + 'static {
     fn command(&self, command: Command) -> Option<CircuitTransition>;
     /// The current state.
     fn state(&self) -> CircuitState;
+
+    /// Where to raise transitions the store learns of later rather than as the result of
+    /// a call (a shared store decides off the caller's path). The breaker sets it once when
+    /// it is built; the default store returns every transition from its calls and ignores it.
+    fn set_transition_sink(&self, _sink: TransitionSink) {}
 }
+
+/// Receives transitions a store raises on its own (see
+/// [`StateStore::set_transition_sink`]).
+pub type TransitionSink = std::sync::Arc<dyn Fn(CircuitTransition) + Send + Sync>;
 
 /// Thresholds copied out of the options (the predicate stays with the front end).
 #[derive(Debug, Clone)]

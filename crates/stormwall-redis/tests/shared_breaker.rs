@@ -1,0 +1,366 @@
+//! The shared breaker against a real redis-server: replicas that share state, exact counts,
+//! propagation, one probe cluster-wide, Redis killed and back, manual control, bad data.
+
+mod common;
+
+use common::RedisServer;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, CircuitState};
+use stormwall::telemetry::{Event, EventListener, EventSource};
+use stormwall::{Error, Pipeline};
+use stormwall_redis::{RedisStateStore, RedisStoreError, RedisStoreOptions};
+
+type Breaker = CircuitBreaker<stormwall::pipeline::OnError, RedisStateStore>;
+
+async fn replicas(
+    redis: &RedisServer,
+    name: &str,
+    options: &CircuitBreakerOptions,
+    n: usize,
+) -> Vec<Breaker> {
+    let mut breakers = Vec::new();
+    for _ in 0..n {
+        let store =
+            RedisStateStore::connect(&redis.url(), name, options, RedisStoreOptions::default())
+                .await
+                .unwrap();
+        assert!(store.is_connected());
+        breakers.push(CircuitBreaker::with_store(options.clone(), store).unwrap());
+    }
+    breakers
+}
+
+/// Waits (up to 2 s) until `done`.
+async fn eventually(mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(2), "timed out");
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    started.elapsed()
+}
+
+/// Ten replicas, each calling a dead dependency (a call takes 5 ms, then fails) 20 times;
+/// how many calls reached it.
+async fn calls_reaching_a_dead_dependency(breakers: &[impl BreakerLike]) -> u32 {
+    let reached = AtomicU32::new(0);
+    let tasks = breakers.iter().map(|b| {
+        let reached = &reached;
+        async move {
+            for _ in 0..20 {
+                if b.call_dead(reached).await {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(tasks).await;
+    reached.load(Ordering::SeqCst)
+}
+
+trait BreakerLike {
+    /// One call: `true` when it was admitted (and failed after 5 ms).
+    async fn call_dead(&self, reached: &AtomicU32) -> bool;
+}
+
+impl<S: stormwall::circuit_breaker::StateStore> BreakerLike
+    for CircuitBreaker<stormwall::pipeline::OnError, S>
+{
+    async fn call_dead(&self, reached: &AtomicU32) -> bool {
+        match self.try_acquire() {
+            Ok(permit) => {
+                reached.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                permit.record_failure();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_replicas_let_5_plus_in_flight_calls_reach_a_dead_dependency_not_50() {
+    let redis = RedisServer::start();
+    let options = CircuitBreakerOptions::new()
+        .consecutive_failures(5)
+        .break_duration(Duration::from_secs(60));
+    let shared = replicas(&redis, "dead-dependency", &options, 10).await;
+    let reached_shared = calls_reaching_a_dead_dependency(&shared).await;
+    let local: Vec<_> = (0..10)
+        .map(|_| CircuitBreaker::new(options.clone()).unwrap())
+        .collect();
+    let reached_local = calls_reaching_a_dead_dependency(&local).await;
+    println!("calls reaching the dead dependency: shared {reached_shared}, local {reached_local}");
+    assert_eq!(reached_local, 50);
+    // 5 to trip, plus at most one call in flight per replica when it tripped.
+    assert!(reached_shared <= 5 + 10, "{reached_shared}");
+    for b in &shared {
+        assert_eq!(b.state(), CircuitState::Open);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reports_from_ten_replicas_are_counted_exactly() {
+    let redis = RedisServer::start();
+    let options = CircuitBreakerOptions::new()
+        .failure_ratio(1.0)
+        .minimum_throughput(30_000)
+        .sampling_duration(Duration::from_secs(60));
+    let breakers = replicas(&redis, "counts", &options, 10).await;
+    let tasks = breakers.iter().map(|b| async move {
+        for i in 0..1000 {
+            let permit = b.try_acquire().unwrap();
+            // Successes first: they travel with the failure reports that follow.
+            if i < 500 {
+                permit.record_success();
+            } else {
+                permit.record_failure();
+            }
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    futures_util::future::join_all(tasks).await;
+    let sum = |kind: &str| -> u64 {
+        let all = redis.cli(&["HGETALL", "stormwall:{counts}:window"]);
+        let lines: Vec<&str> = all.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|pair| pair[0].ends_with(kind))
+            .map(|pair| pair[1].parse::<u64>().unwrap_or(0))
+            .sum()
+    };
+    eventually(|| sum(":f") == 5000).await;
+    assert_eq!(sum(":f"), 5000, "failures");
+    assert_eq!(sum(":t"), 10_000, "calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trip_reaches_every_replica_within_10ms() {
+    let redis = RedisServer::start();
+    let options = CircuitBreakerOptions::new()
+        .consecutive_failures(5)
+        .break_duration(Duration::from_secs(60));
+    let breakers = replicas(&redis, "propagation", &options, 10).await;
+    // Each replica watches for the trip on its own task, from before it happens.
+    let watchers: Vec<_> = breakers
+        .iter()
+        .map(|b| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                while b.state() != CircuitState::Open {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+                Instant::now()
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        breakers[0].try_acquire().unwrap().record_failure();
+    }
+    let mut seen = Vec::new();
+    for w in watchers {
+        seen.push(w.await.unwrap());
+    }
+    // The trip is when the replica whose script tripped it saw it.
+    let tripped = seen[0];
+    let mut delays: Vec<Duration> = seen[1..]
+        .iter()
+        .map(|at| at.saturating_duration_since(tripped))
+        .collect();
+    delays.sort();
+    println!(
+        "propagation to 9 replicas: p50 {:?}, p99 {:?}",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+    assert!(
+        delays[delays.len() - 1] <= Duration::from_millis(10),
+        "{delays:?}"
+    );
+    for b in &breakers {
+        assert!(matches!(b.try_acquire(), Err(r) if r.state == CircuitState::Open));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_break_ends_exactly_one_probe_runs_cluster_wide() {
+    let redis = RedisServer::start();
+    let options = CircuitBreakerOptions::new()
+        .consecutive_failures(2)
+        .break_duration(Duration::from_millis(200));
+    let breakers = replicas(&redis, "half-open", &options, 10).await;
+    for _ in 0..2 {
+        breakers[0].try_acquire().unwrap().record_failure();
+    }
+    eventually(|| breakers.iter().all(|b| b.state() == CircuitState::Open)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every replica calls every millisecond for 300 ms; an admitted probe takes 500 ms.
+    let probes = AtomicU32::new(0);
+    let permits = Mutex::new(Vec::new());
+    let until = Instant::now() + Duration::from_millis(300);
+    let tasks = breakers.iter().map(|b| {
+        let (probes, permits) = (&probes, &permits);
+        async move {
+            while Instant::now() < until {
+                if let Ok(permit) = b.try_acquire() {
+                    probes.fetch_add(1, Ordering::SeqCst);
+                    permits.lock().unwrap().push(permit);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    futures_util::future::join_all(tasks).await;
+    assert_eq!(probes.load(Ordering::SeqCst), 1);
+    // The probe succeeds: the circuit closes everywhere.
+    let permit = permits.lock().unwrap().pop().unwrap();
+    permit.record_success();
+    eventually(|| breakers.iter().all(|b| b.state() == CircuitState::Closed)).await;
+}
+
+#[derive(Default)]
+struct Transitions(Mutex<Vec<(CircuitState, CircuitState)>>);
+
+impl EventListener for Transitions {
+    fn on_event(&self, _: &EventSource<'_>, event: &Event) {
+        if let Event::CircuitTransition(t) = event {
+            self.0.lock().unwrap().push((t.from, t.to));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transition_is_raised_once_in_the_cluster_and_manual_control_acts_everywhere() {
+    let redis = RedisServer::start();
+    let options = CircuitBreakerOptions::new().consecutive_failures(3);
+    let breakers = replicas(&redis, "events", &options, 5).await;
+    let seen = Arc::new(Transitions::default());
+    let pipelines: Vec<_> = breakers
+        .iter()
+        .map(|b| {
+            Pipeline::builder()
+                .listener(seen.clone())
+                .circuit_breaker(b.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for p in pipelines.iter().cycle().take(3) {
+        let _ = p.execute(|_| async { Err::<(), _>("down") }).await;
+    }
+    eventually(|| breakers.iter().all(|b| b.state() == CircuitState::Open)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        vec![(CircuitState::Closed, CircuitState::Open)]
+    );
+    breakers[4].close();
+    eventually(|| breakers.iter().all(|b| b.state() == CircuitState::Closed)).await;
+    breakers[2].isolate();
+    eventually(|| breakers.iter().all(|b| b.state() == CircuitState::Isolated)).await;
+    assert!(matches!(
+        pipelines[0].execute(|_| async { Ok::<_, ()>(1) }).await,
+        Err(Error::CircuitOpen { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_calls_go_on_locally_then_state_is_shared_again() {
+    let mut redis = RedisServer::start();
+    let options = CircuitBreakerOptions::new().consecutive_failures(3);
+    let breakers = replicas(&redis, "outage", &options, 3).await;
+    redis.stop();
+    // Healthy calls keep working, with no error from the breaker.
+    for _ in 0..50 {
+        for b in &breakers {
+            b.try_acquire()
+                .expect("admitted while Redis is down")
+                .record_success();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Redis is gone (the subscription ended, or the next report fails): replicas fall back
+    // to their local breakers.
+    breakers[0].try_acquire().unwrap().record_failure();
+    eventually(|| !breakers[0].store().is_connected()).await;
+    for _ in 0..3 {
+        if let Ok(permit) = breakers[0].try_acquire() {
+            permit.record_failure();
+        }
+    }
+    assert_eq!(
+        breakers[0].state(),
+        CircuitState::Open,
+        "the local breaker works"
+    );
+    assert_eq!(breakers[0].store().outages(), 1);
+
+    redis.restart();
+    eventually(|| breakers.iter().all(|b| b.store().is_connected())).await;
+    // Shared again: a trip on one replica reaches the others.
+    assert!(breakers.iter().all(|b| b.state() == CircuitState::Closed));
+    for _ in 0..3 {
+        breakers[1].try_acquire().unwrap().record_failure();
+    }
+    eventually(|| breakers.iter().all(|b| b.state() == CircuitState::Open)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_data_under_our_keys_is_treated_as_absent() {
+    let redis = RedisServer::start();
+    redis.cli(&["HSET", "stormwall:{corrupt}:state", "s", "banana", "v", "x"]);
+    let options = CircuitBreakerOptions::new().consecutive_failures(2);
+    let breakers = replicas(&redis, "corrupt", &options, 2).await;
+    assert_eq!(breakers[0].state(), CircuitState::Closed);
+    for _ in 0..2 {
+        breakers[0].try_acquire().unwrap().record_failure();
+    }
+    eventually(|| breakers.iter().all(|b| b.state() == CircuitState::Open)).await;
+    assert_eq!(
+        redis.cli(&["HGET", "stormwall:{corrupt}:state", "s"]),
+        "open"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_url_is_a_typed_error() {
+    let options = CircuitBreakerOptions::new();
+    let e = RedisStateStore::connect("http://nope", "x", &options, RedisStoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RedisStoreError::InvalidUrl { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_starts_on_the_local_breaker() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let options = CircuitBreakerOptions::new().consecutive_failures(2);
+    let started = Instant::now();
+    let store = RedisStateStore::connect(
+        &format!("redis://127.0.0.1:{port}"),
+        "nobody-home",
+        &options,
+        RedisStoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "bounded wait"
+    );
+    assert!(!store.is_connected());
+    let breaker = CircuitBreaker::with_store(options, store).unwrap();
+    for _ in 0..2 {
+        breaker.try_acquire().unwrap().record_failure();
+    }
+    assert_eq!(breaker.state(), CircuitState::Open);
+}
