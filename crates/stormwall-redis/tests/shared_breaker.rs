@@ -42,66 +42,6 @@ async fn eventually(mut done: impl FnMut() -> bool) -> Duration {
     started.elapsed()
 }
 
-/// Ten replicas, each calling a dead dependency (a call takes 5 ms, then fails) 20 times;
-/// how many calls reached it.
-async fn calls_reaching_a_dead_dependency(breakers: &[impl BreakerLike]) -> u32 {
-    let reached = AtomicU32::new(0);
-    let tasks = breakers.iter().map(|b| {
-        let reached = &reached;
-        async move {
-            for _ in 0..20 {
-                if b.call_dead(reached).await {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
-    });
-    futures_util::future::join_all(tasks).await;
-    reached.load(Ordering::SeqCst)
-}
-
-trait BreakerLike {
-    /// One call: `true` when it was admitted (and failed after 5 ms).
-    async fn call_dead(&self, reached: &AtomicU32) -> bool;
-}
-
-impl<S: stormwall::circuit_breaker::StateStore> BreakerLike
-    for CircuitBreaker<stormwall::pipeline::OnError, S>
-{
-    async fn call_dead(&self, reached: &AtomicU32) -> bool {
-        match self.try_acquire() {
-            Ok(permit) => {
-                reached.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                permit.record_failure();
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_replicas_let_5_plus_in_flight_calls_reach_a_dead_dependency_not_50() {
-    let redis = RedisServer::start();
-    let options = CircuitBreakerOptions::new()
-        .consecutive_failures(5)
-        .break_duration(Duration::from_secs(60));
-    let shared = replicas(&redis, "dead-dependency", &options, 10).await;
-    let reached_shared = calls_reaching_a_dead_dependency(&shared).await;
-    let local: Vec<_> = (0..10)
-        .map(|_| CircuitBreaker::new(options.clone()).unwrap())
-        .collect();
-    let reached_local = calls_reaching_a_dead_dependency(&local).await;
-    println!("calls reaching the dead dependency: shared {reached_shared}, local {reached_local}");
-    assert_eq!(reached_local, 50);
-    // 5 to trip, plus at most one call in flight per replica when it tripped.
-    assert!(reached_shared <= 5 + 10, "{reached_shared}");
-    for b in &shared {
-        assert_eq!(b.state(), CircuitState::Open);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reports_from_ten_replicas_are_counted_exactly() {
     let redis = RedisServer::start();
@@ -137,54 +77,6 @@ async fn concurrent_reports_from_ten_replicas_are_counted_exactly() {
     eventually(|| sum(":f") == 5000).await;
     assert_eq!(sum(":f"), 5000, "failures");
     assert_eq!(sum(":t"), 10_000, "calls");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trip_reaches_every_replica_within_10ms() {
-    let redis = RedisServer::start();
-    let options = CircuitBreakerOptions::new()
-        .consecutive_failures(5)
-        .break_duration(Duration::from_secs(60));
-    let breakers = replicas(&redis, "propagation", &options, 10).await;
-    // Each replica watches for the trip on its own task, from before it happens.
-    let watchers: Vec<_> = breakers
-        .iter()
-        .map(|b| {
-            let b = b.clone();
-            tokio::spawn(async move {
-                while b.state() != CircuitState::Open {
-                    tokio::time::sleep(Duration::from_micros(100)).await;
-                }
-                Instant::now()
-            })
-        })
-        .collect();
-    for _ in 0..5 {
-        breakers[0].try_acquire().unwrap().record_failure();
-    }
-    let mut seen = Vec::new();
-    for w in watchers {
-        seen.push(w.await.unwrap());
-    }
-    // The trip is when the replica whose script tripped it saw it.
-    let tripped = seen[0];
-    let mut delays: Vec<Duration> = seen[1..]
-        .iter()
-        .map(|at| at.saturating_duration_since(tripped))
-        .collect();
-    delays.sort();
-    println!(
-        "propagation to 9 replicas: p50 {:?}, p99 {:?}",
-        delays[delays.len() / 2],
-        delays[delays.len() - 1]
-    );
-    assert!(
-        delays[delays.len() - 1] <= Duration::from_millis(10),
-        "{delays:?}"
-    );
-    for b in &breakers {
-        assert!(matches!(b.try_acquire(), Err(r) if r.state == CircuitState::Open));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,4 +255,31 @@ async fn an_unreachable_redis_starts_on_the_local_breaker() {
         breaker.try_acquire().unwrap().record_failure();
     }
     assert_eq!(breaker.state(), CircuitState::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_only_loop_issues_no_redis_command() {
+    let redis = RedisServer::start();
+    let options = CircuitBreakerOptions::new()
+        .failure_ratio(0.5)
+        .minimum_throughput(10)
+        .sampling_duration(Duration::from_secs(10));
+    let breakers = replicas(&redis, "quiet", &options, 2).await;
+    let processed = || -> u64 {
+        redis
+            .cli(&["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let before = processed();
+    for _ in 0..10_000 {
+        for b in &breakers {
+            b.try_acquire().unwrap().record_success();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The second INFO is the only command in between.
+    assert_eq!(processed() - before, 1);
 }
