@@ -16,10 +16,18 @@
 //!   and rejoins when Redis returns.
 //! - Keys share one hash tag per breaker (`stormwall:{name}:...`, Redis Cluster safe) and
 //!   expire when idle.
+//!
+//! Also here: [`RedisRateLimiter`] (GCRA in Lua, one quota per tenant across replicas) and
+//! [`RedisCache`] (the core's stale-on-error cache, shared).
 
+mod cache;
+mod connection;
 mod error;
+mod rate_limit;
 mod scripts;
 mod store;
 
+pub use cache::RedisCache;
 pub use error::RedisStoreError;
+pub use rate_limit::RedisRateLimiter;
 pub use store::{RedisStateStore, RedisStoreOptions};
