@@ -174,6 +174,19 @@ impl std::fmt::Debug for RedisStateStore {
     }
 }
 
+#[cfg(feature = "cluster")]
+type ClusterClient = redis::cluster::ClusterClient;
+/// Stands in for the cluster client when the `cluster` feature is off.
+#[cfg(not(feature = "cluster"))]
+type ClusterClient = std::convert::Infallible;
+
+fn open(url: &str) -> Result<Client, RedisStoreError> {
+    Client::open(url).map_err(|e| RedisStoreError::InvalidUrl {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 fn state_from(name: &str) -> Option<CircuitState> {
     Some(match name {
         "closed" => CircuitState::Closed,
@@ -251,10 +264,44 @@ impl RedisStateStore {
         breaker: &CircuitBreakerOptions<P>,
         options: RedisStoreOptions,
     ) -> Result<Self, RedisStoreError> {
-        let client = Client::open(url).map_err(|e| RedisStoreError::InvalidUrl {
-            url: url.to_owned(),
-            reason: e.to_string(),
+        let client = open(url)?;
+        Self::start(client, None, name, breaker, options).await
+    }
+
+    /// Like [`connect`](Self::connect), on a Redis Cluster given by some of its `nodes`:
+    /// scripts go through the cluster client (a breaker's keys share one hash slot), the
+    /// subscription to one node (Redis Cluster forwards every `PUBLISH` to all nodes).
+    #[cfg(feature = "cluster")]
+    pub async fn connect_cluster<P>(
+        nodes: &[&str],
+        name: &str,
+        breaker: &CircuitBreakerOptions<P>,
+        options: RedisStoreOptions,
+    ) -> Result<Self, RedisStoreError> {
+        let first = nodes.first().ok_or_else(|| RedisStoreError::InvalidUrl {
+            url: String::new(),
+            reason: "no cluster node given".into(),
         })?;
+        let client = open(first)?;
+        let cluster = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(options.command_timeout)
+            .response_timeout(options.command_timeout)
+            .build()
+            .map_err(|e| RedisStoreError::InvalidUrl {
+                url: nodes.join(","),
+                reason: e.to_string(),
+            })?;
+        Self::start(client, Some(cluster), name, breaker, options).await
+    }
+
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
+    async fn start<P>(
+        client: Client,
+        cluster: Option<ClusterClient>,
+        name: &str,
+        breaker: &CircuitBreakerOptions<P>,
+        options: RedisStoreOptions,
+    ) -> Result<Self, RedisStoreError> {
         breaker
             .validate()
             .map_err(|e| RedisStoreError::Config(e.within("circuit_breaker")))?;
@@ -322,6 +369,8 @@ impl RedisStateStore {
         let task = Task {
             inner: Arc::downgrade(&inner),
             client,
+            #[cfg(feature = "cluster")]
+            cluster,
             receiver,
         };
         // The first connection is awaited (bounded), so a store made while Redis is up
@@ -576,16 +625,64 @@ impl StateStore for RedisStateStore {
 /// The background task: one per store, ending when the store is dropped.
 struct Task {
     inner: std::sync::Weak<Inner>,
+    /// Subscriptions (and, without a cluster, commands) go to this server.
     client: Client,
+    #[cfg(feature = "cluster")]
+    cluster: Option<redis::cluster::ClusterClient>,
     receiver: mpsc::Receiver<Job>,
 }
 
+/// Where scripts run: one server, or a Redis Cluster (feature `cluster`).
+enum Commands {
+    Single(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Commands {
+    async fn invoke(
+        &mut self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<Vec<String>> {
+        match self {
+            Commands::Single(c) => invocation.invoke_async(c).await,
+            #[cfg(feature = "cluster")]
+            Commands::Cluster(c) => invocation.invoke_async(c).await,
+        }
+    }
+
+    async fn load(&mut self, script: &Script) -> redis::RedisResult<()> {
+        match self {
+            Commands::Single(c) => script.prepare_invoke().load_async(c).await.map(drop),
+            // A cluster loads scripts on the node that first needs them (NOSCRIPT reload).
+            #[cfg(feature = "cluster")]
+            Commands::Cluster(_) => Ok(()),
+        }
+    }
+}
+
 struct Connection {
-    commands: MultiplexedConnection,
+    commands: Commands,
     events: redis::aio::PubSubStream,
 }
 
 impl Task {
+    async fn commands(&self, config: &AsyncConnectionConfig) -> Option<Commands> {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            return cluster
+                .get_async_connection()
+                .await
+                .ok()
+                .map(Commands::Cluster);
+        }
+        self.client
+            .get_multiplexed_async_connection_with_config(config)
+            .await
+            .ok()
+            .map(Commands::Single)
+    }
+
     /// Connects and subscribes within the command timeout; `None` when Redis does not
     /// answer in time.
     async fn connect(&mut self) -> Option<Connection> {
@@ -595,11 +692,7 @@ impl Task {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(timeout)
                 .set_response_timeout(timeout);
-            let commands = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .ok()?;
+            let commands = self.commands(&config).await?;
             let mut pubsub = self.client.get_async_pubsub().await.ok()?;
             pubsub.subscribe(&inner.channel).await.ok()?;
             Some(Connection {
@@ -611,8 +704,7 @@ impl Task {
         // Loaded up front, so the first decisions run by SHA without a NOSCRIPT round trip
         // (invoking reloads them anyway after a FLUSH or a restart).
         for script in inner.scripts.all() {
-            let invocation = script.prepare_invoke();
-            let load = invocation.load_async(&mut connection.commands);
+            let load = connection.commands.load(script);
             tokio::time::timeout(timeout, load).await.ok()?.ok()?;
         }
         // Adopt the shared state before deciding anything with it.
@@ -654,7 +746,7 @@ impl Task {
         for arg in extra {
             invocation.arg(arg);
         }
-        let call = invocation.invoke_async::<Vec<String>>(&mut connection.commands);
+        let call = connection.commands.invoke(&invocation);
         let values = tokio::time::timeout(inner.options.command_timeout, call)
             .await
             .ok()?
