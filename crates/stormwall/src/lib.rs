@@ -104,6 +104,7 @@ pub mod cache;
 pub mod chaos;
 pub mod circuit_breaker;
 pub mod clock;
+pub mod degrade;
 mod error;
 pub mod fallback;
 pub mod health;

@@ -18,8 +18,13 @@ pub struct CircuitBreaker<P = OnError, S = InMemoryStore> {
     should_handle: P,
 }
 
+/// Called with every transition the breaker raises (see [`CircuitBreaker::on_transition`]).
+pub type TransitionObserver = Arc<dyn Fn(CircuitTransition) + Send + Sync>;
+
 struct Shared<S> {
     store: S,
+    /// Added by `on_transition`; read on transitions only (rare), so a lock is fine.
+    observers: std::sync::RwLock<Vec<TransitionObserver>>,
     /// `Some` only when the slow-call condition is configured (then calls are timed).
     slow_threshold: Option<Duration>,
     /// Set by the first pipeline the breaker is attached to.
@@ -71,6 +76,7 @@ impl<P, S: StateStore> CircuitBreaker<P, S> {
     fn from_parts(options: CircuitBreakerOptions<P>, store: S) -> Self {
         let shared = Arc::new(Shared {
             store,
+            observers: std::sync::RwLock::new(Vec::new()),
             slow_threshold: options.slow_call.map(|s| s.duration_threshold),
             telemetry: OnceLock::new(),
         });
@@ -117,6 +123,16 @@ impl<P, S: StateStore> CircuitBreaker<P, S> {
         }
     }
 
+    /// Calls `observe` with every transition from now on, on the thread that caused it
+    /// (keep it short). Feature switches bound to the breaker use it.
+    pub fn on_transition(&self, observe: impl Fn(CircuitTransition) + Send + Sync + 'static) {
+        self.shared
+            .observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(observe));
+    }
+
     /// Forces the circuit open until [`close`](Self::close): every call is rejected.
     pub fn isolate(&self) {
         self.command(Command::Isolate);
@@ -156,6 +172,10 @@ impl<S> Shared<S> {
     fn emit(&self, transition: CircuitTransition) {
         if let Some(telemetry) = self.telemetry.get() {
             telemetry.emit("circuit_breaker", || Event::CircuitTransition(transition));
+        }
+        let observers = self.observers.read().unwrap_or_else(|e| e.into_inner());
+        for observe in observers.iter() {
+            observe(transition);
         }
     }
 }

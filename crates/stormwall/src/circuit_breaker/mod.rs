@@ -55,7 +55,7 @@ mod state;
 pub mod store;
 pub(crate) mod window;
 
-pub use breaker::{CircuitBreaker, Permit};
+pub use breaker::{CircuitBreaker, Permit, TransitionObserver};
 pub use events::{CircuitRejected, CircuitTransition, TransitionReason};
 pub use options::{
     BreakDurationArgs, BreakDurationGenerator, CircuitBreakerOptions, SamplingWindow,

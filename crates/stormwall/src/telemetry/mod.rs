@@ -85,11 +85,13 @@ pub enum Event {
     AttemptCompleted(AttemptCompleted),
     /// A whole execution through the pipeline ended.
     ExecutionCompleted(ExecutionCompleted),
+    /// A feature switch changed.
+    SwitchChanged(crate::degrade::SwitchChanged),
 }
 
 /// Every event kind as (strategy label, event name), in [`Event::index`] order: the
 /// metrics listener registers one counter per entry up front.
-pub(crate) const EVENT_KINDS: [(&str, &str); 14] = [
+pub(crate) const EVENT_KINDS: [(&str, &str); 15] = [
     ("retry", "retry"),
     ("retry", "retry_budget_exhausted"),
     ("adaptive_throttle", "throttled"),
@@ -104,6 +106,7 @@ pub(crate) const EVENT_KINDS: [(&str, &str); 14] = [
     ("stale_on_error", "served_stale"),
     ("pipeline", "attempt_completed"),
     ("pipeline", "execution_completed"),
+    ("switch", "switch_changed"),
 ];
 
 impl Event {
@@ -124,13 +127,15 @@ impl Event {
             Event::ServedStale(_) => 11,
             Event::AttemptCompleted(_) => 12,
             Event::ExecutionCompleted(_) => 13,
+            Event::SwitchChanged(_) => 14,
         }
     }
 
     /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
     /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
     /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `chaos_injected`,
-    /// `hedge_started`, `served_stale`, `attempt_completed`, `execution_completed`.
+    /// `hedge_started`, `served_stale`, `attempt_completed`, `execution_completed`,
+    /// `switch_changed`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::Retry(_) => "retry",
@@ -147,6 +152,7 @@ impl Event {
             Event::ServedStale(_) => "served_stale",
             Event::AttemptCompleted(_) => "attempt_completed",
             Event::ExecutionCompleted(_) => "execution_completed",
+            Event::SwitchChanged(_) => "switch_changed",
         }
     }
 }

@@ -63,6 +63,10 @@ impl EventListener for TracingListener {
                 pipeline, strategy, duration = ?e.duration, success = e.success,
                 "execution completed"
             ),
+            Event::SwitchChanged(s) => tracing::info!(
+                switch = %s.switch, enabled = s.enabled, reason = ?s.reason,
+                "feature switch changed"
+            ),
         }
     }
 }
