@@ -2,6 +2,8 @@
 //!
 //! - `stormwall demo [--quick | --full] [--json] [--scenario NAME]...`: the order flow under
 //!   injected faults, with and without resilience.
+//! - `stormwall proxy --config stormwall.toml`: the resilience sidecar; `stormwall check
+//!   --config stormwall.toml` validates a configuration.
 //! - `stormwall chaos --listen 127.0.0.1:8474 [--config proxies.json]`: the
 //!   Toxiproxy-compatible chaos proxy.
 
@@ -25,6 +27,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the resilience sidecar: a reverse proxy with a pipeline per route.
+    Proxy {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Checks a sidecar configuration file without starting anything.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Runs the order flow (payment, inventory, notification behind chaos proxies) under
     /// injected faults, with and without stormwall, and compares.
     Demo {
@@ -84,6 +98,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Chaos { listen, config } => chaos(listen, config).await,
+            Command::Proxy { config } => proxy(config).await,
+            Command::Check { config } => check(&config).map(|routes| {
+                println!("{}: OK ({routes} routes)", config.display());
+            }),
             Command::Demo {
                 quick,
                 full,
@@ -134,5 +152,59 @@ async fn chaos(listen: String, config: Option<PathBuf>) -> Result<(), String> {
     tokio::select! {
         served = server.serve(listener) => served.map_err(|e| format!("API server: {e}")),
         _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+fn read_config(path: &std::path::Path) -> Result<stormwall_proxy::Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    stormwall_proxy::Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses the file and builds every route (so strategy options are checked too).
+fn check(path: &std::path::Path) -> Result<usize, String> {
+    let config = read_config(path)?;
+    for route in &config.route {
+        stormwall_proxy::Route::build(route, None)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(config.route.len())
+}
+
+async fn proxy(path: PathBuf) -> Result<(), String> {
+    let config = read_config(&path)?;
+    let (listen, admin) = (config.server.listen.clone(), config.server.admin.clone());
+    let proxy =
+        stormwall_proxy::Proxy::new(config).map_err(|e| format!("{}: {e}", path.display()))?;
+    let reload = {
+        let (proxy, path) = (proxy.clone(), path.clone());
+        std::sync::Arc::new(move || -> Result<(), String> {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            proxy.reload(&text).map_err(|e| e.to_string())
+        })
+    };
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| format!("server.listen {listen}: {e}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(&admin)
+        .await
+        .map_err(|e| format!("server.admin {admin}: {e}"))?;
+    tracing::info!(%listen, %admin, "stormwall proxy listening");
+    let admin_router = stormwall_proxy::admin_router(proxy.clone(), reload.clone());
+    tokio::spawn(async move { axum::serve(admin_listener, admin_router).await });
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| e.to_string())?;
+    let serving = proxy.clone().serve(listener);
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            served = &mut serving => return served.map_err(|e| e.to_string()),
+            _ = hangup.recv() => {
+                if let Err(e) = reload() {
+                    tracing::warn!(error = %e, "reload refused; the old configuration keeps serving");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
     }
 }

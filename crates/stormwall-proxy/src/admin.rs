@@ -1,0 +1,183 @@
+//! The admin listener: health probes, Prometheus metrics, and the admin API.
+
+use crate::server::Proxy;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use stormwall::circuit_breaker::CircuitState;
+use stormwall::health::{BreakerCheck, CheckResult, HealthRegistry, HealthStatus};
+
+/// The process's Prometheus recorder (the `metrics` facade has one global recorder).
+fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .as_ref()
+}
+
+/// Installs the Prometheus recorder (once per process).
+pub fn install_metrics() {
+    let _ = prometheus();
+}
+
+fn registry(proxy: &Proxy) -> HealthRegistry {
+    let mut registry = HealthRegistry::new().check(
+        "process",
+        &["live", "startup"],
+        Duration::from_secs(1),
+        || async { CheckResult::healthy() },
+    );
+    for route in proxy.routes().iter() {
+        if let Some(breaker) = &route.breaker {
+            let check = BreakerCheck::new(breaker.clone());
+            let check = if route.config.critical {
+                check.critical()
+            } else {
+                check
+            };
+            registry = registry.check(
+                format!("route:{}", route.name()),
+                &["ready"],
+                Duration::from_secs(1),
+                check,
+            );
+        }
+    }
+    registry
+}
+
+async fn health(proxy: &Proxy, tag: &str) -> Response {
+    let mut report = registry(proxy).report(Some(tag)).await;
+    if tag == "ready" && proxy.draining.load(std::sync::atomic::Ordering::Acquire) {
+        report.status = HealthStatus::Unhealthy;
+    }
+    let code = match report.status {
+        HealthStatus::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    (code, Json(report)).into_response()
+}
+
+fn circuits(proxy: &Proxy) -> serde_json::Value {
+    let routes: Vec<_> = proxy
+        .routes()
+        .iter()
+        .map(|r| {
+            json!({
+                "route": r.name(),
+                "critical": r.config.critical,
+                "state": r.breaker.as_ref().map(|b| b.state().as_str()),
+            })
+        })
+        .collect();
+    json!({ "circuits": routes })
+}
+
+/// `Authorization: Bearer <token>` on `/admin/*` when a token is set.
+async fn authorise(State(proxy): State<Arc<Proxy>>, request: Request, next: Next) -> Response {
+    let token = proxy
+        .config()
+        .server
+        .admin_token
+        .clone()
+        .or_else(|| std::env::var("STORMWALL_ADMIN_TOKEN").ok());
+    if let Some(token) = token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "admin token required"})),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The admin router; `reload` reads the configuration file again.
+pub fn router(
+    proxy: Arc<Proxy>,
+    reload: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+) -> Router {
+    install_metrics();
+    let admin = Router::new()
+        .route(
+            "/admin/config",
+            get(|State(p): State<Arc<Proxy>>| async move {
+                let config = p.config();
+                Json(json!({
+                    "server": { "listen": config.server.listen, "admin": config.server.admin },
+                    "routes": config.route.iter().map(|r| json!({
+                        "name": r.name, "upstream": r.upstream,
+                        "path_prefix": r.matches.path_prefix, "host": r.matches.host,
+                    })).collect::<Vec<_>>(),
+                }))
+            }),
+        )
+        .route("/admin/circuits", get(|State(p): State<Arc<Proxy>>| async move { Json(circuits(&p)) }))
+        .route(
+            "/admin/routes/{route}/{action}",
+            post(|State(p): State<Arc<Proxy>>, Path((route, action)): Path<(String, String)>| async move {
+                let routes = p.routes();
+                let Some(breaker) = routes.iter().find(|r| r.name() == route).and_then(|r| r.breaker.clone()) else {
+                    return (StatusCode::NOT_FOUND, Json(json!({"error": "no such route with a circuit breaker"})));
+                };
+                match action.as_str() {
+                    "isolate" => breaker.isolate(),
+                    "close" | "reset" => breaker.close(),
+                    _ => return (StatusCode::BAD_REQUEST, Json(json!({"error": "action must be isolate, close or reset"}))),
+                }
+                (StatusCode::OK, Json(json!({"route": route, "state": breaker.state().as_str()})))
+            }),
+        )
+        .route(
+            "/admin/reload",
+            post(move || {
+                let reload = Arc::clone(&reload);
+                async move {
+                    match reload() {
+                        Ok(()) => (StatusCode::OK, Json(json!({"reloaded": true}))),
+                        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"reloaded": false, "error": e}))),
+                    }
+                }
+            }),
+        )
+        .layer(middleware::from_fn_with_state(Arc::clone(&proxy), authorise));
+    Router::new()
+        .route("/health/live", get(|State(p): State<Arc<Proxy>>| async move { health(&p, "live").await }))
+        .route("/health/ready", get(|State(p): State<Arc<Proxy>>| async move { health(&p, "ready").await }))
+        .route("/health/startup", get(|State(p): State<Arc<Proxy>>| async move { health(&p, "startup").await }))
+        .route(
+            "/metrics",
+            get(|State(p): State<Arc<Proxy>>| async move {
+                // Gauges that are states, read now.
+                for route in p.routes().iter() {
+                    if let Some(breaker) = &route.breaker {
+                        let value = f64::from(match breaker.state() {
+                            CircuitState::Closed => 0u8,
+                            CircuitState::Open => 1,
+                            CircuitState::HalfOpen => 2,
+                            CircuitState::Isolated => 3,
+                            CircuitState::Disabled => 4,
+                        });
+                        metrics::gauge!("stormwall_circuit_state", "route" => route.name().to_owned()).set(value);
+                    }
+                }
+                let text = prometheus().map(PrometheusHandle::render).unwrap_or_default();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            }),
+        )
+        .merge(admin)
+        .with_state(proxy)
+}

@@ -1,0 +1,346 @@
+//! The sidecar's configuration (TOML), checked before anything uses it: unknown keys, wrong
+//! types, bad durations, invalid strategy options and overlapping routes are errors that
+//! name the key.
+
+use serde::Deserialize;
+use std::time::Duration;
+use stormwall::ConfigError;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the proxy and its admin API listen.
+    pub server: ServerConfig,
+    /// The routes, tried in order: the first whose match fits serves the request.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The proxy's address. Example: `127.0.0.1:8080`.
+    pub listen: String,
+    /// The admin API's address (metrics, health, admin, dashboard). Default loopback:
+    /// `127.0.0.1:9901`.
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// When set, `/admin/*` needs `Authorization: Bearer <token>`. Also from the
+    /// `STORMWALL_ADMIN_TOKEN` environment variable.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Largest request body accepted (413 beyond). Default 10 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Requests in flight across all routes (503 with Retry-After beyond). Default 10,000.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:9901".into()
+}
+fn default_max_body() -> usize {
+    10 * 1024 * 1024
+}
+fn default_max_in_flight() -> u32 {
+    10_000
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique; names the route in metrics, health and the admin API.
+    pub name: String,
+    /// Which requests it serves.
+    #[serde(rename = "match", default)]
+    pub matches: MatchConfig,
+    /// Where it sends them: `http://host:port`.
+    pub upstream: String,
+    /// Readiness fails while this route's breaker is open.
+    #[serde(default)]
+    pub critical: bool,
+    /// The client key for per-client rate limits: a header name (`X-Tenant-Id`) or `ip`.
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// Total and attempt timeouts. Default: none.
+    pub timeout: Option<TimeoutConfig>,
+    /// Retries of transient failures (5xx, 408, 429, connection errors, timeouts). Default: none.
+    pub retry: Option<RetryConfig>,
+    /// The route's circuit breaker. Default: none.
+    pub circuit_breaker: Option<BreakerConfig>,
+    /// Concurrency limit with a bounded queue. Default: none.
+    pub bulkhead: Option<BulkheadConfig>,
+    /// Rate limit (per client key when `client_key` is set). Default: none.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// The answer when the pipeline gives up. Default: a status that says why.
+    pub fallback: Option<FallbackConfig>,
+}
+
+/// `match = { path_prefix = "/payment", host = "api.local" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Default `/`.
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    /// Any host when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+impl Default for MatchConfig {
+    fn default() -> Self {
+        MatchConfig {
+            path_prefix: default_prefix(),
+            host: None,
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "/".into()
+}
+
+/// `timeout = { total = "30s", attempt = "10s" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    #[serde(default, with = "humantime_serde")]
+    /// Bounds the whole request, retries included.
+    pub total: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    /// Bounds each attempt.
+    pub attempt: Option<Duration>,
+}
+
+/// `retry = { max_retries = 3, backoff = "exponential", delay = "200ms", jitter = "full" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "default_retries")]
+    /// Retries after the first attempt. Default 3.
+    pub max_retries: u32,
+    /// `constant`, `linear` or `exponential` (default).
+    #[serde(default = "default_backoff")]
+    pub backoff: String,
+    #[serde(default = "default_delay", with = "humantime_serde")]
+    /// The base delay. Default 200 ms.
+    pub delay: Duration,
+    /// `none`, `full`, `equal`, `decorrelated` (default: Polly's decorrelated v2).
+    #[serde(default)]
+    pub jitter: Option<String>,
+}
+
+fn default_retries() -> u32 {
+    3
+}
+fn default_backoff() -> String {
+    "exponential".into()
+}
+fn default_delay() -> Duration {
+    Duration::from_millis(200)
+}
+
+/// `circuit_breaker = { failure_ratio = 0.5, sampling_duration = "10s", minimum_throughput =
+/// 10, break_duration = "30s" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    #[serde(default)]
+    /// Failure ratio that opens the circuit (0–1).
+    pub failure_ratio: Option<f64>,
+    #[serde(default)]
+    /// Failures in a row that open the circuit.
+    pub consecutive_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    /// The sampling window. Default 30 s.
+    pub sampling_duration: Option<Duration>,
+    #[serde(default)]
+    /// Calls in the window before the ratio counts. Default 100.
+    pub minimum_throughput: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    /// How long the circuit stays open. Default 5 s.
+    pub break_duration: Option<Duration>,
+}
+
+/// `bulkhead = { max_concurrency = 100, queue = 50 }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BulkheadConfig {
+    /// Requests in flight to the upstream.
+    pub max_concurrency: u32,
+    #[serde(default)]
+    /// Requests waiting for a slot. Default 0.
+    pub queue: u32,
+}
+
+/// `rate_limit = { permits = 100, per = "1s", burst = 20 }`, per client key when the route
+/// has one.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Permits per `per`.
+    pub permits: u32,
+    #[serde(default = "default_per", with = "humantime_serde")]
+    /// The period of `permits`. Default 1 s.
+    pub per: Duration,
+    #[serde(default)]
+    /// Permits at once after a quiet spell. Default: `permits`.
+    pub burst: Option<u32>,
+}
+
+fn default_per() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `fallback = { status = 503, body = '{"status":"queued"}' }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// The status code.
+    pub status: u16,
+    #[serde(default)]
+    /// The body.
+    pub body: String,
+    #[serde(default = "default_content_type")]
+    /// Its content type. Default `application/json`.
+    pub content_type: String,
+}
+
+fn default_content_type() -> String {
+    "application/json".into()
+}
+
+impl Config {
+    /// Parses and checks a configuration file's text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let key = e.span().map_or_else(String::new, |span| {
+                let line = text[..span.start.min(text.len())].lines().count();
+                format!("line {line}")
+            });
+            ConfigError::new(
+                if key.is_empty() {
+                    "config".to_string()
+                } else {
+                    format!("config ({key})")
+                },
+                e.message(),
+                "valid stormwall proxy configuration",
+            )
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&str, Option<&str>, &str)> = Vec::new();
+        for route in &self.route {
+            let at = |field: &str| format!("route[{}].{field}", route.name);
+            if route.name.is_empty() {
+                return Err(ConfigError::new("route.name", "", "a non-empty name"));
+            }
+            if seen.iter().any(|(name, _, _)| *name == route.name) {
+                return Err(ConfigError::new(at("name"), &route.name, "unique"));
+            }
+            let (host, prefix) = (
+                route.matches.host.as_deref(),
+                route.matches.path_prefix.as_str(),
+            );
+            if let Some((other, _, _)) = seen.iter().find(|(_, h, p)| *h == host && *p == prefix) {
+                return Err(ConfigError::new(
+                    at("match"),
+                    prefix,
+                    format!(
+                        "different from route[{other}].match (both would match the same requests)"
+                    ),
+                ));
+            }
+            if !prefix.starts_with('/') {
+                return Err(ConfigError::new(
+                    at("match.path_prefix"),
+                    prefix,
+                    "starting with /",
+                ));
+            }
+            let uri: http::Uri = route.upstream.parse().map_err(|_| {
+                ConfigError::new(at("upstream"), &route.upstream, "http://host:port")
+            })?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(ConfigError::new(
+                    at("upstream"),
+                    &route.upstream,
+                    "http://host:port",
+                ));
+            }
+            if let Some(f) = &route.fallback {
+                if http::StatusCode::from_u16(f.status).is_err() {
+                    return Err(ConfigError::new(
+                        at("fallback.status"),
+                        f.status,
+                        "an HTTP status (100–999)",
+                    ));
+                }
+            }
+            seen.push((&route.name, host, prefix));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[[route]]
+name = "payment"
+match = { path_prefix = "/payment" }
+upstream = "http://127.0.0.1:7001"
+timeout = { total = "30s", attempt = "10s" }
+retry = { max_retries = 3, backoff = "exponential", delay = "200ms", jitter = "full" }
+circuit_breaker = { failure_ratio = 0.5, sampling_duration = "10s", minimum_throughput = 10, break_duration = "30s" }
+bulkhead = { max_concurrency = 100, queue = 50 }
+fallback = { status = 503, body = '{"status":"queued"}' }
+"#;
+
+    #[test]
+    fn the_design_example_parses() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.server.admin, "127.0.0.1:9901");
+        assert_eq!(
+            c.route[0].timeout.as_ref().unwrap().attempt,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(c.route[0].bulkhead.as_ref().unwrap().queue, 50);
+    }
+
+    #[test]
+    fn bad_input_names_the_key() {
+        let cases = [
+            (GOOD.replace("max_retries = 3", "max_retires = 3"), "max_retires"),
+            (GOOD.replace("\"200ms\"", "\"soon\""), "soon"),
+            (GOOD.replace("max_concurrency = 100", "max_concurrency = \"many\""), "config"),
+            (GOOD.replace("http://127.0.0.1:7001", "ftp://x"), "route[payment].upstream"),
+            (GOOD.replace("status = 503", "status = 1000"), "route[payment].fallback.status"),
+            (
+                format!("{GOOD}\n[[route]]\nname = \"again\"\nmatch = {{ path_prefix = \"/payment\" }}\nupstream = \"http://127.0.0.1:1\"\n"),
+                "route[again].match",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(&text).unwrap_err();
+            assert!(
+                e.to_string().contains(key) || e.field.contains(key),
+                "{key}: {e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! A route's strategies, built from its configuration: every strategy is optional, so one
+//! static type serves every route (`Option<S>` is a strategy that is `S` or nothing).
+
+use crate::config::RouteConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use stormwall::bulkhead::{Bulkhead, BulkheadOptions};
+use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions};
+use stormwall::pipeline::{Identity, Stack};
+use stormwall::rate_limit::{KeyedRateLimiter, RateLimitOptions};
+use stormwall::retry::{Backoff, Jitter, Retry, RetryOptions};
+use stormwall::telemetry::EventListener;
+use stormwall::timeout::Timeout;
+use stormwall::{ConfigError, Pipeline};
+use stormwall_http::{RetryAfter, Transient};
+
+/// Outer to inner: per-client rate limit → bulkhead → total timeout → retry → breaker →
+/// attempt timeout.
+pub(crate) type Strategies = Stack<
+    Stack<
+        Stack<
+            Stack<
+                Stack<Stack<Identity, Option<KeyedRateLimiter>>, Option<Bulkhead>>,
+                Option<Timeout>,
+            >,
+            Option<Retry<Transient, RetryAfter>>,
+        >,
+        Option<CircuitBreaker<Transient>>,
+    >,
+    Option<Timeout>,
+>;
+
+/// One configured route, ready to serve.
+pub struct Route {
+    pub(crate) config: RouteConfig,
+    /// `http://host:port` of the upstream, parsed.
+    pub(crate) upstream: http::uri::Authority,
+    pub(crate) breaker: Option<CircuitBreaker<Transient>>,
+    /// For requests that may be retried (idempotent, or with an `Idempotency-Key`).
+    pub(crate) retrying: Pipeline<Strategies>,
+    /// For the others: the same limiter, bulkhead and breaker, no retry.
+    pub(crate) single: Pipeline<Strategies>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.config.name)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+fn jitter(name: Option<&str>, at: &str) -> Result<Jitter, ConfigError> {
+    Ok(match name {
+        None => Jitter::DecorrelatedV2,
+        Some("none") => Jitter::None,
+        Some("full") => Jitter::Full,
+        Some("equal") => Jitter::Equal,
+        Some("decorrelated") => Jitter::Decorrelated,
+        Some("decorrelated_v2") => Jitter::DecorrelatedV2,
+        Some(other) => {
+            return Err(ConfigError::new(
+                at,
+                other,
+                "none, full, equal, decorrelated or decorrelated_v2",
+            ))
+        }
+    })
+}
+
+impl Route {
+    /// Builds the route; strategy errors name the key (`route[payment].retry.delay`).
+    pub fn build(
+        config: &RouteConfig,
+        listener: Option<Arc<dyn EventListener>>,
+    ) -> Result<Route, ConfigError> {
+        let prefix = format!("route[{}]", config.name);
+        let within = |e: ConfigError| e.within(&prefix);
+        let upstream: http::Uri = config.upstream.parse().map_err(|_| {
+            ConfigError::new(
+                format!("{prefix}.upstream"),
+                &config.upstream,
+                "http://host:port",
+            )
+        })?;
+        let upstream = upstream.authority().cloned().ok_or_else(|| {
+            ConfigError::new(
+                format!("{prefix}.upstream"),
+                &config.upstream,
+                "http://host:port",
+            )
+        })?;
+        let transient = Transient::default();
+        let limiter = match &config.rate_limit {
+            None => None,
+            Some(r) => {
+                let mut options = RateLimitOptions::per(r.permits, r.per);
+                if let Some(burst) = r.burst {
+                    options = options.burst(burst);
+                }
+                Some(KeyedRateLimiter::new(options, 100_000).map_err(within)?)
+            }
+        };
+        let bulkhead = match &config.bulkhead {
+            None => None,
+            Some(b) => Some(
+                Bulkhead::new(BulkheadOptions::new(b.max_concurrency).queue_limit(b.queue))
+                    .map_err(within)?,
+            ),
+        };
+        let total = config.timeout.as_ref().and_then(|t| t.total);
+        let attempt = config.timeout.as_ref().and_then(|t| t.attempt);
+        let breaker = match &config.circuit_breaker {
+            None => None,
+            Some(b) => {
+                let mut options = CircuitBreakerOptions::new();
+                if let Some(ratio) = b.failure_ratio {
+                    options = options.failure_ratio(ratio);
+                }
+                if let Some(n) = b.consecutive_failures {
+                    options = options.consecutive_failures(n);
+                }
+                if let Some(d) = b.sampling_duration {
+                    options = options.sampling_duration(d);
+                }
+                if let Some(n) = b.minimum_throughput {
+                    options = options.minimum_throughput(n);
+                }
+                if let Some(d) = b.break_duration {
+                    options = options.break_duration(d);
+                }
+                Some(CircuitBreaker::new(options.handle(transient.clone())).map_err(within)?)
+            }
+        };
+        let retry = match &config.retry {
+            None => None,
+            Some(r) => {
+                let backoff = match r.backoff.as_str() {
+                    "constant" => Backoff::Constant,
+                    "linear" => Backoff::Linear,
+                    "exponential" => Backoff::Exponential,
+                    other => {
+                        return Err(ConfigError::new(
+                            format!("{prefix}.retry.backoff"),
+                            other,
+                            "constant, linear or exponential",
+                        ))
+                    }
+                };
+                let options = RetryOptions::exponential(r.delay)
+                    .backoff(backoff)
+                    .max_retries(r.max_retries)
+                    .jitter(jitter(
+                        r.jitter.as_deref(),
+                        &format!("{prefix}.retry.jitter"),
+                    )?)
+                    .handle(transient.clone())
+                    .delay_generator(RetryAfter {
+                        max: Duration::from_secs(60),
+                    });
+                Some(Retry::new(options).map_err(within)?)
+            }
+        };
+        let timeout = |d: Option<Duration>| d.map(Timeout::new).transpose().map_err(within);
+        let (total, attempt) = (timeout(total)?, timeout(attempt)?);
+        let pipeline = |retry: Option<Retry<Transient, RetryAfter>>| {
+            let mut builder = Pipeline::builder().name(config.name.clone());
+            if let Some(listener) = &listener {
+                builder = builder.listener(Arc::clone(listener));
+            }
+            builder
+                .strategy(limiter.clone())
+                .strategy(bulkhead.clone())
+                .strategy(total.clone())
+                .strategy(retry)
+                .strategy(breaker.clone())
+                .strategy(attempt.clone())
+                .build()
+                .map_err(within)
+        };
+        Ok(Route {
+            retrying: pipeline(retry)?,
+            single: pipeline(None)?,
+            config: config.clone(),
+            upstream,
+            breaker,
+        })
+    }
+
+    /// The route's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Whether the route serves a request for `host` and `path`.
+    pub(crate) fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.config.matches.host, host) {
+            (None, _) => true,
+            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+            (Some(_), None) => false,
+        };
+        host_ok && path.starts_with(&self.config.matches.path_prefix)
+    }
+}

@@ -1,0 +1,357 @@
+//! The reverse proxy: routes a request, runs it through its route's pipeline to the
+//! upstream, answers the fallback (or a status that says why) when the pipeline gives up.
+
+use crate::config::Config;
+use crate::route::Route;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use stormwall::telemetry::{EventListener, MetricsListener};
+use stormwall::{ConfigError, Context, Error};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// The body of every response the proxy sends.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The proxy's live state: routes (swapped whole on reload), the upstream client, limits.
+pub struct Proxy {
+    pub(crate) config: RwLock<Arc<Config>>,
+    pub(crate) routes: RwLock<Arc<Vec<Arc<Route>>>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    in_flight: Semaphore,
+    pub(crate) draining: AtomicBool,
+    pub(crate) listener: Arc<dyn EventListener>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+/// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn full(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    headers: &[(HeaderName, String)],
+) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(name.clone(), value);
+        }
+    }
+    response
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": message, "status": status.as_u16() }).to_string();
+    full(
+        status,
+        body,
+        &[(header::CONTENT_TYPE, "application/json".into())],
+    )
+}
+
+fn build_routes(
+    config: &Config,
+    previous: &[Arc<Route>],
+    listener: &Arc<dyn EventListener>,
+) -> Result<Vec<Arc<Route>>, ConfigError> {
+    config
+        .route
+        .iter()
+        .map(|r| {
+            // An unchanged route keeps its strategies, and so its breaker's state.
+            match previous.iter().find(|p| p.config == *r) {
+                Some(same) => Ok(Arc::clone(same)),
+                None => Route::build(r, Some(Arc::clone(listener))).map(Arc::new),
+            }
+        })
+        .collect()
+}
+
+impl Proxy {
+    /// A proxy for `config` (already parsed).
+    pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
+        let listener: Arc<dyn EventListener> = Arc::new(MetricsListener::new());
+        let routes = build_routes(&config, &[], &listener)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Ok(Arc::new(Proxy {
+            in_flight: Semaphore::new(config.server.max_in_flight as usize),
+            config: RwLock::new(Arc::new(config)),
+            routes: RwLock::new(Arc::new(routes)),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            draining: AtomicBool::new(false),
+            listener,
+        }))
+    }
+
+    /// Replaces the configuration: every route is built first, so a bad file changes
+    /// nothing (the old one keeps serving); unchanged routes keep their breakers.
+    pub fn reload(&self, text: &str) -> Result<(), ConfigError> {
+        let config = Config::parse(text)?;
+        let previous = self.routes();
+        let routes = build_routes(&config, &previous, &self.listener)?;
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        tracing::info!("stormwall proxy: configuration reloaded");
+        Ok(())
+    }
+
+    /// The routes now.
+    pub fn routes(&self) -> Arc<Vec<Arc<Route>>> {
+        Arc::clone(&self.routes.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Serves the proxy on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stormwall proxy: accept failed");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = Arc::clone(&self);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let proxy = Arc::clone(&proxy);
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, peer).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "stormwall proxy: connection ended");
+                }
+            });
+        }
+    }
+
+    /// One request, start to finish.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_owned());
+        let path = request.uri().path().to_owned();
+        let routes = self.routes();
+        let Some(route) = routes.iter().find(|r| r.matches(host.as_deref(), &path)) else {
+            return json_error(StatusCode::NOT_FOUND, "no route matches");
+        };
+        let response = self.forward(route, request, peer).await;
+        let class = format!("{}xx", response.status().as_u16() / 100);
+        metrics::counter!("stormwall_requests_total", "route" => route.name().to_owned(), "class" => class)
+            .increment(1);
+        metrics::histogram!("stormwall_request_duration_seconds", "route" => route.name().to_owned())
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn forward(
+        &self,
+        route: &Route,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let Ok(_slot) = self.in_flight.try_acquire() else {
+            return full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                &[(header::RETRY_AFTER, "1".into())],
+            );
+        };
+        let max_body = self.config().server.max_body_bytes;
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            }
+            Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed request body"),
+        };
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        forwarded(&mut headers, peer);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let uri: http::Uri = match http::Uri::builder()
+            .scheme("http")
+            .authority(route.upstream.clone())
+            .path_and_query(path_and_query)
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed request target"),
+        };
+        let key = match route.config.client_key.as_deref() {
+            None => None,
+            Some("ip") => Some(peer.ip().to_string()),
+            Some(name) => headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let ctx = match key {
+            Some(key) => Context::new().with_key(key),
+            None => Context::new(),
+        };
+        let retry = stormwall_http::may_retry(&parts.method, &headers, false);
+        let pipeline = if retry {
+            &route.retrying
+        } else {
+            &route.single
+        };
+        let (method, client) = (&parts.method, &self.client);
+        let (uri, headers, body) = (&uri, &headers, &body);
+        let outcome = pipeline
+            .execute_with(ctx, |_| {
+                let mut attempt = Request::new(Full::new(body.clone()));
+                *attempt.method_mut() = method.clone();
+                *attempt.uri_mut() = uri.clone();
+                *attempt.headers_mut() = headers.clone();
+                client.request(attempt)
+            })
+            .await;
+        match outcome {
+            // A transient failure that outlasted the retries is replaced by the fallback too.
+            Ok(response)
+                if route.config.fallback.is_some()
+                    && stormwall_http::is_transient(stormwall_http::AttemptOutcome::Status(
+                        response.status(),
+                    )) =>
+            {
+                let status = response.status().as_u16();
+                self.fallback(route, &format!("upstream_status_{status}"))
+                    .unwrap_or_else(|| json_error(StatusCode::BAD_GATEWAY, "upstream failed"))
+            }
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(e) => self.give_up(route, &e),
+        }
+    }
+
+    /// The route's fallback answer, saying why in `x-stormwall-fallback`.
+    fn fallback(&self, route: &Route, why: &str) -> Option<Response<ProxyBody>> {
+        let fallback = route.config.fallback.as_ref()?;
+        let status =
+            StatusCode::from_u16(fallback.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        Some(full(
+            status,
+            fallback.body.clone(),
+            &[
+                (header::CONTENT_TYPE, fallback.content_type.clone()),
+                (
+                    HeaderName::from_static("x-stormwall-fallback"),
+                    why.to_owned(),
+                ),
+            ],
+        ))
+    }
+
+    fn give_up<E: std::fmt::Display>(
+        &self,
+        route: &Route,
+        error: &Error<E>,
+    ) -> Response<ProxyBody> {
+        if let Some(response) = self.fallback(route, error.kind()) {
+            return response;
+        }
+        let retry_after = error
+            .retry_after()
+            .map(|d| vec![(header::RETRY_AFTER, d.as_secs().max(1).to_string())])
+            .unwrap_or_default();
+        let (status, message) = match error {
+            Error::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit open"),
+            Error::BulkheadFull => (StatusCode::SERVICE_UNAVAILABLE, "bulkhead full"),
+            Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate limited"),
+            Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+            _ => (StatusCode::BAD_GATEWAY, "upstream unavailable"),
+        };
+        let body = serde_json::json!({ "error": message, "route": route.name() }).to_string();
+        let mut headers = retry_after;
+        headers.push((header::CONTENT_TYPE, "application/json".into()));
+        full(status, body, &headers)
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
+fn forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+    let client = peer.ip().to_string();
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
