@@ -7,7 +7,6 @@
 //! - `stormwall chaos --listen 127.0.0.1:8474 [--config proxies.json]`: the
 //!   Toxiproxy-compatible chaos proxy.
 
-mod dashboard;
 mod demo;
 
 use clap::{Parser, Subcommand};

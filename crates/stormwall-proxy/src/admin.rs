@@ -1,4 +1,4 @@
-//! The admin listener: health probes, Prometheus metrics, and the admin API.
+//! The admin listener: health probes, Prometheus metrics, the admin API, the dashboard.
 
 use crate::server::Proxy;
 use axum::extract::{Path, Request, State};
@@ -179,5 +179,6 @@ pub fn router(
             }),
         )
         .merge(admin)
-        .with_state(proxy)
+        .with_state(Arc::clone(&proxy))
+        .merge(proxy.dashboard.router())
 }

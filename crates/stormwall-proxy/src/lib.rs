@@ -12,6 +12,7 @@
 
 mod admin;
 mod config;
+pub mod dashboard;
 mod route;
 mod server;
 

@@ -26,6 +26,8 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// The proxy's live state: routes (swapped whole on reload), the upstream client, limits.
 pub struct Proxy {
+    /// Every route's events, live (served at the admin listener's `/dashboard`).
+    pub(crate) dashboard: Arc<crate::dashboard::Dashboard>,
     pub(crate) config: RwLock<Arc<Config>>,
     pub(crate) routes: RwLock<Arc<Vec<Arc<Route>>>>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -37,6 +39,21 @@ pub struct Proxy {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy").finish_non_exhaustive()
+    }
+}
+
+/// Sends every event to each listener in turn.
+struct Fanout(Vec<Arc<dyn EventListener>>);
+
+impl EventListener for Fanout {
+    fn on_event(
+        &self,
+        source: &stormwall::telemetry::EventSource<'_>,
+        event: &stormwall::telemetry::Event,
+    ) {
+        for listener in &self.0 {
+            listener.on_event(source, event);
+        }
     }
 }
 
@@ -101,11 +118,16 @@ fn build_routes(
 impl Proxy {
     /// A proxy for `config` (already parsed).
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
-        let listener: Arc<dyn EventListener> = Arc::new(MetricsListener::new());
+        let dashboard = crate::dashboard::Dashboard::new();
+        let listener: Arc<dyn EventListener> = Arc::new(Fanout(vec![
+            Arc::new(MetricsListener::new()),
+            Arc::clone(&dashboard) as Arc<dyn EventListener>,
+        ]));
         let routes = build_routes(&config, &[], &listener)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Ok(Arc::new(Proxy {
+            dashboard,
             in_flight: Semaphore::new(config.server.max_in_flight as usize),
             config: RwLock::new(Arc::new(config)),
             routes: RwLock::new(Arc::new(routes)),

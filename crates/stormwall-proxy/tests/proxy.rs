@@ -345,3 +345,16 @@ async fn a_body_over_the_limit_gets_413() {
     assert_eq!(status, 413);
     let _ = AtomicU32::new(0).load(Ordering::Relaxed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_the_live_dashboard_of_the_routes() {
+    let (up, _) = upstream().await;
+    let proxy = start(&config(up, "")).await;
+    send(proxy.addr, "GET /payment/ok HTTP/1.1", "").await;
+    let (status, _, page) = send(proxy.admin, "GET /dashboard HTTP/1.1", "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("EventSource('/dashboard/stream')"));
+    let (status, _, state) = send(proxy.admin, "GET /dashboard/state HTTP/1.1", "").await;
+    assert_eq!(status, 200);
+    assert!(state.contains("\"name\":\"payment\""), "{state}");
+}

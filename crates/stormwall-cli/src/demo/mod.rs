@@ -133,14 +133,14 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let dashboard = match args.dashboard {
         None => None,
         Some(port) => {
-            let listener = crate::dashboard::bind(port)
+            let listener = stormwall_proxy::dashboard::bind(port)
                 .await
                 .map_err(|e| format!("--dashboard-port {port}: {e}"))?;
             let url = format!(
                 "http://{}/dashboard",
                 listener.local_addr().map_err(|e| e.to_string())?
             );
-            let board = crate::dashboard::Dashboard::new();
+            let board = stormwall_proxy::dashboard::Dashboard::new();
             let router = board.router();
             tokio::spawn(async move { axum::serve(listener, router).await });
             // On stdout at once: a test (or a person) opens it while the demo runs.

@@ -66,26 +66,42 @@ impl Route {
 /// One breaker transition, as shown in the log.
 #[derive(Debug, Clone, Serialize)]
 pub struct TransitionRecord {
+    /// Seconds since the dashboard started.
     pub at_s: f64,
+    /// The route (pipeline name).
     pub route: String,
+    /// The state before.
     pub from: String,
+    /// The state after.
     pub to: String,
 }
 
 /// What the page receives for one route.
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteView {
+    /// The route.
     pub name: String,
+    /// Requests per second over the last 10 s.
     pub rate_per_s: f64,
+    /// Share of calls that did not succeed, in percent.
     pub error_percent: f64,
+    /// Successful attempts, last 10 s.
     pub success: u64,
+    /// Calls rejected by the open circuit, last 10 s.
     pub short_circuited: u64,
+    /// Timeouts, last 10 s.
     pub timeout: u64,
+    /// Calls rejected by a bulkhead or rate limiter, last 10 s.
     pub rejected: u64,
+    /// Failed attempts, last 10 s.
     pub failure: u64,
+    /// Median attempt latency (ms), last 10 s.
     pub p50_ms: f64,
+    /// 90th percentile (ms).
     pub p90_ms: f64,
+    /// 99th percentile (ms).
     pub p99_ms: f64,
+    /// The circuit state.
     pub breaker: String,
     /// Requests per second, oldest first, the last 120 s.
     pub sparkline: Vec<u64>,
@@ -94,7 +110,9 @@ pub struct RouteView {
 /// What the page receives.
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
+    /// Every route seen.
     pub routes: Vec<RouteView>,
+    /// The breaker transitions seen (the last 200).
     pub transitions: Vec<TransitionRecord>,
 }
 
