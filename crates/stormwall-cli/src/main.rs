@@ -193,6 +193,8 @@ async fn proxy(path: PathBuf) -> Result<(), String> {
     tokio::spawn(async move { axum::serve(admin_listener, admin_router).await });
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| e.to_string())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
     let serving = proxy.clone().serve(listener);
     tokio::pin!(serving);
     loop {
@@ -204,6 +206,19 @@ async fn proxy(path: PathBuf) -> Result<(), String> {
                 }
             }
             _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => {
+                // Readiness goes false first; requests in flight may finish (new ones are
+                // still served meanwhile, as load balancers take a moment to notice).
+                proxy.start_draining();
+                let grace = proxy_drain_timeout(&proxy);
+                let drained = proxy.drained(grace).await;
+                tracing::info!(drained, "stormwall proxy: stopped");
+                return Ok(());
+            }
         }
     }
+}
+
+fn proxy_drain_timeout(proxy: &stormwall_proxy::Proxy) -> std::time::Duration {
+    proxy.drain_timeout()
 }

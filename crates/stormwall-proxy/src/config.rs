@@ -37,6 +37,13 @@ pub struct ServerConfig {
     /// Requests in flight across all routes (503 with Retry-After beyond). Default 10,000.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// On SIGTERM, how long requests in flight may take to finish. Default 10 s.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_admin() -> String {

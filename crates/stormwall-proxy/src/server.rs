@@ -149,6 +149,36 @@ impl Proxy {
         Ok(())
     }
 
+    /// Starts draining: readiness goes false at once (so load balancers stop sending);
+    /// requests in flight go on. Then wait with [`drained`](Self::drained).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How long a drain may wait (`server.drain_timeout`).
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        self.config().server.drain_timeout
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        let max = self.config().server.max_in_flight as usize;
+        max.saturating_sub(self.in_flight.available_permits())
+    }
+
+    /// Waits until no request is in flight, or `deadline` has passed; true when drained.
+    pub async fn drained(&self, deadline: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        while self.in_flight() > 0 {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// The routes now.
     pub fn routes(&self) -> Arc<Vec<Arc<Route>>> {
         Arc::clone(&self.routes.read().unwrap_or_else(|e| e.into_inner()))

@@ -358,3 +358,35 @@ async fn the_admin_listener_serves_the_live_dashboard_of_the_routes() {
     assert_eq!(status, 200);
     assert!(state.contains("\"name\":\"payment\""), "{state}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_turns_readiness_off_and_waits_for_requests_in_flight() {
+    let (up, _) = upstream().await;
+    let proxy = start(&config(up, "")).await;
+    let slow = tokio::spawn(send(proxy.addr, "GET /catalog/slow HTTP/1.1", ""));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(proxy.proxy.in_flight(), 1);
+    proxy.proxy.start_draining();
+    let (status, _, _) = send(proxy.admin, "GET /health/ready HTTP/1.1", "").await;
+    assert_eq!(status, 503, "not ready while draining");
+    assert!(proxy.proxy.drained(Duration::from_secs(2)).await);
+    assert_eq!(slow.await.unwrap().0, 200, "the request in flight finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaks_h2c_with_prior_knowledge() {
+    use http_body_util::{BodyExt, Empty};
+    let (up, _) = upstream().await;
+    let proxy = start(&config(up, "")).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<bytes::Bytes>>();
+    let request = http::Request::get(format!("http://{}/payment/h2", proxy.addr))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok /payment/h2");
+}
