@@ -35,6 +35,28 @@ fn registry(proxy: &Proxy) -> HealthRegistry {
         || async { CheckResult::healthy() },
     );
     for route in proxy.routes().iter() {
+        if route.config.health_check.is_some() {
+            let (route, critical) = (Arc::clone(route), route.config.critical);
+            registry = registry.check(
+                format!("upstream:{}", route.name()),
+                &["ready"],
+                Duration::from_secs(1),
+                move || {
+                    let problem = route
+                        .upstream_problem
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    async move {
+                        match problem {
+                            None => CheckResult::healthy(),
+                            Some(why) if critical => CheckResult::unhealthy(why),
+                            Some(why) => CheckResult::degraded(why),
+                        }
+                    }
+                },
+            );
+        }
         if let Some(breaker) = &route.breaker {
             let check = BreakerCheck::new(breaker.clone());
             let check = if route.config.critical {

@@ -85,6 +85,31 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// The answer when the pipeline gives up. Default: a status that says why.
     pub fallback: Option<FallbackConfig>,
+    /// An active check of the upstream, reported in readiness. Default: none.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// `health_check = { path = "/health", interval = "5s", timeout = "1s" }`: GET `path` on
+/// the upstream every `interval`; a non-2xx answer or no answer within `timeout` makes the
+/// route Degraded (Unhealthy when critical) in `/health/ready`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// The path to GET.
+    pub path: String,
+    /// How often. Default 5 s.
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long to wait. Default 1 s.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// `match = { path_prefix = "/payment", host = "api.local" }`.

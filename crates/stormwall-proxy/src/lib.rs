@@ -18,8 +18,8 @@ mod server;
 
 pub use admin::{install_metrics, router as admin_router};
 pub use config::{
-    BreakerConfig, BulkheadConfig, Config, FallbackConfig, MatchConfig, RateLimitConfig,
-    RetryConfig, RouteConfig, ServerConfig, TimeoutConfig,
+    BreakerConfig, BulkheadConfig, Config, FallbackConfig, HealthCheckConfig, MatchConfig,
+    RateLimitConfig, RetryConfig, RouteConfig, ServerConfig, TimeoutConfig,
 };
 pub use route::Route;
 pub use server::{Proxy, ProxyBody};

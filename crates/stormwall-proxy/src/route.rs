@@ -40,6 +40,8 @@ pub struct Route {
     pub(crate) retrying: Pipeline<Strategies>,
     /// For the others: the same limiter, bulkhead and breaker, no retry.
     pub(crate) single: Pipeline<Strategies>,
+    /// The active check's last finding: `None` healthy (or not checked), `Some(why)` not.
+    pub(crate) upstream_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -180,6 +182,7 @@ impl Route {
                 .map_err(within)
         };
         Ok(Route {
+            upstream_problem: std::sync::Mutex::new(None),
             retrying: pipeline(retry)?,
             single: pipeline(None)?,
             config: config.clone(),
@@ -201,5 +204,59 @@ impl Route {
             (Some(_), None) => false,
         };
         host_ok && path.starts_with(&self.config.matches.path_prefix)
+    }
+}
+
+impl Route {
+    /// Runs the route's active upstream check until the route is dropped (replaced by a
+    /// reload): a task holding only a weak reference.
+    pub(crate) fn start_health_check(
+        self: &Arc<Self>,
+        client: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<bytes::Bytes>,
+        >,
+    ) {
+        let Some(check) = self.config.health_check.clone() else {
+            return;
+        };
+        let Ok(uri) = http::Uri::builder()
+            .scheme("http")
+            .authority(self.upstream.clone())
+            .path_and_query(check.path.as_str())
+            .build()
+        else {
+            return;
+        };
+        let route = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let request = http::Request::get(uri.clone()).body(http_body_util::Full::default());
+                let finding = match request {
+                    Err(e) => Some(e.to_string()),
+                    Ok(request) => {
+                        match tokio::time::timeout(check.timeout, client.request(request)).await {
+                            Ok(Ok(response)) if response.status().is_success() => None,
+                            Ok(Ok(response)) => {
+                                Some(format!("health check answered {}", response.status()))
+                            }
+                            Ok(Err(e)) => Some(format!("health check failed: {e}")),
+                            Err(_) => {
+                                Some(format!("health check timed out after {:?}", check.timeout))
+                            }
+                        }
+                    }
+                };
+                let Some(route) = route.upgrade() else {
+                    return;
+                };
+                *route
+                    .upstream_problem
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = finding;
+                drop(route);
+                tokio::time::sleep(check.interval).await;
+            }
+        });
     }
 }

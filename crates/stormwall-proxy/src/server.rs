@@ -97,20 +97,19 @@ fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     )
 }
 
+/// The routes of `config`: unchanged ones taken from `previous` (they keep their breaker's
+/// state), the others built; `true` marks those built now.
 fn build_routes(
     config: &Config,
     previous: &[Arc<Route>],
     listener: &Arc<dyn EventListener>,
-) -> Result<Vec<Arc<Route>>, ConfigError> {
+) -> Result<Vec<(Arc<Route>, bool)>, ConfigError> {
     config
         .route
         .iter()
-        .map(|r| {
-            // An unchanged route keeps its strategies, and so its breaker's state.
-            match previous.iter().find(|p| p.config == *r) {
-                Some(same) => Ok(Arc::clone(same)),
-                None => Route::build(r, Some(Arc::clone(listener))).map(Arc::new),
-            }
+        .map(|r| match previous.iter().find(|p| p.config == *r) {
+            Some(same) => Ok((Arc::clone(same), false)),
+            None => Route::build(r, Some(Arc::clone(listener))).map(|r| (Arc::new(r), true)),
         })
         .collect()
 }
@@ -126,12 +125,20 @@ impl Proxy {
         let routes = build_routes(&config, &[], &listener)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let routes = routes
+            .into_iter()
+            .map(|(route, _)| {
+                route.start_health_check(client.clone());
+                route
+            })
+            .collect();
         Ok(Arc::new(Proxy {
             dashboard,
             in_flight: Semaphore::new(config.server.max_in_flight as usize),
             config: RwLock::new(Arc::new(config)),
             routes: RwLock::new(Arc::new(routes)),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             draining: AtomicBool::new(false),
             listener,
         }))
@@ -142,7 +149,15 @@ impl Proxy {
     pub fn reload(&self, text: &str) -> Result<(), ConfigError> {
         let config = Config::parse(text)?;
         let previous = self.routes();
-        let routes = build_routes(&config, &previous, &self.listener)?;
+        let routes = build_routes(&config, &previous, &self.listener)?
+            .into_iter()
+            .map(|(route, new)| {
+                if new {
+                    route.start_health_check(self.client.clone());
+                }
+                route
+            })
+            .collect();
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         tracing::info!("stormwall proxy: configuration reloaded");

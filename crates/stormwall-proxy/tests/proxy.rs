@@ -390,3 +390,43 @@ async fn speaks_h2c_with_prior_knowledge() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"ok /payment/h2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_upstream_check_turns_readiness_off_for_a_critical_route() {
+    let (up, _) = upstream().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "alive"
+match = {{ path_prefix = "/a" }}
+upstream = "http://{up}"
+health_check = {{ path = "/health", interval = "50ms" }}
+
+[[route]]
+name = "gone"
+match = {{ path_prefix = "/g" }}
+upstream = "http://{dead}"
+critical = true
+health_check = {{ path = "/health", interval = "50ms", timeout = "100ms" }}
+"#
+    );
+    let proxy = start(&text).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, body) = send(proxy.admin, "GET /health/ready HTTP/1.1", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("upstream:gone") && body.contains("health check failed"),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#""upstream:alive":{"status":"Healthy""#),
+        "{body}"
+    );
+}
