@@ -430,3 +430,31 @@ health_check = {{ path = "/health", interval = "50ms", timeout = "100ms" }}
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_uses_only_metrics_the_proxy_exports() {
+    let (up, _) = upstream().await;
+    let proxy = start(&config(up, "")).await;
+    send(proxy.addr, "GET /payment/flaky HTTP/1.1", "").await; // a retry event too
+    send(proxy.addr, "GET /payment/ok HTTP/1.1", "").await;
+    let (_, _, metrics) = send(proxy.admin, "GET /metrics HTTP/1.1", "").await;
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/stormwall.json"
+    ))
+    .unwrap();
+    let mut names: Vec<String> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("stormwall_"))
+        .map(|w| w.trim_end_matches("_bucket").to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 5, "{names:?}");
+    for name in names {
+        assert!(
+            metrics.contains(&name),
+            "{name} is not exported:\n{metrics}"
+        );
+    }
+}
