@@ -42,6 +42,11 @@ pub struct Route {
     pub(crate) single: Pipeline<Strategies>,
     /// The active check's last finding: `None` healthy (or not checked), `Some(why)` not.
     pub(crate) upstream_problem: std::sync::Mutex<Option<String>>,
+    /// `stormwall_requests_total{route, class}` for 1xx..5xx, registered once (a lookup per
+    /// request would hash and lock in the recorder).
+    pub(crate) requests: [metrics::Counter; 5],
+    /// `stormwall_request_duration_seconds{route}`.
+    pub(crate) duration: metrics::Histogram,
 }
 
 impl std::fmt::Debug for Route {
@@ -181,7 +186,12 @@ impl Route {
                 .build()
                 .map_err(within)
         };
+        let name = config.name.clone();
         Ok(Route {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                metrics::counter!("stormwall_requests_total", "route" => name.clone(), "class" => class)
+            }),
+            duration: metrics::histogram!("stormwall_request_duration_seconds", "route" => name.clone()),
             upstream_problem: std::sync::Mutex::new(None),
             retrying: pipeline(retry)?,
             single: pipeline(None)?,

@@ -117,6 +117,9 @@ fn build_routes(
 impl Proxy {
     /// A proxy for `config` (already parsed).
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
+        // Before any route registers its metric handles: a handle taken before the recorder
+        // exists would count into nothing.
+        crate::admin::install_metrics();
         let dashboard = crate::dashboard::Dashboard::new();
         let listener: Arc<dyn EventListener> = Arc::new(Fanout(vec![
             Arc::new(MetricsListener::new()),
@@ -249,11 +252,9 @@ impl Proxy {
             return json_error(StatusCode::NOT_FOUND, "no route matches");
         };
         let response = self.forward(route, request, peer).await;
-        let class = format!("{}xx", response.status().as_u16() / 100);
-        metrics::counter!("stormwall_requests_total", "route" => route.name().to_owned(), "class" => class)
-            .increment(1);
-        metrics::histogram!("stormwall_request_duration_seconds", "route" => route.name().to_owned())
-            .record(started.elapsed().as_secs_f64());
+        let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        route.requests[class].increment(1);
+        route.duration.record(started.elapsed().as_secs_f64());
         response
     }
 
