@@ -1,7 +1,7 @@
 //! The standard hedging handler: total timeout → hedging → (per endpoint) circuit breaker →
 //! attempt timeout.
 
-use crate::body::ReplayBody;
+use crate::body::{Replay, ReplayBody};
 use crate::classify::{is_transient, AttemptOutcome, Classifier, HttpResponse, Transient};
 use http::uri::{Parts as UriParts, Uri};
 use http::{Request, Response};
@@ -268,30 +268,18 @@ where
         let shared = Arc::clone(&self.shared);
         let inner = self.inner.clone();
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let copy = body.try_clone();
-            let pipeline = if copy.is_some() {
+            let replay = Replay::new(request);
+            let pipeline = if replay.replayable() {
                 &shared.hedged
             } else {
-                tracing::debug!(uri = %parts.uri, "stormwall-http: the body cannot be replayed; not hedged");
+                tracing::debug!(uri = %replay.parts.uri, "stormwall-http: the body cannot be replayed; not hedged");
                 &shared.single
             };
-            let first = Mutex::new(Some(body));
-            let (endpoints, parts, inner) = (&shared.endpoints, &parts, &inner);
-            let copy = &copy;
-            let first = &first;
+            let (endpoints, replay, inner) = (&shared.endpoints, &replay, &inner);
             pipeline
                 .execute(|ctx: Context| {
                     let endpoint = &endpoints[ctx.attempt() as usize % endpoints.len()];
-                    let taken = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    let body = taken
-                        .or_else(|| copy.as_ref().and_then(ReplayBody::try_clone))
-                        .unwrap_or_default();
-                    let mut attempt = Request::new(body);
-                    *attempt.method_mut() = parts.method.clone();
-                    *attempt.uri_mut() = rebase(&parts.uri, endpoint.base.as_ref());
-                    *attempt.version_mut() = parts.version;
-                    *attempt.headers_mut() = parts.headers.clone();
+                    let attempt = replay.next(rebase(&replay.parts.uri, endpoint.base.as_ref()));
                     let attempt = Mutex::new(Some(attempt));
                     let service = inner.clone();
                     async move {

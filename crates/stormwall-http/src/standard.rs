@@ -1,14 +1,14 @@
 //! The standard resilience handler as a tower layer: concurrency limit → total timeout →
 //! retry → circuit breaker → attempt timeout, one set per authority.
 
-use crate::body::ReplayBody;
+use crate::body::{Replay, ReplayBody};
 use crate::classify::{may_retry, Classifier, RetryAfter, Transient};
 use crate::StandardOptions;
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context as TaskContext, Poll};
 use stormwall::bulkhead::{Bulkhead, BulkheadOptions};
 use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions};
@@ -367,34 +367,20 @@ where
     ResB: Send + 'static,
 {
     let authority = shared.authority(authority_key(request.uri()));
-    let (parts, body) = request.into_parts();
-    let copy = body.try_clone();
+    let replay = Replay::new(request);
     let by_method = may_retry(
-        &parts.method,
-        &parts.headers,
+        &replay.parts.method,
+        &replay.parts.headers,
         shared.recipe.options.retry.retry_unsafe_methods,
     );
-    if by_method && copy.is_none() {
-        tracing::debug!(uri = %parts.uri, "stormwall-http: the body cannot be replayed; sent once, not retried");
+    if by_method && !replay.replayable() {
+        tracing::debug!(uri = %replay.parts.uri, "stormwall-http: the body cannot be replayed; sent once, not retried");
     }
-    let pipeline = authority.pipeline(by_method && copy.is_some());
-    // The first attempt sends the body itself; retries send copies of the copy.
-    let first = Mutex::new(Some(body));
-    let (method, uri, version, headers) =
-        (&parts.method, &parts.uri, parts.version, &parts.headers);
-    let deadline_header = shared.deadline_header.as_ref();
+    let pipeline = authority.pipeline(by_method && replay.replayable());
+    let (replay, deadline_header) = (&replay, shared.deadline_header.as_ref());
     pipeline
         .execute(|ctx: Context| {
-            let taken = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let body = taken
-                .or_else(|| copy.as_ref().and_then(ReplayBody::try_clone))
-                // Unreachable: without a copy the pipeline makes one attempt.
-                .unwrap_or_default();
-            let mut attempt = Request::new(body);
-            *attempt.method_mut() = method.clone();
-            *attempt.uri_mut() = uri.clone();
-            *attempt.version_mut() = version;
-            *attempt.headers_mut() = headers.clone();
+            let mut attempt = replay.next(replay.parts.uri.clone());
             if let (Some(name), Some(remaining)) = (deadline_header, ctx.remaining()) {
                 attempt.headers_mut().insert(
                     name.clone(),

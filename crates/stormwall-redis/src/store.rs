@@ -202,16 +202,6 @@ fn state_u8(state: CircuitState) -> u8 {
     state as u8
 }
 
-fn u8_state(value: u8) -> CircuitState {
-    match value {
-        0 => CircuitState::Closed,
-        1 => CircuitState::Open,
-        2 => CircuitState::HalfOpen,
-        3 => CircuitState::Isolated,
-        _ => CircuitState::Disabled,
-    }
-}
-
 fn reason_from(name: &str) -> TransitionReason {
     match name {
         "consecutive_failures" => TransitionReason::ConsecutiveFailures,
@@ -409,7 +399,7 @@ impl Inner {
     }
 
     fn cached(&self) -> CircuitState {
-        u8_state(self.state.load(Ordering::Acquire))
+        CircuitState::from_u8(self.state.load(Ordering::Acquire))
     }
 
     /// Adopts a reply (or message) if it is not older than what we have.

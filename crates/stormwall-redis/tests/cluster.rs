@@ -1,6 +1,8 @@
 //! The shared breaker on a real three-node Redis Cluster (feature `cluster`).
 #![cfg(feature = "cluster")]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, CircuitState};
@@ -22,14 +24,6 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_cluster() -> Cluster {
     let dir = std::env::temp_dir().join(format!("stormwall-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -41,7 +35,7 @@ fn start_cluster() -> Cluster {
     for _ in 0..3 {
         // Cluster nodes also listen on port + 10000: pick ports whose bus port is free too.
         let port = loop {
-            let p = free_port();
+            let p = common::free_port();
             if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
                 break p;
             }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::RedisServer;
+use common::{replicas, RedisServer};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,26 +11,6 @@ use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, CircuitS
 use stormwall::telemetry::{Event, EventListener, EventSource};
 use stormwall::{Error, Pipeline};
 use stormwall_redis::{RedisStateStore, RedisStoreError, RedisStoreOptions};
-
-type Breaker = CircuitBreaker<stormwall::pipeline::OnError, RedisStateStore>;
-
-async fn replicas(
-    redis: &RedisServer,
-    name: &str,
-    options: &CircuitBreakerOptions,
-    n: usize,
-) -> Vec<Breaker> {
-    let mut breakers = Vec::new();
-    for _ in 0..n {
-        let store =
-            RedisStateStore::connect(&redis.url(), name, options, RedisStoreOptions::default())
-                .await
-                .unwrap();
-        assert!(store.is_connected());
-        breakers.push(CircuitBreaker::with_store(options.clone(), store).unwrap());
-    }
-    breakers
-}
 
 /// Waits (up to 2 s) until `done`.
 async fn eventually(mut done: impl FnMut() -> bool) -> Duration {

@@ -4,34 +4,14 @@
 
 mod common;
 
-use common::RedisServer;
+use common::{replicas, RedisServer};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, CircuitState};
 use stormwall_redis::{RedisStateStore, RedisStoreOptions};
 
-type Breaker = CircuitBreaker<stormwall::pipeline::OnError, RedisStateStore>;
-
 /// One timing test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn replicas(
-    redis: &RedisServer,
-    name: &str,
-    options: &CircuitBreakerOptions,
-    n: usize,
-) -> Vec<Breaker> {
-    let mut breakers = Vec::new();
-    for _ in 0..n {
-        let store =
-            RedisStateStore::connect(&redis.url(), name, options, RedisStoreOptions::default())
-                .await
-                .unwrap();
-        assert!(store.is_connected());
-        breakers.push(CircuitBreaker::with_store(options.clone(), store).unwrap());
-    }
-    breakers
-}
 
 /// Ten replicas, each calling a dead dependency (a call takes 20 ms, then fails) 20 times;
 /// how many calls reached it.

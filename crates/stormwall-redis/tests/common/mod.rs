@@ -10,7 +10,7 @@ pub struct RedisServer {
     dir: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -87,4 +87,34 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `n` replicas of the breaker `name`: separate stores and connections, same options.
+pub async fn replicas(
+    redis: &RedisServer,
+    name: &str,
+    options: &stormwall::circuit_breaker::CircuitBreakerOptions,
+    n: usize,
+) -> Vec<
+    stormwall::circuit_breaker::CircuitBreaker<
+        stormwall::pipeline::OnError,
+        stormwall_redis::RedisStateStore,
+    >,
+> {
+    let mut breakers = Vec::new();
+    for _ in 0..n {
+        let store = stormwall_redis::RedisStateStore::connect(
+            &redis.url(),
+            name,
+            options,
+            stormwall_redis::RedisStoreOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(store.is_connected());
+        breakers.push(
+            stormwall::circuit_breaker::CircuitBreaker::with_store(options.clone(), store).unwrap(),
+        );
+    }
+    breakers
 }

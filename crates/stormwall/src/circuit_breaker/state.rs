@@ -15,8 +15,10 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
+    /// The state whose `as u8` is `value` (anything above 3 is Disabled), for stores that
+    /// keep the state in an atomic byte.
     #[inline]
-    pub(crate) fn from_u8(value: u8) -> Self {
+    pub fn from_u8(value: u8) -> Self {
         match value {
             0 => CircuitState::Closed,
             1 => CircuitState::Open,
