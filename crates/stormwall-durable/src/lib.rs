@@ -1,0 +1,22 @@
+//! Durable deferred work: "accept the order now, charge the payment when the service is
+//! back" without losing the payment when the process dies in between.
+//!
+//! [`DurableQueue`] keeps jobs in SQLite (WAL, `synchronous = FULL`): [`enqueue`] returns
+//! only after the job's transaction is committed to disk, and concurrent enqueues share one
+//! commit (group commit) for throughput. A duplicate enqueue with the same idempotency key
+//! is a no-op that returns the first job's id. Workers [`lease`] jobs with a visibility
+//! timeout — a crashed worker's jobs come back when it expires — then [`ack`] them, or
+//! [`fail`] them: rescheduled with exponential backoff, moved to dead letters after the
+//! maximum attempts. [`Worker`] runs that loop through a handler and waits (makes no call)
+//! while the target's circuit breaker is open.
+//!
+//! [`enqueue`]: DurableQueue::enqueue
+//! [`lease`]: DurableQueue::lease
+//! [`ack`]: DurableQueue::ack
+//! [`fail`]: DurableQueue::fail
+
+mod queue;
+mod worker;
+
+pub use queue::{DurableQueue, Enqueued, Job, QueueDepth, QueueError, QueueOptions};
+pub use worker::{Worker, WorkerOptions};
