@@ -149,6 +149,24 @@ pub fn router(
         )
         .route("/admin/circuits", get(|State(p): State<Arc<Proxy>>| async move { Json(circuits(&p)) }))
         .route(
+            "/admin/queues",
+            get(|State(p): State<Arc<Proxy>>| async move {
+                let mut queues = Vec::new();
+                for route in p.routes().iter() {
+                    let Some(queue) = route.deferred.get() else { continue };
+                    let depth = queue.depth(route.name()).await.unwrap_or_default();
+                    let dead = queue.dead_letters(route.name()).await.unwrap_or_default();
+                    queues.push(json!({
+                        "route": route.name(),
+                        "ready": depth.ready, "leased": depth.leased, "done": depth.done, "dead": depth.dead,
+                        "oldest_ready_age_seconds": depth.oldest_ready_age.as_secs_f64(),
+                        "dead_letters": dead.iter().map(|(id, key, error)| json!({"job": id, "key": key, "error": error})).collect::<Vec<_>>(),
+                    }));
+                }
+                Json(json!({ "queues": queues }))
+            }),
+        )
+        .route(
             "/admin/routes/{route}/{action}",
             post(|State(p): State<Arc<Proxy>>, Path((route, action)): Path<(String, String)>| async move {
                 let routes = p.routes();

@@ -87,6 +87,30 @@ pub struct RouteConfig {
     pub fallback: Option<FallbackConfig>,
     /// An active check of the upstream, reported in readiness. Default: none.
     pub health_check: Option<HealthCheckConfig>,
+    /// Store-and-forward: a request with an `Idempotency-Key` that cannot reach the upstream
+    /// now is kept durably and answered 202; a worker replays it when the upstream is back.
+    pub defer: Option<DeferConfig>,
+}
+
+/// `defer = { database = "/var/lib/stormwall/payment.db", status = 202 }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeferConfig {
+    /// The SQLite file holding the deferred requests.
+    pub database: String,
+    /// The answer's status. Default 202.
+    #[serde(default = "default_defer_status")]
+    pub status: u16,
+    /// Replays before a request becomes a dead letter. Default 10.
+    #[serde(default = "default_defer_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_defer_status() -> u16 {
+    202
+}
+fn default_defer_attempts() -> u32 {
+    10
 }
 
 /// `health_check = { path = "/health", interval = "5s", timeout = "1s" }`: GET `path` on

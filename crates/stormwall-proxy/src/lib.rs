@@ -13,13 +13,14 @@
 mod admin;
 mod config;
 pub mod dashboard;
+mod defer;
 mod route;
 mod server;
 
 pub use admin::{install_metrics, router as admin_router};
 pub use config::{
-    BreakerConfig, BulkheadConfig, Config, FallbackConfig, HealthCheckConfig, MatchConfig,
-    RateLimitConfig, RetryConfig, RouteConfig, ServerConfig, TimeoutConfig,
+    BreakerConfig, BulkheadConfig, Config, DeferConfig, FallbackConfig, HealthCheckConfig,
+    MatchConfig, RateLimitConfig, RetryConfig, RouteConfig, ServerConfig, TimeoutConfig,
 };
 pub use route::Route;
 pub use server::{Proxy, ProxyBody};

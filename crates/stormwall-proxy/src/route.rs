@@ -47,6 +47,8 @@ pub struct Route {
     pub(crate) requests: [metrics::Counter; 5],
     /// `stormwall_request_duration_seconds{route}`.
     pub(crate) duration: metrics::Histogram,
+    /// The store-and-forward queue, when the route has `defer` (opened when it starts).
+    pub(crate) deferred: std::sync::OnceLock<stormwall_durable::DurableQueue>,
 }
 
 impl std::fmt::Debug for Route {
@@ -193,6 +195,7 @@ impl Route {
             }),
             duration: metrics::histogram!("stormwall_request_duration_seconds", "route" => name.clone()),
             upstream_problem: std::sync::Mutex::new(None),
+            deferred: std::sync::OnceLock::new(),
             retrying: pipeline(retry)?,
             single: pipeline(None)?,
             config: config.clone(),

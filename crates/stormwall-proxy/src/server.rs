@@ -114,6 +114,19 @@ fn build_routes(
         .collect()
 }
 
+/// Starts what a newly built route runs in the background: its upstream check and its
+/// store-and-forward replay.
+fn start_route(
+    route: Arc<Route>,
+    client: &Client<HttpConnector, Full<Bytes>>,
+) -> Result<Arc<Route>, ConfigError> {
+    route.start_health_check(client.clone());
+    if let Some(queue) = crate::defer::start(&route, client.clone())? {
+        let _ = route.deferred.set(queue);
+    }
+    Ok(route)
+}
+
 impl Proxy {
     /// A proxy for `config` (already parsed).
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
@@ -131,11 +144,8 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new()).build(connector);
         let routes = routes
             .into_iter()
-            .map(|(route, _)| {
-                route.start_health_check(client.clone());
-                route
-            })
-            .collect();
+            .map(|(route, _)| start_route(route, &client))
+            .collect::<Result<_, _>>()?;
         Ok(Arc::new(Proxy {
             dashboard,
             in_flight: Semaphore::new(config.server.max_in_flight as usize),
@@ -156,11 +166,12 @@ impl Proxy {
             .into_iter()
             .map(|(route, new)| {
                 if new {
-                    route.start_health_check(self.client.clone());
+                    start_route(route, &self.client)
+                } else {
+                    Ok(route)
                 }
-                route
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
         tracing::info!("stormwall proxy: configuration reloaded");
@@ -294,7 +305,7 @@ impl Proxy {
         let uri: http::Uri = match http::Uri::builder()
             .scheme("http")
             .authority(route.upstream.clone())
-            .path_and_query(path_and_query)
+            .path_and_query(path_and_query.as_str())
             .build()
         {
             Ok(uri) => uri,
@@ -329,6 +340,20 @@ impl Proxy {
                 client.request(attempt)
             })
             .await;
+        let failed = match &outcome {
+            Ok(response) => stormwall_http::is_transient(stormwall_http::AttemptOutcome::Status(
+                response.status(),
+            )),
+            Err(_) => true,
+        };
+        if failed {
+            if let Some(response) = self
+                .defer(route, &parts.method, &path_and_query, headers, body)
+                .await
+            {
+                return response;
+            }
+        }
         match outcome {
             // A transient failure that outlasted the retries is replaced by the fallback too.
             Ok(response)
@@ -347,6 +372,47 @@ impl Proxy {
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => self.give_up(route, &e),
+        }
+    }
+
+    /// Keeps the request for later when the route defers and it carries an
+    /// `Idempotency-Key`: 202 (or the configured status) with the job id.
+    async fn defer(
+        &self,
+        route: &Route,
+        method: &http::Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Option<Response<ProxyBody>> {
+        let queue = route.deferred.get()?;
+        let key = headers
+            .get(stormwall_http::IDEMPOTENCY_KEY)?
+            .to_str()
+            .ok()?;
+        let payload = crate::defer::encode(method, path_and_query, headers, body);
+        match queue.enqueue(route.name(), payload, Some(key)).await {
+            Ok(enqueued) => {
+                let status = route
+                    .config
+                    .defer
+                    .as_ref()
+                    .and_then(|d| StatusCode::from_u16(d.status).ok())
+                    .unwrap_or(StatusCode::ACCEPTED);
+                let body = serde_json::json!({
+                    "status": "accepted", "job": enqueued.id, "duplicate": enqueued.duplicate,
+                })
+                .to_string();
+                Some(full(
+                    status,
+                    body,
+                    &[(header::CONTENT_TYPE, "application/json".into())],
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(route = route.name(), error = %e, "stormwall proxy: could not defer the request");
+                None
+            }
         }
     }
 

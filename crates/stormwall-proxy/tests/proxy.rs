@@ -458,3 +458,89 @@ async fn the_grafana_dashboard_uses_only_metrics_the_proxy_exports() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_upstream_down_keyed_posts_get_202_and_reach_it_once_when_it_returns() {
+    // A port with nothing listening yet: the upstream starts there later.
+    let port = fastrand_port();
+    let database =
+        std::env::temp_dir().join(format!("stormwall-defer-{}-{port}.db", std::process::id()));
+    let _ = std::fs::remove_file(&database);
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "orders"
+match = {{ path_prefix = "/orders" }}
+upstream = "http://127.0.0.1:{port}"
+timeout = {{ total = "1s", attempt = "200ms" }}
+defer = {{ database = "{}" }}
+"#,
+        database.display()
+    );
+    let proxy = start(&text).await;
+    for i in 0..20 {
+        let (status, _, body) = send(
+            proxy.addr,
+            &format!("POST /orders HTTP/1.1\r\nIdempotency-Key: order-{i}\r\nContent-Type: application/json"),
+            &format!("{{\"order\":{i}}}"),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        assert!(body.contains("\"status\":\"accepted\""), "{body}");
+    }
+    let (status, _, body) = send(
+        proxy.addr,
+        "POST /orders HTTP/1.1\r\nIdempotency-Key: order-3",
+        "{\"order\":3}",
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(body.contains("\"duplicate\":true"), "{body}");
+    let (status, _, _) = send(proxy.addr, "POST /orders HTTP/1.1", "{}").await;
+    assert_eq!(status, 502, "without a key nothing is kept");
+
+    // The upstream comes back: every deferred order reaches it, once.
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/orders",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                record.lock().unwrap().push((key, body));
+                "charged"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let started = Instant::now();
+    while seen.lock().unwrap().len() < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "replayed: {}",
+            seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = seen.lock().unwrap().clone();
+    let keys: std::collections::HashSet<_> = seen.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), 20);
+    assert_eq!(seen.len(), 20, "each once");
+    assert!(
+        seen.iter()
+            .any(|(k, b)| k == "order-7" && b == "{\"order\":7}"),
+        "bodies kept"
+    );
+}
