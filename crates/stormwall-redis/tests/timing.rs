@@ -13,7 +13,7 @@ use stormwall_redis::{RedisStateStore, RedisStoreOptions};
 /// One timing test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Ten replicas, each calling a dead dependency (a call takes 20 ms, then fails) 20 times;
+/// Ten replicas, each calling a dead dependency (a call takes 100 ms, then fails) 20 times;
 /// how many calls reached it.
 async fn calls_reaching_a_dead_dependency(breakers: &[impl BreakerLike]) -> u32 {
     let reached = AtomicU32::new(0);
@@ -32,8 +32,8 @@ async fn calls_reaching_a_dead_dependency(breakers: &[impl BreakerLike]) -> u32 
 }
 
 trait BreakerLike {
-    /// One call: `true` when it was admitted (and failed after 20 ms, about what a refused
-    /// or timed-out call costs).
+    /// One call: `true` when it was admitted (and failed after 100 ms, about what a call that
+    /// times out costs).
     async fn call_dead(&self, reached: &AtomicU32) -> bool;
 }
 
@@ -44,7 +44,7 @@ impl<S: stormwall::circuit_breaker::StateStore> BreakerLike
         match self.try_acquire() {
             Ok(permit) => {
                 reached.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 permit.record_failure();
                 true
             }
