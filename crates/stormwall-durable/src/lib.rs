@@ -15,8 +15,10 @@
 //! [`ack`]: DurableQueue::ack
 //! [`fail`]: DurableQueue::fail
 
+mod later;
 mod queue;
 mod worker;
 
+pub use later::{Deferred, QueueForLater};
 pub use queue::{DurableQueue, Enqueued, Job, QueueDepth, QueueError, QueueOptions};
 pub use worker::{Worker, WorkerOptions};

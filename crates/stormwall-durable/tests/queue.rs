@@ -352,3 +352,57 @@ async fn a_worker_killed_mid_drain_loses_nothing_and_every_effect_happens_once()
     assert!(calls >= 1000);
     println!("crash test: {calls} deliveries for 1000 jobs, 1000 effects");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_for_later_accepts_the_order_and_keeps_the_payment_durably() {
+    use stormwall::fallback::FallbackOptions;
+    use stormwall::pipeline::Properties;
+    use stormwall::{Context, Pipeline};
+    use stormwall_durable::{Deferred, QueueForLater};
+    let queue = DurableQueue::open(db("later"), QueueOptions::default()).unwrap();
+    let payments = Pipeline::builder()
+        .fallback(FallbackOptions::action(QueueForLater::new(
+            queue.clone(),
+            "payments",
+            "PaymentPending",
+        )))
+        .build()
+        .unwrap();
+    let work = |i: u32| {
+        Context::new().with_properties(Properties::new().with(Deferred {
+            payload: format!("charge order-{i}").into_bytes(),
+            idempotency_key: Some(format!("order-{i}")),
+        }))
+    };
+    // The payment service is down: both orders are accepted, their payments kept (the
+    // repeated order-1 once).
+    for i in [1, 2, 1] {
+        let status = payments
+            .execute_with(work(i), |_| async {
+                Err::<&str, _>("payment service down")
+            })
+            .await;
+        assert_eq!(status, Ok("PaymentPending"));
+    }
+    // Up: charged at once, nothing queued.
+    assert_eq!(
+        payments
+            .execute_with(work(3), |_| async { Ok::<_, &str>("Charged") })
+            .await,
+        Ok("Charged")
+    );
+    // Without work attached, the failure stays a failure.
+    assert!(payments
+        .execute(|_| async { Err::<&str, _>("down") })
+        .await
+        .is_err());
+    let jobs = queue
+        .lease("payments", "w", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let payloads: Vec<_> = jobs
+        .iter()
+        .map(|j| String::from_utf8_lossy(&j.payload).into_owned())
+        .collect();
+    assert_eq!(payloads, ["charge order-1", "charge order-2"]);
+}

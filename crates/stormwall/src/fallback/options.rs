@@ -32,6 +32,16 @@ impl<F> FallbackOptions<super::FallbackFn<F>> {
     }
 }
 
+impl<A> FallbackOptions<A> {
+    /// Answers what `action` (any [`FallbackAction`](super::FallbackAction)) produces.
+    pub fn action(action: A) -> Self {
+        FallbackOptions {
+            action,
+            should_handle: OnError,
+        }
+    }
+}
+
 impl<A, P> FallbackOptions<A, P> {
     /// Sets [`should_handle`](Self::should_handle): any `Fn(&Result<T, Error<E>>) -> bool`.
     pub fn handle<Q>(self, should_handle: Q) -> FallbackOptions<A, Q> {

@@ -11,6 +11,19 @@ pub trait FallbackAction<T, E> {
         &self,
         outcome: Result<T, Error<E>>,
     ) -> impl Future<Output = Result<T, Error<E>>> + Send;
+
+    /// The replacement for `outcome` of the call whose context is `ctx` (its key and
+    /// properties). By default [`fallback`](Self::fallback); an action that needs the call's
+    /// data (stormwall-durable's "queue for later" reads what to queue from a property)
+    /// overrides this.
+    fn fallback_in(
+        &self,
+        ctx: &Context,
+        outcome: Result<T, Error<E>>,
+    ) -> impl Future<Output = Result<T, Error<E>>> + Send {
+        let _ = ctx;
+        self.fallback(outcome)
+    }
 }
 
 /// A fixed value (cloned for each use).
@@ -79,6 +92,8 @@ where
         E: Send,
     {
         async move {
+            // Kept for the action (a copy; an atomic increment when it carries a key).
+            let kept = ctx.clone();
             let outcome = op(ctx).await;
             if !self.options.should_handle.test(&outcome) {
                 return outcome;
@@ -90,7 +105,7 @@ where
             self.telemetry.emit("fallback", || {
                 Event::Fallback(FallbackUsed { outcome: replaced })
             });
-            self.options.action.fallback(outcome).await
+            self.options.action.fallback_in(&kept, outcome).await
         }
     }
 }
