@@ -57,6 +57,8 @@ impl<T> QueueForLater<T> {
 }
 
 impl<T: Clone + Send + Sync, E: Send> FallbackAction<T, E> for QueueForLater<T> {
+    const USES_CONTEXT: bool = true;
+
     fn fallback(
         &self,
         outcome: Result<T, Error<E>>,

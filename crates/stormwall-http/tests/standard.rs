@@ -355,9 +355,11 @@ fn invalid_options_name_the_field() {
     );
 }
 
-#[tokio::test]
-async fn over_real_sockets_with_hyper_utils_client() {
-    use http_body_util::{BodyExt, Full};
+/// A real HTTP server on loopback whose `/flaky` answers `first` once, then 200 "done";
+/// its address and how many requests it served.
+async fn flaky_server(
+    first: StatusCode,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
     let hits = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = hits.clone();
     let app = axum::Router::new().route(
@@ -366,7 +368,7 @@ async fn over_real_sockets_with_hyper_utils_client() {
             let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move {
                 if n == 0 {
-                    (StatusCode::SERVICE_UNAVAILABLE, "busy")
+                    (first, "busy")
                 } else {
                     (StatusCode::OK, "done")
                 }
@@ -376,6 +378,13 @@ async fn over_real_sockets_with_hyper_utils_client() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn over_real_sockets_with_hyper_utils_client() {
+    use http_body_util::{BodyExt, Full};
+    let (addr, hits) = flaky_server(StatusCode::SERVICE_UNAVAILABLE).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<bytes::Bytes>>();
     let mut client = StandardLayer::new(fast_options()).unwrap().layer(client);
@@ -391,24 +400,7 @@ async fn over_real_sockets_with_hyper_utils_client() {
 
 #[tokio::test]
 async fn reqwest_middleware_retries_and_reports_the_breaker() {
-    let hits = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let counter = hits.clone();
-    let app = axum::Router::new().route(
-        "/flaky",
-        axum::routing::get(move || {
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async move {
-                if n == 0 {
-                    (StatusCode::BAD_GATEWAY, "busy")
-                } else {
-                    (StatusCode::OK, "done")
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, hits) = flaky_server(StatusCode::BAD_GATEWAY).await;
     let layer = StandardLayer::new(fast_options()).unwrap();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(stormwall_http::StandardMiddleware::new(layer.clone()))

@@ -12,10 +12,14 @@ pub trait FallbackAction<T, E> {
         outcome: Result<T, Error<E>>,
     ) -> impl Future<Output = Result<T, Error<E>>> + Send;
 
+    /// True for an action that reads the call's context in
+    /// [`fallback_in`](Self::fallback_in); only then does the strategy keep a copy of it.
+    const USES_CONTEXT: bool = false;
+
     /// The replacement for `outcome` of the call whose context is `ctx` (its key and
     /// properties). By default [`fallback`](Self::fallback); an action that needs the call's
     /// data (stormwall-durable's "queue for later" reads what to queue from a property)
-    /// overrides this.
+    /// overrides this and sets [`USES_CONTEXT`](Self::USES_CONTEXT).
     fn fallback_in(
         &self,
         ctx: &Context,
@@ -92,8 +96,13 @@ where
         E: Send,
     {
         async move {
-            // Kept for the action (a copy; an atomic increment when it carries a key).
-            let kept = ctx.clone();
+            // Kept only for an action that reads it (a copy with a key costs an atomic
+            // increment); others get an empty context.
+            let kept = if A::USES_CONTEXT {
+                ctx.clone()
+            } else {
+                Context::new()
+            };
             let outcome = op(ctx).await;
             if !self.options.should_handle.test(&outcome) {
                 return outcome;
