@@ -1,38 +1,61 @@
-use rusqlite::{params, Connection, OptionalExtension};
+//! The queue's API; the storage is SQLite ([`DurableQueue::open`]) or PostgreSQL
+//! ([`DurableQueue::connect_postgres`], feature `postgres`), with the same semantics.
+
 use std::path::Path;
-use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
+use std::time::Duration;
 
 /// The schema version this crate writes; a newer database is refused.
-const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS stormwall_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS stormwall_jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    idempotency_key TEXT,
-    state TEXT NOT NULL DEFAULT 'ready',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    run_at INTEGER NOT NULL,
-    lease_until INTEGER,
-    leased_by TEXT,
-    created_at INTEGER NOT NULL,
-    last_error TEXT,
-    UNIQUE (queue, idempotency_key)
-);
-CREATE INDEX IF NOT EXISTS stormwall_jobs_due ON stormwall_jobs (queue, state, run_at);
-";
+/// A dead letter: (job id, idempotency key, last error).
+pub type DeadLetter = (i64, Option<String>, Option<String>);
+
+/// (state, jobs, age of the oldest in ms).
+pub(crate) type StateCount = (String, i64, Option<i64>);
+
+/// Checks the stored schema version: `Ok(true)` when present and readable by this build,
+/// `Ok(false)` when absent (a new database).
+pub(crate) fn check_schema(found: Option<String>) -> Result<bool, QueueError> {
+    let Some(found) = found else {
+        return Ok(false);
+    };
+    let version = found
+        .parse::<i64>()
+        .map_err(|_| QueueError::CorruptSchema(found.clone()))?;
+    if version > SCHEMA_VERSION {
+        return Err(QueueError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(true)
+}
 
 /// What went wrong with the queue.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
-    /// The database could not be opened, read or written.
+    /// The SQLite database could not be opened, read or written.
     #[error("queue database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// A PostgreSQL statement failed.
+    #[cfg(feature = "postgres")]
+    #[error("queue database (PostgreSQL): {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database server could not be reached (connection refused, timed out).
+    #[error("queue database unreachable: {0}")]
+    Unreachable(String),
+    /// A connection URL that does not parse.
+    #[error("invalid queue database URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The stored schema version is not a number.
+    #[error("queue database schema version {0:?} is corrupt")]
+    CorruptSchema(String),
     /// The database was written by a newer version.
     #[error("queue database schema version {found} is newer than this stormwall's ({supported})")]
     NewerSchema {
@@ -66,8 +89,10 @@ pub enum QueueError {
 pub struct QueueOptions {
     /// Largest payload accepted. Default 1 MiB.
     pub max_payload_bytes: usize,
-    /// Most enqueues committed together. Default 512.
+    /// Most enqueues committed together (SQLite). Default 512.
     pub max_batch: usize,
+    /// Connections in the pool (PostgreSQL). Default 8.
+    pub connections: usize,
 }
 
 impl Default for QueueOptions {
@@ -75,6 +100,7 @@ impl Default for QueueOptions {
         QueueOptions {
             max_payload_bytes: 1024 * 1024,
             max_batch: 512,
+            connections: 8,
         }
     }
 }
@@ -120,172 +146,62 @@ pub struct QueueDepth {
     pub oldest_ready_age: Duration,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
-
-enum Command {
-    Enqueue {
-        queue: String,
-        payload: Vec<u8>,
-        key: Option<String>,
-        delay_ms: i64,
-        reply: Reply<Enqueued>,
-    },
-    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+#[derive(Clone)]
+enum Backend {
+    Sqlite(crate::sqlite::Sqlite),
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::Postgres),
 }
 
-/// A durable job queue on SQLite. Clones share the database and its writer thread.
+/// Calls the same method on whichever backend the queue has.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => b.$method($($arg),*).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(b) => b.$method($($arg),*).await,
+        }
+    };
+}
+
+/// A durable job queue. Clones share the database (and, on SQLite, its writer thread).
 #[derive(Clone)]
 pub struct DurableQueue {
-    commands: std_mpsc::Sender<Command>,
+    backend: Backend,
     options: QueueOptions,
 }
 
 impl std::fmt::Debug for DurableQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => "postgres",
+        };
         f.debug_struct("DurableQueue")
+            .field("backend", &backend)
             .field("options", &self.options)
             .finish()
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn open(path: &Path) -> Result<Connection, QueueError> {
-    let connection = Connection::open(path)?;
-    connection.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a commit is on disk (fsync) before it returns — an Ok enqueue survives a crash.
-    connection.pragma_update(None, "synchronous", "FULL")?;
-    connection.busy_timeout(Duration::from_secs(5))?;
-    connection.execute_batch(SCHEMA)?;
-    let found: Option<String> = connection
-        .query_row(
-            "SELECT value FROM stormwall_meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match found.and_then(|v| v.parse::<i64>().ok()) {
-        Some(found) if found > SCHEMA_VERSION => {
-            return Err(QueueError::NewerSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            })
-        }
-        Some(_) => {}
-        None => {
-            connection.execute(
-                "INSERT OR REPLACE INTO stormwall_meta (key, value) VALUES ('schema_version', ?1)",
-                params![SCHEMA_VERSION.to_string()],
-            )?;
-        }
-    }
-    Ok(connection)
-}
-
-/// The writer thread: takes the commands waiting, commits all enqueues among them in one
-/// transaction, answers each.
-fn writer(mut connection: Connection, commands: std_mpsc::Receiver<Command>, max_batch: usize) {
-    while let Ok(first) = commands.recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match commands.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let mut enqueues = Vec::new();
-        for command in batch {
-            match command {
-                Command::Run(run) => run(&mut connection),
-                Command::Enqueue {
-                    queue,
-                    payload,
-                    key,
-                    delay_ms,
-                    reply,
-                } => enqueues.push((queue, payload, key, delay_ms, reply)),
-            }
-        }
-        if enqueues.is_empty() {
-            continue;
-        }
-        let result = (|| -> Result<Vec<Enqueued>, rusqlite::Error> {
-            let tx =
-                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut ids = Vec::with_capacity(enqueues.len());
-            {
-                let now = now_ms();
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO stormwall_jobs (queue, payload, idempotency_key, run_at, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                let mut existing = tx.prepare_cached(
-                    "SELECT id FROM stormwall_jobs WHERE queue = ?1 AND idempotency_key = ?2",
-                )?;
-                for (queue, payload, key, delay_ms, _) in &enqueues {
-                    let added =
-                        insert.execute(params![queue, payload, key, now + delay_ms, now])?;
-                    if added == 1 {
-                        ids.push(Enqueued {
-                            id: tx.last_insert_rowid(),
-                            duplicate: false,
-                        });
-                    } else {
-                        let id: i64 = existing.query_row(params![queue, key], |r| r.get(0))?;
-                        ids.push(Enqueued {
-                            id,
-                            duplicate: true,
-                        });
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(ids)
-        })();
-        match result {
-            Ok(ids) => {
-                for ((.., reply), id) in enqueues.into_iter().zip(ids) {
-                    let _ = reply.send(Ok(id));
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for (.., reply) in enqueues {
-                    let _ = reply.send(Err(QueueError::Commit(message.clone())));
-                }
-            }
-        }
-    }
-}
-
 impl DurableQueue {
-    /// Opens (or creates) the queue database at `path`.
+    /// Opens (or creates) the SQLite queue database at `path`.
     pub fn open(path: impl AsRef<Path>, options: QueueOptions) -> Result<Self, QueueError> {
-        let connection = open(path.as_ref())?;
-        let (commands, receiver) = std_mpsc::channel();
-        let max_batch = options.max_batch.max(1);
-        std::thread::Builder::new()
-            .name("stormwall-durable-writer".into())
-            .spawn(move || writer(connection, receiver, max_batch))
-            .map_err(|_| QueueError::Closed)?;
-        Ok(DurableQueue { commands, options })
+        let backend = Backend::Sqlite(crate::sqlite::Sqlite::open(
+            path.as_ref(),
+            options.max_batch,
+        )?);
+        Ok(DurableQueue { backend, options })
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, QueueError> + Send + 'static,
-    ) -> Result<T, QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Run(Box::new(move |c| {
-                let _ = reply.send(work(c));
-            })))
-            .map_err(|_| QueueError::Closed)?;
-        answer.await.map_err(|_| QueueError::Closed)?
+    /// Connects to PostgreSQL (`postgres://user@host:port/db` or `host=… user=…`),
+    /// creating the tables if missing, so that many replicas can drain one queue.
+    #[cfg(feature = "postgres")]
+    pub async fn connect_postgres(url: &str, options: QueueOptions) -> Result<Self, QueueError> {
+        let backend =
+            Backend::Postgres(crate::postgres::Postgres::connect(url, options.connections).await?);
+        Ok(DurableQueue { backend, options })
     }
 
     /// Adds a job; returns once it is committed to disk. With an `idempotency_key` that
@@ -315,17 +231,7 @@ impl DurableQueue {
                 limit: self.options.max_payload_bytes,
             });
         }
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Enqueue {
-                queue: queue.to_owned(),
-                payload,
-                key: idempotency_key.map(str::to_owned),
-                delay_ms: delay.as_millis() as i64,
-                reply,
-            })
-            .map_err(|_| QueueError::Closed)?;
-        answer.await.map_err(|_| QueueError::Closed)?
+        dispatch!(self.enqueue(queue, payload, idempotency_key, delay))
     }
 
     /// Leases up to `max` due jobs of `queue` for `visibility`: until then no other worker
@@ -337,78 +243,25 @@ impl DurableQueue {
         max: usize,
         visibility: Duration,
     ) -> Result<Vec<Job>, QueueError> {
-        let (queue, worker) = (queue.to_owned(), worker.to_owned());
-        self.run(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let jobs = {
-                let mut statement = tx.prepare_cached(
-                    "UPDATE stormwall_jobs
-                        SET state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
-                      WHERE id IN (SELECT id FROM stormwall_jobs
-                                    WHERE queue = ?3
-                                      AND ((state = 'ready' AND run_at <= ?4) OR (state = 'leased' AND lease_until < ?4))
-                                    ORDER BY id LIMIT ?5)
-                  RETURNING id, payload, idempotency_key, attempts",
-                )?;
-                let rows = statement.query_map(
-                    params![now + visibility.as_millis() as i64, worker, queue, now, max as i64],
-                    |r| {
-                        Ok(Job {
-                            id: r.get(0)?,
-                            queue: queue.clone(),
-                            payload: r.get(1)?,
-                            idempotency_key: r.get(2)?,
-                            attempts: r.get::<_, i64>(3)? as u32,
-                            worker: worker.clone(),
-                        })
-                    },
-                )?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            tx.commit()?;
-            Ok(jobs)
-        })
-        .await
+        dispatch!(self.lease(queue, worker, max, visibility))
     }
 
     /// The job is done.
     pub async fn ack(&self, job: &Job) -> Result<(), QueueError> {
-        let (id, worker) = (job.id, job.worker.clone());
-        self.run(move |c| {
-            let changed = c.execute(
-                "UPDATE stormwall_jobs SET state = 'done', lease_until = NULL
-                  WHERE id = ?1 AND state = 'leased' AND leased_by = ?2",
-                params![id, worker],
-            )?;
-            if changed == 0 {
-                return Err(QueueError::NotLeased(id));
-            }
-            Ok(())
-        })
-        .await
+        match self.ack_all(std::slice::from_ref(job)).await? {
+            0 => Err(QueueError::NotLeased(job.id)),
+            _ => Ok(()),
+        }
     }
 
     /// Acks several jobs in one transaction (one disk flush): how many were still leased
     /// by their workers.
     pub async fn ack_all(&self, jobs: &[Job]) -> Result<usize, QueueError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
         let jobs: Vec<(i64, String)> = jobs.iter().map(|j| (j.id, j.worker.clone())).collect();
-        self.run(move |c| {
-            let tx = c.transaction()?;
-            let mut acked = 0;
-            {
-                let mut statement = tx.prepare_cached(
-                    "UPDATE stormwall_jobs SET state = 'done', lease_until = NULL
-                      WHERE id = ?1 AND state = 'leased' AND leased_by = ?2",
-                )?;
-                for (id, worker) in &jobs {
-                    acked += statement.execute(params![id, worker])?;
-                }
-            }
-            tx.commit()?;
-            Ok(acked)
-        })
-        .await
+        dispatch!(self.ack_all(jobs))
     }
 
     /// The job failed: due again after `backoff` — or, at `max_attempts`, a dead letter.
@@ -421,107 +274,54 @@ impl DurableQueue {
     ) -> Result<(), QueueError> {
         let (id, worker, error) = (job.id, job.worker.clone(), error.to_owned());
         let dead = job.attempts >= max_attempts;
-        self.run(move |c| {
-            let changed = c.execute(
-                "UPDATE stormwall_jobs
-                    SET state = ?1, run_at = ?2, lease_until = NULL, last_error = ?3
-                  WHERE id = ?4 AND state = 'leased' AND leased_by = ?5",
-                params![
-                    if dead { "dead" } else { "ready" },
-                    now_ms() + backoff.as_millis() as i64,
-                    error,
-                    id,
-                    worker
-                ],
-            )?;
-            if changed == 0 {
-                return Err(QueueError::NotLeased(id));
-            }
-            Ok(())
-        })
-        .await
+        match dispatch!(self.fail(id, worker, error, backoff, dead))? {
+            0 => Err(QueueError::NotLeased(id)),
+            _ => Ok(()),
+        }
     }
 
     /// The dead letters of `queue`: (job id, idempotency key, last error).
-    pub async fn dead_letters(
-        &self,
-        queue: &str,
-    ) -> Result<Vec<(i64, Option<String>, Option<String>)>, QueueError> {
-        let queue = queue.to_owned();
-        self.run(move |c| {
-            let mut s = c.prepare(
-                "SELECT id, idempotency_key, last_error FROM stormwall_jobs WHERE queue = ?1 AND state = 'dead' ORDER BY id",
-            )?;
-            let rows = s.query_map(params![queue], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+    pub async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>, QueueError> {
+        dispatch!(self.dead_letters(queue))
     }
 
     /// Puts every dead letter of `queue` back, with its attempts reset; how many.
     pub async fn requeue_dead(&self, queue: &str) -> Result<usize, QueueError> {
-        let queue = queue.to_owned();
-        self.run(move |c| {
-            Ok(c.execute(
-                "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, run_at = ?1 WHERE queue = ?2 AND state = 'dead'",
-                params![now_ms(), queue],
-            )?)
-        })
-        .await
+        dispatch!(self.requeue_dead(queue))
     }
 
     /// Deletes every dead letter of `queue`; how many.
     pub async fn purge_dead(&self, queue: &str) -> Result<usize, QueueError> {
-        let queue = queue.to_owned();
-        self.run(move |c| {
-            Ok(c.execute(
-                "DELETE FROM stormwall_jobs WHERE queue = ?1 AND state = 'dead'",
-                params![queue],
-            )?)
-        })
-        .await
+        dispatch!(self.purge_dead(queue))
     }
 
     /// How many jobs `queue` holds, by state (also reported as metrics
     /// `stormwall_queue_depth{queue,state}` and `stormwall_queue_oldest_age_seconds{queue}`).
     pub async fn depth(&self, queue: &str) -> Result<QueueDepth, QueueError> {
-        let queue = queue.to_owned();
-        self.run(move |c| {
-            let mut depth = QueueDepth::default();
-            let mut s = c.prepare(
-                "SELECT state, COUNT(*), MIN(created_at) FROM stormwall_jobs WHERE queue = ?1 GROUP BY state",
-            )?;
-            let rows = s.query_map(params![queue], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?))
-            })?;
-            for row in rows {
-                let (state, count, oldest) = row?;
-                let count = count as u64;
-                match state.as_str() {
-                    "ready" => {
-                        depth.ready = count;
-                        depth.oldest_ready_age = Duration::from_millis(
-                            oldest.map_or(0, |o| (now_ms() - o).max(0) as u64),
-                        );
-                    }
-                    "leased" => depth.leased = count,
-                    "dead" => depth.dead = count,
-                    _ => depth.done = count,
+        let mut depth = QueueDepth::default();
+        for (state, count, oldest_ms) in dispatch!(self.states(queue))? {
+            let count = count.max(0) as u64;
+            match state.as_str() {
+                "ready" => {
+                    depth.ready = count;
+                    depth.oldest_ready_age =
+                        Duration::from_millis(oldest_ms.unwrap_or(0).max(0) as u64);
                 }
+                "leased" => depth.leased = count,
+                "dead" => depth.dead = count,
+                _ => depth.done = count,
             }
-            let label = queue.clone();
-            for (state, count) in [
-                ("ready", depth.ready),
-                ("leased", depth.leased),
-                ("dead", depth.dead),
-            ] {
-                metrics::gauge!("stormwall_queue_depth", "queue" => label.clone(), "state" => state)
-                    .set(count as f64);
-            }
-            metrics::gauge!("stormwall_queue_oldest_age_seconds", "queue" => label)
-                .set(depth.oldest_ready_age.as_secs_f64());
-            Ok(depth)
-        })
-        .await
+        }
+        for (state, count) in [
+            ("ready", depth.ready),
+            ("leased", depth.leased),
+            ("dead", depth.dead),
+        ] {
+            metrics::gauge!("stormwall_queue_depth", "queue" => queue.to_owned(), "state" => state)
+                .set(count as f64);
+        }
+        metrics::gauge!("stormwall_queue_oldest_age_seconds", "queue" => queue.to_owned())
+            .set(depth.oldest_ready_age.as_secs_f64());
+        Ok(depth)
     }
 }

@@ -2,12 +2,12 @@
 //! timeout, dead letters, breaker-aware workers, and a worker process killed mid-drain.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions};
 use stormwall_durable::{DurableQueue, QueueError, QueueOptions, Worker, WorkerOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+mod common;
 
 fn db(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("stormwall-durable-{}", std::process::id()));
@@ -19,47 +19,10 @@ fn db(name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_is_idempotent_and_a_lease_comes_back_after_its_visibility_timeout() {
-    let queue = DurableQueue::open(db("basic"), QueueOptions::default()).unwrap();
-    let first = queue
-        .enqueue("payments", b"charge 7".to_vec(), Some("order-7"))
-        .await
-        .unwrap();
-    let again = queue
-        .enqueue("payments", b"charge 7".to_vec(), Some("order-7"))
-        .await
-        .unwrap();
-    assert!(!first.duplicate && again.duplicate);
-    assert_eq!(first.id, again.id);
-    assert_eq!(queue.depth("payments").await.unwrap().ready, 1);
-
-    let leased = queue
-        .lease("payments", "w1", 10, Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert_eq!(leased.len(), 1);
-    assert_eq!(leased[0].payload, b"charge 7");
-    assert_eq!(leased[0].idempotency_key.as_deref(), Some("order-7"));
-    // Invisible to others while leased...
-    assert!(queue
-        .lease("payments", "w2", 10, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .is_empty());
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    // ...and back once the lease expired (w1 crashed).
-    let retaken = queue
-        .lease("payments", "w2", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(retaken.len(), 1);
-    assert_eq!(retaken[0].attempts, 2);
-    assert!(
-        matches!(queue.ack(&leased[0]).await, Err(QueueError::NotLeased(_))),
-        "w1 lost it"
-    );
-    queue.ack(&retaken[0]).await.unwrap();
-    let depth = queue.depth("payments").await.unwrap();
-    assert_eq!((depth.ready, depth.leased, depth.done), (0, 0, 1));
+    common::enqueue_is_idempotent_and_a_lease_comes_back_after_its_visibility_timeout(
+        DurableQueue::open(db("basic"), QueueOptions::default()).unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,93 +62,18 @@ fn rusqlite_set_schema(path: &std::path::Path, version: &str) -> std::process::O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_job_lands_in_dead_letters_after_max_attempts() {
-    let queue = DurableQueue::open(db("poison"), QueueOptions::default()).unwrap();
-    queue
-        .enqueue("q", b"poison".to_vec(), Some("p"))
-        .await
-        .unwrap();
-    queue
-        .enqueue("q", b"fine".to_vec(), Some("f"))
-        .await
-        .unwrap();
-    let options = WorkerOptions {
-        max_attempts: 3,
-        backoff: Duration::from_millis(1),
-        idle: Duration::from_millis(5),
-        ..Default::default()
-    };
-    let worker: Worker<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore> =
-        Worker::new(queue.clone(), "q", options, None);
-    let handle = |job: stormwall_durable::Job| async move {
-        if job.payload == b"poison" {
-            Err("cannot parse".to_string())
-        } else {
-            Ok(())
-        }
-    };
-    for _ in 0..20 {
-        worker.run_once(&handle).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let dead = queue.dead_letters("q").await.unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].1.as_deref(), Some("p"));
-    assert_eq!(dead[0].2.as_deref(), Some("cannot parse"));
-    assert_eq!(queue.depth("q").await.unwrap().done, 1);
-    assert_eq!(queue.requeue_dead("q").await.unwrap(), 1);
-    assert_eq!(queue.depth("q").await.unwrap().ready, 1);
-    // Still poison: dead again after three more attempts, then purged.
-    for _ in 0..20 {
-        worker.run_once(&handle).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(queue.purge_dead("q").await.unwrap(), 1);
-    assert!(queue.dead_letters("q").await.unwrap().is_empty());
+    common::a_poison_job_lands_in_dead_letters_after_max_attempts(
+        DurableQueue::open(db("poison"), QueueOptions::default()).unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_targets_breaker_is_open_the_worker_calls_nothing() {
-    let queue = DurableQueue::open(db("breaker"), QueueOptions::default()).unwrap();
-    for i in 0..5 {
-        queue.enqueue("q", vec![i], None).await.unwrap();
-    }
-    let breaker =
-        CircuitBreaker::new(CircuitBreakerOptions::new().consecutive_failures(1)).unwrap();
-    breaker.isolate();
-    let calls = Arc::new(AtomicU32::new(0));
-    let worker = Worker::new(
-        queue.clone(),
-        "q",
-        WorkerOptions {
-            idle: Duration::from_millis(5),
-            ..Default::default()
-        },
-        Some(breaker.clone()),
-    );
-    let counted = calls.clone();
-    let run = worker.run_until(
-        move |_job| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
-        },
-        tokio::time::sleep(Duration::from_millis(600)),
-    );
-    let closer = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            0,
-            "no call while the circuit is open"
-        );
-        breaker.close();
-    };
-    let (ran, ()) = tokio::join!(run, closer);
-    ran.unwrap();
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        5,
-        "every job ran once the circuit closed"
-    );
+    common::while_the_targets_breaker_is_open_the_worker_calls_nothing(
+        DurableQueue::open(db("breaker"), QueueOptions::default()).unwrap(),
+    )
+    .await;
 }
 
 /// The target of the crash test: remembers each idempotency key it applied.
@@ -355,54 +243,8 @@ async fn a_worker_killed_mid_drain_loses_nothing_and_every_effect_happens_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_for_later_accepts_the_order_and_keeps_the_payment_durably() {
-    use stormwall::fallback::FallbackOptions;
-    use stormwall::pipeline::Properties;
-    use stormwall::{Context, Pipeline};
-    use stormwall_durable::{Deferred, QueueForLater};
-    let queue = DurableQueue::open(db("later"), QueueOptions::default()).unwrap();
-    let payments = Pipeline::builder()
-        .fallback(FallbackOptions::action(QueueForLater::new(
-            queue.clone(),
-            "payments",
-            "PaymentPending",
-        )))
-        .build()
-        .unwrap();
-    let work = |i: u32| {
-        Context::new().with_properties(Properties::new().with(Deferred {
-            payload: format!("charge order-{i}").into_bytes(),
-            idempotency_key: Some(format!("order-{i}")),
-        }))
-    };
-    // The payment service is down: both orders are accepted, their payments kept (the
-    // repeated order-1 once).
-    for i in [1, 2, 1] {
-        let status = payments
-            .execute_with(work(i), |_| async {
-                Err::<&str, _>("payment service down")
-            })
-            .await;
-        assert_eq!(status, Ok("PaymentPending"));
-    }
-    // Up: charged at once, nothing queued.
-    assert_eq!(
-        payments
-            .execute_with(work(3), |_| async { Ok::<_, &str>("Charged") })
-            .await,
-        Ok("Charged")
-    );
-    // Without work attached, the failure stays a failure.
-    assert!(payments
-        .execute(|_| async { Err::<&str, _>("down") })
-        .await
-        .is_err());
-    let jobs = queue
-        .lease("payments", "w", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let payloads: Vec<_> = jobs
-        .iter()
-        .map(|j| String::from_utf8_lossy(&j.payload).into_owned())
-        .collect();
-    assert_eq!(payloads, ["charge order-1", "charge order-2"]);
+    common::queue_for_later_accepts_the_order_and_keeps_the_payment_durably(
+        DurableQueue::open(db("later"), QueueOptions::default()).unwrap(),
+    )
+    .await;
 }

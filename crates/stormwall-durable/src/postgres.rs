@@ -1,0 +1,300 @@
+//! The PostgreSQL backend: many replicas drain one queue. Leases take rows with
+//! `FOR UPDATE SKIP LOCKED`, so two workers never get the same job while its lease runs;
+//! times come from the database's clock, so replicas with skewed clocks agree on leases.
+
+use crate::queue::{DeadLetter, Enqueued, Job, QueueError, StateCount, SCHEMA_VERSION};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// Milliseconds since the epoch on the database's clock.
+macro_rules! now_ms {
+    () => {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+    };
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stormwall_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stormwall_jobs (
+    id BIGSERIAL PRIMARY KEY,
+    queue TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    idempotency_key TEXT,
+    state TEXT NOT NULL DEFAULT 'ready',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_at BIGINT NOT NULL,
+    lease_until BIGINT,
+    leased_by TEXT,
+    created_at BIGINT NOT NULL,
+    last_error TEXT,
+    UNIQUE (queue, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS stormwall_jobs_due ON stormwall_jobs (queue, state, run_at);
+";
+
+/// An arbitrary constant: the advisory lock that serialises replicas migrating at once.
+const MIGRATION_LOCK: i64 = 0x5354_4f52_4d57_414c;
+
+/// The PostgreSQL queue: clones share one connection pool.
+#[derive(Clone)]
+pub(crate) struct Postgres {
+    pool: Pool,
+}
+
+fn unreachable(e: deadpool_postgres::PoolError) -> QueueError {
+    QueueError::Unreachable(e.to_string())
+}
+
+impl Postgres {
+    pub(crate) async fn connect(url: &str, connections: usize) -> Result<Self, QueueError> {
+        let config: tokio_postgres::Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| QueueError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(connections.max(1))
+            .build()
+            .map_err(|e| QueueError::Unreachable(e.to_string()))?;
+        let postgres = Postgres { pool };
+        postgres.migrate().await?;
+        Ok(postgres)
+    }
+
+    async fn migrate(&self) -> Result<(), QueueError> {
+        let mut client = self.pool.get().await.map_err(unreachable)?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(SCHEMA).await?;
+        let found = tx
+            .query_opt(
+                "SELECT value FROM stormwall_meta WHERE key = 'schema_version'",
+                &[],
+            )
+            .await?
+            .map(|row| row.get::<_, String>(0));
+        if !crate::queue::check_schema(found)? {
+            tx.execute(
+                "INSERT INTO stormwall_meta (key, value) VALUES ('schema_version', $1)",
+                &[&SCHEMA_VERSION.to_string()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn enqueue(
+        &self,
+        queue: &str,
+        payload: Vec<u8>,
+        key: Option<&str>,
+        delay: Duration,
+    ) -> Result<Enqueued, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let insert = client
+            .prepare_cached(concat!(
+                "INSERT INTO stormwall_jobs (queue, payload, idempotency_key, run_at, created_at)
+                 VALUES ($1, $2, $3, ",
+                now_ms!(),
+                " + $4, ",
+                now_ms!(),
+                ") ON CONFLICT (queue, idempotency_key) DO NOTHING RETURNING id"
+            ))
+            .await?;
+        let existing = client
+            .prepare_cached(
+                "SELECT id FROM stormwall_jobs WHERE queue = $1 AND idempotency_key = $2",
+            )
+            .await?;
+        let delay_ms = delay.as_millis() as i64;
+        // The insert waits for a concurrent one with the same key to commit; the lookup
+        // is a separate statement so that it sees that commit. A purge in between (the
+        // row gone) sends it round again.
+        for _ in 0..3 {
+            if let Some(row) = client
+                .query_opt(&insert, &[&queue, &payload, &key, &delay_ms])
+                .await?
+            {
+                return Ok(Enqueued {
+                    id: row.get(0),
+                    duplicate: false,
+                });
+            }
+            if let Some(row) = client.query_opt(&existing, &[&queue, &key]).await? {
+                return Ok(Enqueued {
+                    id: row.get(0),
+                    duplicate: true,
+                });
+            }
+        }
+        Err(QueueError::Commit(format!(
+            "idempotency key {key:?} of queue {queue:?} kept changing under the enqueue"
+        )))
+    }
+
+    pub(crate) async fn lease(
+        &self,
+        queue: &str,
+        worker: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Job>, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let statement = client
+            .prepare_cached(concat!(
+                "UPDATE stormwall_jobs
+                    SET state = 'leased', lease_until = ",
+                now_ms!(),
+                " + $1, leased_by = $2, attempts = attempts + 1
+                  WHERE id IN (SELECT id FROM stormwall_jobs
+                                WHERE queue = $3
+                                  AND ((state = 'ready' AND run_at <= ",
+                now_ms!(),
+                ") OR (state = 'leased' AND lease_until < ",
+                now_ms!(),
+                "))
+                                ORDER BY id LIMIT $4
+                                FOR UPDATE SKIP LOCKED)
+              RETURNING id, payload, idempotency_key, attempts"
+            ))
+            .await?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &(visibility.as_millis() as i64),
+                    &worker,
+                    &queue,
+                    &(max as i64),
+                ],
+            )
+            .await?;
+        let mut jobs: Vec<Job> = rows
+            .iter()
+            .map(|r| Job {
+                id: r.get(0),
+                queue: queue.to_owned(),
+                payload: r.get(1),
+                idempotency_key: r.get(2),
+                attempts: r.get::<_, i32>(3) as u32,
+                worker: worker.to_owned(),
+            })
+            .collect();
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    pub(crate) async fn ack_all(&self, jobs: Vec<(i64, String)>) -> Result<usize, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let (ids, workers): (Vec<i64>, Vec<String>) = jobs.into_iter().unzip();
+        let acked = client
+            .execute(
+                "UPDATE stormwall_jobs SET state = 'done', lease_until = NULL
+                  WHERE state = 'leased'
+                    AND (id, leased_by) IN (SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[]))",
+                &[&ids, &workers],
+            )
+            .await?;
+        Ok(acked as usize)
+    }
+
+    pub(crate) async fn fail(
+        &self,
+        id: i64,
+        worker: String,
+        error: String,
+        backoff: Duration,
+        dead: bool,
+    ) -> Result<usize, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let changed = client
+            .execute(
+                concat!(
+                    "UPDATE stormwall_jobs
+                        SET state = $1, run_at = ",
+                    now_ms!(),
+                    " + $2, lease_until = NULL, last_error = $3
+                      WHERE id = $4 AND state = 'leased' AND leased_by = $5"
+                ),
+                &[
+                    &if dead { "dead" } else { "ready" },
+                    &(backoff.as_millis() as i64),
+                    &error,
+                    &id,
+                    &worker,
+                ],
+            )
+            .await?;
+        Ok(changed as usize)
+    }
+
+    pub(crate) async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let rows = client
+            .query(
+                "SELECT id, idempotency_key, last_error FROM stormwall_jobs
+                  WHERE queue = $1 AND state = 'dead' ORDER BY id",
+                &[&queue],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    pub(crate) async fn requeue_dead(&self, queue: &str) -> Result<usize, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let changed = client
+            .execute(
+                concat!(
+                    "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, run_at = ",
+                    now_ms!(),
+                    " WHERE queue = $1 AND state = 'dead'"
+                ),
+                &[&queue],
+            )
+            .await?;
+        Ok(changed as usize)
+    }
+
+    pub(crate) async fn purge_dead(&self, queue: &str) -> Result<usize, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let changed = client
+            .execute(
+                "DELETE FROM stormwall_jobs WHERE queue = $1 AND state = 'dead'",
+                &[&queue],
+            )
+            .await?;
+        Ok(changed as usize)
+    }
+
+    pub(crate) async fn states(&self, queue: &str) -> Result<Vec<StateCount>, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let rows = client
+            .query(
+                concat!(
+                    "SELECT state, COUNT(*), ",
+                    now_ms!(),
+                    " - MIN(created_at) FROM stormwall_jobs WHERE queue = $1 GROUP BY state"
+                ),
+                &[&queue],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+}

@@ -1,0 +1,335 @@
+//! The SQLite backend: one file, one writer thread that commits concurrent enqueues
+//! together (group commit), `synchronous = FULL` so a commit is on disk when it returns.
+
+use crate::queue::{DeadLetter, Enqueued, Job, QueueError, StateCount, SCHEMA_VERSION};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stormwall_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stormwall_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    idempotency_key TEXT,
+    state TEXT NOT NULL DEFAULT 'ready',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run_at INTEGER NOT NULL,
+    lease_until INTEGER,
+    leased_by TEXT,
+    created_at INTEGER NOT NULL,
+    last_error TEXT,
+    UNIQUE (queue, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS stormwall_jobs_due ON stormwall_jobs (queue, state, run_at);
+";
+
+type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
+
+enum Command {
+    Enqueue {
+        queue: String,
+        payload: Vec<u8>,
+        key: Option<String>,
+        delay_ms: i64,
+        reply: Reply<Enqueued>,
+    },
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// The SQLite queue: clones share the database and its writer thread.
+#[derive(Clone)]
+pub(crate) struct Sqlite {
+    commands: std_mpsc::Sender<Command>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn open(path: &Path) -> Result<Connection, QueueError> {
+    let connection = Connection::open(path)?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk (fsync) before it returns — an Ok enqueue survives a crash.
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    connection.execute_batch(SCHEMA)?;
+    let found: Option<String> = connection
+        .query_row(
+            "SELECT value FROM stormwall_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match crate::queue::check_schema(found)? {
+        true => Ok(connection),
+        false => {
+            connection.execute(
+                "INSERT OR REPLACE INTO stormwall_meta (key, value) VALUES ('schema_version', ?1)",
+                params![SCHEMA_VERSION.to_string()],
+            )?;
+            Ok(connection)
+        }
+    }
+}
+
+/// The writer thread: takes the commands waiting, commits all enqueues among them in one
+/// transaction, answers each.
+fn writer(mut connection: Connection, commands: std_mpsc::Receiver<Command>, max_batch: usize) {
+    while let Ok(first) = commands.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match commands.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut enqueues = Vec::new();
+        for command in batch {
+            match command {
+                Command::Run(run) => run(&mut connection),
+                Command::Enqueue {
+                    queue,
+                    payload,
+                    key,
+                    delay_ms,
+                    reply,
+                } => enqueues.push((queue, payload, key, delay_ms, reply)),
+            }
+        }
+        if enqueues.is_empty() {
+            continue;
+        }
+        let result = (|| -> Result<Vec<Enqueued>, rusqlite::Error> {
+            let tx =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut ids = Vec::with_capacity(enqueues.len());
+            {
+                let now = now_ms();
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO stormwall_jobs (queue, payload, idempotency_key, run_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut existing = tx.prepare_cached(
+                    "SELECT id FROM stormwall_jobs WHERE queue = ?1 AND idempotency_key = ?2",
+                )?;
+                for (queue, payload, key, delay_ms, _) in &enqueues {
+                    let added =
+                        insert.execute(params![queue, payload, key, now + delay_ms, now])?;
+                    if added == 1 {
+                        ids.push(Enqueued {
+                            id: tx.last_insert_rowid(),
+                            duplicate: false,
+                        });
+                    } else {
+                        let id: i64 = existing.query_row(params![queue, key], |r| r.get(0))?;
+                        ids.push(Enqueued {
+                            id,
+                            duplicate: true,
+                        });
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(ids)
+        })();
+        match result {
+            Ok(ids) => {
+                for ((.., reply), id) in enqueues.into_iter().zip(ids) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (.., reply) in enqueues {
+                    let _ = reply.send(Err(QueueError::Commit(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl Sqlite {
+    pub(crate) fn open(path: &Path, max_batch: usize) -> Result<Self, QueueError> {
+        let connection = open(path)?;
+        let (commands, receiver) = std_mpsc::channel();
+        let max_batch = max_batch.max(1);
+        std::thread::Builder::new()
+            .name("stormwall-durable-writer".into())
+            .spawn(move || writer(connection, receiver, max_batch))
+            .map_err(|_| QueueError::Closed)?;
+        Ok(Sqlite { commands })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Run(Box::new(move |c| {
+                let _ = reply.send(work(c));
+            })))
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    pub(crate) async fn enqueue(
+        &self,
+        queue: &str,
+        payload: Vec<u8>,
+        key: Option<&str>,
+        delay: Duration,
+    ) -> Result<Enqueued, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Enqueue {
+                queue: queue.to_owned(),
+                payload,
+                key: key.map(str::to_owned),
+                delay_ms: delay.as_millis() as i64,
+                reply,
+            })
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    pub(crate) async fn lease(
+        &self,
+        queue: &str,
+        worker: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<Job>, QueueError> {
+        let (queue, worker) = (queue.to_owned(), worker.to_owned());
+        self.run(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let jobs = {
+                let mut statement = tx.prepare_cached(
+                    "UPDATE stormwall_jobs
+                        SET state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
+                      WHERE id IN (SELECT id FROM stormwall_jobs
+                                    WHERE queue = ?3
+                                      AND ((state = 'ready' AND run_at <= ?4) OR (state = 'leased' AND lease_until < ?4))
+                                    ORDER BY id LIMIT ?5)
+                  RETURNING id, payload, idempotency_key, attempts",
+                )?;
+                let rows = statement.query_map(
+                    params![now + visibility.as_millis() as i64, worker, queue, now, max as i64],
+                    |r| {
+                        Ok(Job {
+                            id: r.get(0)?,
+                            queue: queue.clone(),
+                            payload: r.get(1)?,
+                            idempotency_key: r.get(2)?,
+                            attempts: r.get::<_, i64>(3)? as u32,
+                            worker: worker.clone(),
+                        })
+                    },
+                )?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            Ok(jobs)
+        })
+        .await
+    }
+
+    pub(crate) async fn ack_all(&self, jobs: Vec<(i64, String)>) -> Result<usize, QueueError> {
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let mut acked = 0;
+            {
+                let mut statement = tx.prepare_cached(
+                    "UPDATE stormwall_jobs SET state = 'done', lease_until = NULL
+                      WHERE id = ?1 AND state = 'leased' AND leased_by = ?2",
+                )?;
+                for (id, worker) in &jobs {
+                    acked += statement.execute(params![id, worker])?;
+                }
+            }
+            tx.commit()?;
+            Ok(acked)
+        })
+        .await
+    }
+
+    pub(crate) async fn fail(
+        &self,
+        id: i64,
+        worker: String,
+        error: String,
+        backoff: Duration,
+        dead: bool,
+    ) -> Result<usize, QueueError> {
+        self.run(move |c| {
+            Ok(c.execute(
+                "UPDATE stormwall_jobs
+                    SET state = ?1, run_at = ?2, lease_until = NULL, last_error = ?3
+                  WHERE id = ?4 AND state = 'leased' AND leased_by = ?5",
+                params![
+                    if dead { "dead" } else { "ready" },
+                    now_ms() + backoff.as_millis() as i64,
+                    error,
+                    id,
+                    worker
+                ],
+            )?)
+        })
+        .await
+    }
+
+    pub(crate) async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>, QueueError> {
+        let queue = queue.to_owned();
+        self.run(move |c| {
+            let mut s = c.prepare(
+                "SELECT id, idempotency_key, last_error FROM stormwall_jobs WHERE queue = ?1 AND state = 'dead' ORDER BY id",
+            )?;
+            let rows = s.query_map(params![queue], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(crate) async fn requeue_dead(&self, queue: &str) -> Result<usize, QueueError> {
+        let queue = queue.to_owned();
+        self.run(move |c| {
+            Ok(c.execute(
+                "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, run_at = ?1 WHERE queue = ?2 AND state = 'dead'",
+                params![now_ms(), queue],
+            )?)
+        })
+        .await
+    }
+
+    pub(crate) async fn purge_dead(&self, queue: &str) -> Result<usize, QueueError> {
+        let queue = queue.to_owned();
+        self.run(move |c| {
+            Ok(c.execute(
+                "DELETE FROM stormwall_jobs WHERE queue = ?1 AND state = 'dead'",
+                params![queue],
+            )?)
+        })
+        .await
+    }
+
+    pub(crate) async fn states(&self, queue: &str) -> Result<Vec<StateCount>, QueueError> {
+        let queue = queue.to_owned();
+        self.run(move |c| {
+            let mut s = c.prepare(
+                "SELECT state, COUNT(*), ?2 - MIN(created_at) FROM stormwall_jobs WHERE queue = ?1 GROUP BY state",
+            )?;
+            let rows = s.query_map(params![queue, now_ms()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,230 @@
+//! The durable queue on a real PostgreSQL server (started here on a free loopback port):
+//! the same suite as SQLite, plus what only many replicas show — two workers never run
+//! the same job at once, concurrent duplicate enqueues add one job — and bad input.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stormwall_durable::{DurableQueue, Job, QueueError, QueueOptions, Worker, WorkerOptions};
+use stormwall_testkit::PostgresServer;
+
+mod common;
+
+async fn connect(url: &str) -> DurableQueue {
+    DurableQueue::connect_postgres(url, QueueOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_suite_passes_on_postgres() {
+    let server = PostgresServer::start();
+    common::enqueue_is_idempotent_and_a_lease_comes_back_after_its_visibility_timeout(
+        connect(&server.database("basic")).await,
+    )
+    .await;
+    common::a_poison_job_lands_in_dead_letters_after_max_attempts(
+        connect(&server.database("poison")).await,
+    )
+    .await;
+    common::while_the_targets_breaker_is_open_the_worker_calls_nothing(
+        connect(&server.database("breaker")).await,
+    )
+    .await;
+    common::queue_for_later_accepts_the_order_and_keeps_the_payment_durably(
+        connect(&server.database("later")).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_two_replicas_never_run_the_same_job_at_the_same_time() {
+    let server = PostgresServer::start();
+    let url = server.database("drain");
+    // Two replicas: each its own pool, as two processes would have.
+    let (a, b) = (connect(&url).await, connect(&url).await);
+    const JOBS: u32 = 400;
+    for i in 0..JOBS {
+        let queue = if i % 2 == 0 { &a } else { &b };
+        queue
+            .enqueue(
+                "orders",
+                i.to_be_bytes().to_vec(),
+                Some(&format!("job-{i}")),
+            )
+            .await
+            .unwrap();
+    }
+    let running = Arc::new(Mutex::new(HashSet::<i64>::new()));
+    let runs = Arc::new(Mutex::new(HashMap::<i64, u32>::new()));
+    let overlaps = Arc::new(AtomicU32::new(0));
+    let by_worker = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let options = |name: &str| WorkerOptions {
+        name: name.into(),
+        batch: 8,
+        visibility: Duration::from_secs(60),
+        idle: Duration::from_millis(5),
+        ..Default::default()
+    };
+    let workers = [
+        Worker::<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore>::new(
+            a.clone(),
+            "orders",
+            options("w1"),
+            None,
+        ),
+        Worker::new(b.clone(), "orders", options("w2"), None),
+    ];
+    let handle = |job: Job| {
+        let (running, runs, overlaps, by_worker) = (
+            running.clone(),
+            runs.clone(),
+            overlaps.clone(),
+            by_worker.clone(),
+        );
+        async move {
+            if !running.lock().unwrap().insert(job.id) {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            *runs.lock().unwrap().entry(job.id).or_default() += 1;
+            *by_worker
+                .lock()
+                .unwrap()
+                .entry(job.worker.clone())
+                .or_default() += 1;
+            // Hold the job a moment so that the other worker has every chance to take it.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            running.lock().unwrap().remove(&job.id);
+            Ok(())
+        }
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_done = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|done| *done).await;
+        }
+    };
+    let drained = async {
+        let wait = async {
+            while a.depth("orders").await.unwrap().done < u64::from(JOBS) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let finished = tokio::time::timeout(Duration::from_secs(60), wait).await;
+        stop.send_replace(true);
+        finished.expect("the queue drains");
+    };
+    let (first, second, ()) = tokio::join!(
+        workers[0].run_until(handle, until_done()),
+        workers[1].run_until(handle, until_done()),
+        drained
+    );
+    first.unwrap();
+    second.unwrap();
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "a job ran twice at once"
+    );
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len() as u32, JOBS);
+    assert!(runs.values().all(|&n| n == 1), "every job ran exactly once");
+    let by_worker = by_worker.lock().unwrap();
+    assert!(
+        by_worker.get("w1").copied().unwrap_or(0) > 0
+            && by_worker.get("w2").copied().unwrap_or(0) > 0,
+        "both workers drained: {by_worker:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicate_enqueues_on_two_replicas_add_one_job() {
+    let server = PostgresServer::start();
+    let url = server.database("dups");
+    let (a, b) = (connect(&url).await, connect(&url).await);
+    let enqueues = (0..40).map(|i| {
+        let queue = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            queue
+                .enqueue("pay", b"charge".to_vec(), Some("order-1"))
+                .await
+        }
+    });
+    let results: Vec<_> = futures_util::future::join_all(enqueues)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+    assert!(results.iter().all(|r| r.id == results[0].id));
+    assert_eq!(a.depth("pay").await.unwrap().ready, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_an_unreachable_database_are_typed_errors() {
+    let mut server = PostgresServer::start();
+    let url = server.database("bad");
+    let queue = DurableQueue::connect_postgres(
+        &url,
+        QueueOptions {
+            max_payload_bytes: 4,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        queue.enqueue("q", b"too big".to_vec(), None).await,
+        Err(QueueError::PayloadTooLarge { size: 7, limit: 4 })
+    ));
+    assert!(matches!(
+        DurableQueue::connect_postgres("postgres://x:-1/", QueueOptions::default()).await,
+        Err(QueueError::InvalidUrl { .. })
+    ));
+    let nobody = format!(
+        "postgres://postgres@127.0.0.1:{}/x",
+        stormwall_testkit::free_port()
+    );
+    assert!(matches!(
+        DurableQueue::connect_postgres(&nobody, QueueOptions::default()).await,
+        Err(QueueError::Unreachable(_))
+    ));
+
+    // The server goes away: enqueue fails with a typed error, nothing is claimed done;
+    // back, the same queue works again and holds exactly what was acknowledged.
+    queue.enqueue("q", b"1".to_vec(), Some("a")).await.unwrap();
+    server.stop();
+    assert!(queue.enqueue("q", b"2".to_vec(), Some("b")).await.is_err());
+    server.restart();
+    let mut back = Err(QueueError::Closed);
+    for _ in 0..50 {
+        back = queue.enqueue("q", b"3".to_vec(), Some("c")).await;
+        if back.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    back.unwrap();
+    assert_eq!(queue.depth("q").await.unwrap().ready, 2);
+
+    // A schema from a newer stormwall, or a corrupt one, is refused by name.
+    server.psql(
+        "bad",
+        "UPDATE stormwall_meta SET value = '99' WHERE key = 'schema_version'",
+    );
+    assert!(matches!(
+        DurableQueue::connect_postgres(&url, QueueOptions::default()).await,
+        Err(QueueError::NewerSchema { found: 99, .. })
+    ));
+    server.psql(
+        "bad",
+        "UPDATE stormwall_meta SET value = 'x' WHERE key = 'schema_version'",
+    );
+    let corrupt = DurableQueue::connect_postgres(&url, QueueOptions::default()).await;
+    assert!(
+        matches!(&corrupt, Err(QueueError::CorruptSchema(v)) if v == "x"),
+        "{corrupt:?}"
+    );
+}
