@@ -2,6 +2,7 @@
 //! together (group commit), `synchronous = FULL` so a commit is on disk when it returns.
 
 use crate::queue::{DeadLetter, Enqueued, Job, QueueError, StateCount, SCHEMA_VERSION};
+use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
@@ -210,7 +211,7 @@ impl Sqlite {
         self.run(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let jobs = {
+            let rows = {
                 let mut statement = tx.prepare_cached(
                     "UPDATE stormwall_jobs
                         SET state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
@@ -222,19 +223,51 @@ impl Sqlite {
                 )?;
                 let rows = statement.query_map(
                     params![now + visibility.as_millis() as i64, worker, queue, now, max as i64],
-                    |r| {
-                        Ok(Job {
-                            id: r.get(0)?,
-                            queue: queue.clone(),
-                            payload: r.get(1)?,
-                            idempotency_key: r.get(2)?,
-                            attempts: r.get::<_, i64>(3)? as u32,
-                            worker: worker.clone(),
-                        })
-                    },
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?, r.get::<_, Value>(2)?, r.get::<_, Value>(3)?)),
                 )?;
                 rows.collect::<Result<Vec<_>, _>>()?
             };
+            // A row that does not read as a job (written by hand, or by another program) is
+            // a dead letter that says why — it must not block the queue's other jobs.
+            let mut jobs = Vec::with_capacity(rows.len());
+            for (id, payload, key, attempts) in rows {
+                let payload = match payload {
+                    Value::Blob(b) => Ok(b),
+                    Value::Text(t) => Ok(t.into_bytes()),
+                    other => Err(format!("payload is {:?}", other.data_type())),
+                };
+                let key = match key {
+                    Value::Null => Ok(None),
+                    Value::Text(t) => Ok(Some(t)),
+                    other => Err(format!("idempotency_key is {:?}", other.data_type())),
+                };
+                let attempts = match attempts {
+                    Value::Integer(n) if (0..=i64::from(u32::MAX)).contains(&n) => Ok(n as u32),
+                    other => Err(format!("attempts is {other:?}")),
+                };
+                match (payload, key, attempts) {
+                    (Ok(payload), Ok(idempotency_key), Ok(attempts)) => jobs.push(Job {
+                        id,
+                        queue: queue.clone(),
+                        payload,
+                        idempotency_key,
+                        attempts,
+                        worker: worker.clone(),
+                    }),
+                    (payload, key, attempts) => {
+                        let why = [payload.err(), key.err(), attempts.err()]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        tracing::warn!(job = id, %why, "stormwall-durable: corrupt job row moved to dead letters");
+                        tx.execute(
+                            "UPDATE stormwall_jobs SET state = 'dead', lease_until = NULL, last_error = ?1 WHERE id = ?2",
+                            params![format!("corrupt row: {why}"), id],
+                        )?;
+                    }
+                }
+            }
             tx.commit()?;
             Ok(jobs)
         })

@@ -40,6 +40,25 @@ async fn bad_input_is_a_typed_error() {
         queue.enqueue("q", b"too big".to_vec(), None).await,
         Err(QueueError::PayloadTooLarge { size: 7, limit: 4 })
     ));
+    // A row another program wrote wrong is a dead letter that says why; the queue's other
+    // jobs still run.
+    queue.enqueue("q", b"ok".to_vec(), None).await.unwrap();
+    sqlite(
+        &path,
+        "INSERT INTO stormwall_jobs (queue, payload, run_at, created_at) VALUES ('q', 42, 0, 0)",
+    );
+    let jobs = queue
+        .lease("q", "w", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].payload, b"ok");
+    let dead = queue.dead_letters("q").await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].2.as_deref(),
+        Some("corrupt row: payload is Integer")
+    );
     drop(queue);
     let c = rusqlite_set_schema(&path, "99");
     drop(c);
@@ -50,14 +69,29 @@ async fn bad_input_is_a_typed_error() {
 }
 
 fn rusqlite_set_schema(path: &std::path::Path, version: &str) -> std::process::Output {
-    std::process::Command::new("python3")
+    sqlite(
+        path,
+        &format!("UPDATE stormwall_meta SET value='{version}' WHERE key='schema_version'"),
+    )
+}
+
+/// Runs `sql` on the database as another program would (Python's sqlite3).
+fn sqlite(path: &std::path::Path, sql: &str) -> std::process::Output {
+    let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(format!(
-            "import sqlite3; c=sqlite3.connect('{}'); c.execute(\"UPDATE stormwall_meta SET value='{version}' WHERE key='schema_version'\"); c.commit()",
+            "import sqlite3, sys; c=sqlite3.connect('{}'); c.execute(sys.argv[1]); c.commit()",
             path.display()
         ))
+        .arg(sql)
         .output()
-        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
