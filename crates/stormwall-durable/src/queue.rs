@@ -40,7 +40,7 @@ pub enum QueueError {
     Database(#[from] rusqlite::Error),
     /// A PostgreSQL statement failed.
     #[cfg(feature = "postgres")]
-    #[error("queue database (PostgreSQL): {0}")]
+    #[error("queue database (PostgreSQL): {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The database server could not be reached (connection refused, timed out).
     #[error("queue database unreachable: {0}")]
@@ -323,5 +323,15 @@ impl DurableQueue {
         metrics::gauge!("stormwall_queue_oldest_age_seconds", "queue" => queue.to_owned())
             .set(depth.oldest_ready_age.as_secs_f64());
         Ok(depth)
+    }
+}
+
+/// A PostgreSQL error with the server's message and SQLSTATE (tokio-postgres's own
+/// Display says only "db error").
+#[cfg(feature = "postgres")]
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }

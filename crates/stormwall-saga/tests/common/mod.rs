@@ -1,0 +1,545 @@
+//! The behaviour every backend must have: each function gets a fresh, empty store.
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::routing::post;
+use axum::Router;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stormwall::retry::RetryOptions;
+use stormwall::Pipeline;
+use stormwall_saga::{
+    Aggregate, EventStore, ExpectedVersion, IdempotencyLayer, IdempotencyOptions, Orchestrator,
+    OrchestratorOptions, Projection, RecordedEvent, SagaDefinition, SagaError, SagaEvent,
+    SagaStatus, Store,
+};
+use tower::ServiceExt;
+
+fn order_app<S: Store>(store: S, options: IdempotencyOptions, calls: Arc<AtomicU32>) -> Router {
+    Router::new()
+        .route(
+            "/orders",
+            post(move |body: String| {
+                let calls = calls.clone();
+                async move {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    (StatusCode::CREATED, format!("order #{n} for {body}"))
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(store, options))
+}
+
+async fn send(app: &Router, key: &str, body: &str) -> (StatusCode, String, bool) {
+    let request = Request::post("/orders")
+        .header("idempotency-key", key)
+        .body(Body::from(body.to_owned()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        String::from_utf8_lossy(&bytes).into_owned(),
+        replayed,
+    )
+}
+
+/// 100 concurrent requests with one key: the handler runs once and all get its response;
+/// another payload with the key: 422; a repeat while running (no wait): 409; after the
+/// expiry the key runs again.
+pub async fn idempotency_keys(store: impl Store) {
+    let now = Arc::new(AtomicI64::new(1_000_000));
+    let clock = now.clone();
+    let calls = Arc::new(AtomicU32::new(0));
+    let waiting = order_app(
+        store.clone(),
+        IdempotencyOptions {
+            in_flight_wait: Duration::from_secs(30),
+            clock: Arc::new(move || clock.load(Ordering::SeqCst)),
+            ..Default::default()
+        },
+        calls.clone(),
+    );
+    let all =
+        futures_util::future::join_all((0..100).map(|_| send(&waiting, "k-1", "2 lamps"))).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the handler ran once: {:?}",
+        all[0]
+    );
+    for (status, body, _) in &all {
+        assert_eq!(
+            (*status, body.as_str()),
+            (StatusCode::CREATED, "order #1 for 2 lamps")
+        );
+    }
+    assert_eq!(all.iter().filter(|(_, _, replayed)| *replayed).count(), 99);
+
+    let (status, body, _) = send(&waiting, "k-1", "3 lamps").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("k-1"), "{body}");
+
+    // Without waiting: a repeat while the first runs is told so.
+    let eager = order_app(store.clone(), IdempotencyOptions::default(), calls.clone());
+    let (first, second) = tokio::join!(send(&eager, "k-2", "a chair"), async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        send(&eager, "k-2", "a chair").await
+    });
+    assert_eq!(first.0, StatusCode::CREATED);
+    assert_eq!(second.0, StatusCode::CONFLICT);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // 24 h later the record has expired: the key runs again.
+    now.fetch_add(24 * 3600 * 1000 - 1, Ordering::SeqCst);
+    assert!(
+        send(&waiting, "k-1", "2 lamps").await.2,
+        "still replayed just before expiry"
+    );
+    now.fetch_add(1, Ordering::SeqCst);
+    let (status, body, replayed) = send(&waiting, "k-1", "2 lamps").await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false));
+    assert_eq!(body, "order #3 for 2 lamps");
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: i64,
+    pub entries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AccountEvent {
+    Deposited(i64),
+    Withdrew(i64),
+}
+
+impl Aggregate for Account {
+    type Event = AccountEvent;
+    fn apply(&mut self, event: &AccountEvent) {
+        match event {
+            AccountEvent::Deposited(n) => self.balance += n,
+            AccountEvent::Withdrew(n) => self.balance -= n,
+        }
+        self.entries += 1;
+    }
+}
+
+/// A read model: balance per stream.
+#[derive(Debug, Default, PartialEq)]
+pub struct Balances(pub std::collections::BTreeMap<String, i64>);
+
+impl Projection for Balances {
+    fn name(&self) -> &str {
+        "balances"
+    }
+    fn apply(&mut self, event: &RecordedEvent) -> Result<(), String> {
+        let e: AccountEvent = serde_json::from_str(&event.data).map_err(|e| e.to_string())?;
+        let balance = self.0.entry(event.stream.clone()).or_default();
+        match e {
+            AccountEvent::Deposited(n) => *balance += n,
+            AccountEvent::Withdrew(n) => *balance -= n,
+        }
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Two writers racing on one stream: exactly one wins each version; the loser gets a
+/// typed conflict and appends nothing. Projections catch up and rebuild to the same
+/// read model.
+pub async fn event_store(store: impl Store) {
+    let events = EventStore::new(store).snapshot_every(5);
+    let mut wins = 0;
+    for round in 0..30i64 {
+        let (a, b) = tokio::join!(
+            events.append(
+                "acct-1",
+                ExpectedVersion::Exact(round),
+                &[AccountEvent::Deposited(10)]
+            ),
+            events.append(
+                "acct-1",
+                ExpectedVersion::Exact(round),
+                &[AccountEvent::Withdrew(1)]
+            ),
+        );
+        let ok = [&a, &b].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "round {round}: {a:?} {b:?}");
+        let lost = if a.is_ok() { b } else { a };
+        assert!(
+            matches!(lost, Err(SagaError::Conflict { actual, expected: ExpectedVersion::Exact(e), .. }) if actual == round + 1 && e == round),
+            "{lost:?}"
+        );
+        wins += 1;
+    }
+    let stream = events.read::<AccountEvent>("acct-1", 0).await.unwrap();
+    assert_eq!(stream.len(), wins);
+    assert!(stream
+        .iter()
+        .enumerate()
+        .all(|(i, (v, _))| *v == i as i64 + 1));
+    assert!(matches!(
+        events
+            .append(
+                "acct-1",
+                ExpectedVersion::NoStream,
+                &[AccountEvent::Deposited(1)]
+            )
+            .await,
+        Err(SagaError::Conflict { actual: 30, .. })
+    ));
+
+    // Aggregates through commit: snapshots every 5, loading equals replaying.
+    let mut loaded = events.load::<Account>("acct-2").await.unwrap();
+    for i in 0..12 {
+        loaded = events
+            .commit("acct-2", loaded, vec![AccountEvent::Deposited(i)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(loaded.1, 12);
+    assert_eq!(
+        events
+            .store()
+            .snapshot_load("acct-2")
+            .await
+            .unwrap()
+            .map(|s| s.0),
+        Some(10)
+    );
+    assert_eq!(
+        events.load::<Account>("acct-2").await.unwrap(),
+        events.replay::<Account>("acct-2").await.unwrap()
+    );
+    assert_eq!(
+        events.load::<Account>("acct-2").await.unwrap().0.balance,
+        (0..12).sum::<i64>()
+    );
+    // A commit from a stale load is a conflict.
+    let stale = (Account::default(), 3);
+    assert!(matches!(
+        events
+            .commit("acct-2", stale, vec![AccountEvent::Withdrew(1)])
+            .await,
+        Err(SagaError::Conflict { actual: 12, .. })
+    ));
+
+    // The read model: caught up incrementally, then rebuilt from scratch, the same.
+    let mut balances = Balances::default();
+    let applied = events.catch_up(&mut balances).await.unwrap();
+    assert_eq!(applied, 42);
+    events
+        .append(
+            "acct-3",
+            ExpectedVersion::Any,
+            &[AccountEvent::Deposited(7)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        events.catch_up(&mut balances).await.unwrap(),
+        1,
+        "only what is new"
+    );
+    let mut rebuilt = Balances::default();
+    rebuilt.0.insert("garbage".into(), 1);
+    events.rebuild(&mut rebuilt).await.unwrap();
+    assert_eq!(rebuilt, balances);
+    assert_eq!(balances.0["acct-3"], 7);
+    assert_eq!(balances.0["acct-2"], (0..12).sum::<i64>());
+}
+
+/// Effects the saga's steps had, in order (a target that dedups by idempotency key).
+#[derive(Clone, Default)]
+pub struct Target {
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Target {
+    pub fn record(&self, what: &str, key: &str) {
+        let mut log = self.log.lock().unwrap();
+        let entry = format!("{what} {key}");
+        if !log.contains(&entry) {
+            log.push(entry);
+        }
+    }
+    pub fn entries(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+pub fn order_saga(target: &Target, fail_shipping: Arc<AtomicU32>) -> SagaDefinition {
+    let (t1, t2, t3, c1, c2) = (
+        target.clone(),
+        target.clone(),
+        target.clone(),
+        target.clone(),
+        target.clone(),
+    );
+    SagaDefinition::new("order")
+        .step(
+            "inventory",
+            move |ctx| {
+                let t = t1.clone();
+                async move {
+                    t.record("reserve", &ctx.idempotency_key);
+                    Ok(json!({"reservation": "r-1"}))
+                }
+            },
+            move |ctx| {
+                let t = c1.clone();
+                async move {
+                    assert_eq!(ctx.outputs["inventory"], json!({"reservation": "r-1"}));
+                    t.record("release", &ctx.idempotency_key);
+                    Ok(Value::Null)
+                }
+            },
+        )
+        .step(
+            "payment",
+            move |ctx| {
+                let t = t2.clone();
+                async move {
+                    t.record("charge", &ctx.idempotency_key);
+                    Ok(json!({"charge": ctx.input["amount"]}))
+                }
+            },
+            move |ctx| {
+                let t = c2.clone();
+                async move {
+                    t.record("refund", &ctx.idempotency_key);
+                    Ok(Value::Null)
+                }
+            },
+        )
+        .step_without_compensation("shipping", move |ctx| {
+            let (t, fail) = (t3.clone(), fail_shipping.clone());
+            async move {
+                if fail.load(Ordering::SeqCst) > 0 {
+                    fail.fetch_sub(1, Ordering::SeqCst);
+                    return Err("no courier".to_string());
+                }
+                t.record("ship", &ctx.idempotency_key);
+                Ok(Value::Null)
+            }
+        })
+}
+
+/// A failing third step compensates steps two and one, in that order, exactly once;
+/// the pipeline's retries run first; unknown ids are typed errors.
+pub async fn sagas(store: impl Store) {
+    let target = Target::default();
+    // Shipping fails 10 times: more than the pipeline's 2 retries.
+    let fail = Arc::new(AtomicU32::new(10));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let pipeline = Pipeline::builder()
+        .retry(RetryOptions::constant(Duration::from_millis(1)).max_retries(2))
+        .build()
+        .unwrap();
+    let sagas = Orchestrator::new(store.clone(), pipeline, OrchestratorOptions::default())
+        .register(order_saga(&target, fail.clone()))
+        .unwrap()
+        .on_event(move |e| seen.lock().unwrap().push(e.clone()));
+    let state = sagas
+        .start("order", "o-1", json!({"amount": 30}))
+        .await
+        .unwrap();
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(state.compensated, ["payment", "inventory"]);
+    assert_eq!(
+        target.entries(),
+        [
+            "reserve o-1:inventory",
+            "charge o-1:payment",
+            "refund o-1:payment:compensate",
+            "release o-1:inventory:compensate"
+        ]
+    );
+    assert_eq!(
+        fail.load(Ordering::SeqCst),
+        7,
+        "shipping tried 3 times (2 retries)"
+    );
+    assert!(state.failure.as_deref().unwrap().contains("no courier"));
+    assert_eq!(sagas.status("o-1").await.unwrap(), state, "persisted");
+    // Running it again does nothing more.
+    assert_eq!(sagas.run("o-1").await.unwrap(), state);
+    assert_eq!(target.entries().len(), 4);
+    {
+        let events = events.lock().unwrap();
+        assert!(events.contains(&SagaEvent::Finished {
+            saga: "o-1".into(),
+            status: SagaStatus::Compensated
+        }));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, SagaEvent::Compensated { .. }))
+                .count(),
+            2
+        );
+    }
+
+    // Shipping works now: the next order completes.
+    fail.store(0, Ordering::SeqCst);
+    let state = sagas
+        .start("order", "o-2", json!({"amount": 5}))
+        .await
+        .unwrap();
+    assert_eq!(state.status, SagaStatus::Completed);
+    assert_eq!(state.completed.len(), 3);
+    assert_eq!(state.completed[1].1, json!({"charge": 5}));
+
+    assert!(matches!(sagas.status("nope").await, Err(SagaError::UnknownSaga(id)) if id == "nope"));
+    assert!(matches!(
+        sagas.run("nope").await,
+        Err(SagaError::UnknownSaga(_))
+    ));
+    assert!(matches!(
+        sagas.start("refund", "o-3", Value::Null).await,
+        Err(SagaError::UnknownDefinition { name, .. }) if name == "refund"
+    ));
+}
+
+/// A compensation that keeps failing parks the saga for an operator; once fixed,
+/// `retry_parked` finishes it.
+pub async fn parked_sagas(store: impl Store) {
+    let broken = Arc::new(AtomicU32::new(1));
+    let tries = Arc::new(AtomicU32::new(0));
+    let (b, t) = (broken.clone(), tries.clone());
+    let definition = SagaDefinition::new("transfer")
+        .step(
+            "debit",
+            |_| async { Ok(Value::Null) },
+            move |_| {
+                let (b, t) = (b.clone(), t.clone());
+                async move {
+                    t.fetch_add(1, Ordering::SeqCst);
+                    if b.load(Ordering::SeqCst) == 1 {
+                        Err("ledger down".to_string())
+                    } else {
+                        Ok(Value::Null)
+                    }
+                }
+            },
+        )
+        .step_without_compensation("credit", |_| async { Err("account closed".to_string()) });
+    let sagas = Orchestrator::new(
+        store,
+        Pipeline::builder().build().unwrap(),
+        OrchestratorOptions {
+            compensation_attempts: 3,
+            compensation_backoff: Duration::from_millis(1),
+            ..Default::default()
+        },
+    )
+    .register(definition)
+    .unwrap();
+    let state = sagas.start("transfer", "t-1", Value::Null).await.unwrap();
+    assert_eq!(state.status, SagaStatus::Parked);
+    assert_eq!(tries.load(Ordering::SeqCst), 3);
+    assert!(state
+        .compensation_error
+        .as_deref()
+        .unwrap()
+        .contains("ledger down"));
+    assert!(
+        sagas.resume_all().await.unwrap().is_empty(),
+        "parked sagas wait for an operator"
+    );
+    broken.store(0, Ordering::SeqCst);
+    let state = sagas.retry_parked("t-1").await.unwrap();
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(state.compensated, ["debit"]);
+}
+
+/// A process that stops between steps (its future dropped, as when killed): another
+/// orchestrator with the same owner name resumes from the last persisted step; the
+/// completed step is not run again.
+pub async fn resume_after_interruption(store: impl Store) {
+    let target = Target::default();
+    let calls = Arc::new(AtomicU32::new(0));
+    let hang = Arc::new(AtomicU32::new(1));
+    let build = |target: &Target| {
+        let (c, h) = (calls.clone(), hang.clone());
+        let t = target.clone();
+        SagaDefinition::new("signup")
+            .step(
+                "account",
+                move |ctx| {
+                    let (c, t) = (c.clone(), t.clone());
+                    async move {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        t.record("account", &ctx.idempotency_key);
+                        Ok(Value::Null)
+                    }
+                },
+                |_| async { Ok(Value::Null) },
+            )
+            .step_without_compensation("welcome", move |_| {
+                let h = h.clone();
+                async move {
+                    while h.load(Ordering::SeqCst) == 1 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok(json!("sent"))
+                }
+            })
+    };
+    let options = OrchestratorOptions {
+        owner: "replica-1".into(),
+        ..Default::default()
+    };
+    let first = Orchestrator::new(
+        store.clone(),
+        Pipeline::builder().build().unwrap(),
+        options.clone(),
+    )
+    .register(build(&target))
+    .unwrap();
+    let interrupted = tokio::time::timeout(
+        Duration::from_millis(200),
+        first.start("signup", "s-1", Value::Null),
+    )
+    .await;
+    assert!(interrupted.is_err(), "stopped in the second step");
+    assert_eq!(
+        first.status("s-1").await.unwrap().completed.len(),
+        1,
+        "step one persisted"
+    );
+
+    hang.store(0, Ordering::SeqCst);
+    // Another process: a different owner waits for the lease...
+    let other = Orchestrator::new(
+        store.clone(),
+        Pipeline::builder().build().unwrap(),
+        OrchestratorOptions {
+            owner: "replica-2".into(),
+            ..Default::default()
+        },
+    )
+    .register(build(&target))
+    .unwrap();
+    assert!(matches!(other.run("s-1").await, Err(SagaError::Busy(_))));
+    // ...the restarted replica-1 takes it back at once.
+    let restarted = Orchestrator::new(store, Pipeline::builder().build().unwrap(), options)
+        .register(build(&target))
+        .unwrap();
+    let resumed = restarted.resume_all().await.unwrap();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].1.status, SagaStatus::Completed);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "step one ran once");
+}

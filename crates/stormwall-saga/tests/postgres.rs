@@ -1,0 +1,80 @@
+//! The saga crate's suite on a real PostgreSQL server (started here on a free loopback
+//! port), plus two replicas racing, and bad input.
+
+use stormwall_saga::{EventStore, ExpectedVersion, PostgresStore, SagaError};
+use stormwall_testkit::PostgresServer;
+
+mod common;
+
+async fn connect(url: &str) -> PostgresStore {
+    PostgresStore::connect(url, 8).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_passes_on_postgres() {
+    let server = PostgresServer::start();
+    common::idempotency_keys(connect(&server.database("idempotency")).await).await;
+    common::event_store(connect(&server.database("events")).await).await;
+    common::sagas(connect(&server.database("sagas")).await).await;
+    common::parked_sagas(connect(&server.database("parked")).await).await;
+    common::resume_after_interruption(connect(&server.database("resume")).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_on_one_stream_win_one_version_each() {
+    let server = PostgresServer::start();
+    let url = server.database("race");
+    // Two replicas, each with its own pool and migrating at the same time.
+    let (a, b) = tokio::join!(connect(&url), connect(&url));
+    let (a, b) = (EventStore::new(a), EventStore::new(b));
+    for round in 0..50i64 {
+        let (x, y) = tokio::join!(
+            a.append(
+                "s",
+                ExpectedVersion::Exact(round),
+                &[common::AccountEvent::Deposited(1)]
+            ),
+            b.append(
+                "s",
+                ExpectedVersion::Exact(round),
+                &[common::AccountEvent::Withdrew(1)]
+            ),
+        );
+        assert_eq!(
+            [&x, &y].iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{x:?} {y:?}"
+        );
+    }
+    assert_eq!(
+        a.read::<common::AccountEvent>("s", 0).await.unwrap().len(),
+        50
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_typed_error() {
+    let server = PostgresServer::start();
+    let url = server.database("bad");
+    connect(&url).await;
+    assert!(matches!(
+        PostgresStore::connect("postgres://x:-1/", 1).await,
+        Err(SagaError::InvalidUrl { .. })
+    ));
+    let nobody = format!(
+        "postgres://postgres@127.0.0.1:{}/x",
+        stormwall_testkit::free_port()
+    );
+    assert!(matches!(
+        PostgresStore::connect(&nobody, 1).await,
+        Err(SagaError::Unreachable(_))
+    ));
+    server.psql(
+        "bad",
+        "UPDATE stormwall_saga_meta SET value = '9' WHERE key = 'schema_version'",
+    );
+    assert!(matches!(
+        PostgresStore::connect(&url, 1).await,
+        Err(SagaError::NewerSchema { found: 9, .. })
+    ));
+}
