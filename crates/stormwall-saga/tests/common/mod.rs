@@ -108,6 +108,21 @@ pub async fn idempotency_keys(store: impl Store) {
     let (status, body, replayed) = send(&waiting, "k-1", "2 lamps").await;
     assert_eq!((status, replayed), (StatusCode::CREATED, false));
     assert_eq!(body, "order #3 for 2 lamps");
+
+    // A caller that gives up (its future dropped mid-handler) releases the key: the
+    // retry runs instead of meeting 409 until the key expires.
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(10), send(&eager, "k-3", "a desk")).await;
+    assert!(dropped.is_err());
+    let mut retry = send(&eager, "k-3", "a desk").await;
+    for _ in 0..100 {
+        if retry.0 != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        retry = send(&eager, "k-3", "a desk").await;
+    }
+    assert_eq!(retry.0, StatusCode::CREATED, "{retry:?}");
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
