@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -282,32 +282,37 @@ impl Proxy {
                 &[(header::RETRY_AFTER, "1".into())],
             );
         };
-        let max_body = self.config().server.max_body_bytes;
-        let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        let (mut parts, body) = request.into_parts();
+        // Most requests (GET, HEAD, DELETE) have no body: nothing to collect.
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            let max_body = self.config().server.max_body_bytes;
+            match Limited::new(body, max_body).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                }
+                Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed request body"),
             }
-            Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed request body"),
         };
-        let mut headers = parts.headers.clone();
+        let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
         forwarded(&mut headers, peer);
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let uri: http::Uri = match http::Uri::builder()
-            .scheme("http")
-            .authority(route.upstream.clone())
-            .path_and_query(path_and_query.as_str())
-            .build()
-        {
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        // The upstream's URI from parts: no formatting, no re-parsing.
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(http::uri::Scheme::HTTP);
+        target.authority = Some(route.upstream.clone());
+        target.path_and_query = Some(path_and_query.clone());
+        let uri = match http::Uri::from_parts(target) {
             Ok(uri) => uri,
             Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed request target"),
         };
@@ -348,7 +353,7 @@ impl Proxy {
         };
         if failed {
             if let Some(response) = self
-                .defer(route, &parts.method, &path_and_query, headers, body)
+                .defer(route, &parts.method, path_and_query.as_str(), headers, body)
                 .await
             {
                 return response;
