@@ -78,6 +78,9 @@ enum Command {
     },
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -87,14 +90,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    // STORMWALL_WORKER_THREADS: the runtime's worker threads (default: one per core).
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = std::env::var("STORMWALL_WORKER_THREADS")
+    // STORMWALL_WORKER_THREADS: the runtime's worker threads (default: one per core). One
+    // means tokio's current-thread scheduler: everything on the main thread, no work
+    // stealing or cross-thread wake-ups (the sidecar's fastest single-core setting).
+    let threads = std::env::var("STORMWALL_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
+        .filter(|n| *n > 0);
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all();
+    if let Some(n) = threads.filter(|n| *n > 1) {
         builder.worker_threads(n);
     }
     let runtime = match builder.build() {

@@ -37,6 +37,14 @@ pub struct ServerConfig {
     /// Requests in flight across all routes (503 with Retry-After beyond). Default 10,000.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// Largest request head (request line and headers) accepted: 431 beyond. At least
+    /// 8192. Default 64 KiB.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
+    /// Client connections open at once; more wait in the listen backlog (memory stays
+    /// bounded). Default 10,000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
     /// On SIGTERM, how long requests in flight may take to finish. Default 10 s.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -53,6 +61,12 @@ fn default_max_body() -> usize {
     10 * 1024 * 1024
 }
 fn default_max_in_flight() -> u32 {
+    10_000
+}
+fn default_max_header() -> usize {
+    64 * 1024
+}
+fn default_max_connections() -> u32 {
     10_000
 }
 
@@ -294,6 +308,22 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        if server.max_header_bytes < 8192 {
+            return Err(ConfigError::new(
+                "server.max_header_bytes",
+                server.max_header_bytes,
+                "at least 8192",
+            ));
+        }
+        for (key, value) in [
+            ("server.max_connections", server.max_connections),
+            ("server.max_in_flight", server.max_in_flight),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, value, "at least 1"));
+            }
+        }
         let mut seen: Vec<(&str, Option<&str>, &str)> = Vec::new();
         for route in &self.route {
             let at = |field: &str| format!("route[{}].{field}", route.name);

@@ -58,16 +58,19 @@ impl EventListener for Fanout {
 }
 
 /// Headers that describe one hop, not the message: never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Names, not strings: a `&str` key is parsed and validated on every lookup.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 fn full(
     status: StatusCode,
@@ -219,7 +222,19 @@ impl Proxy {
 
     /// Serves the proxy on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let (max_connections, max_header) = {
+            let config = self.config();
+            (
+                config.server.max_connections as usize,
+                config.server.max_header_bytes,
+            )
+        };
+        // A connection over the bound waits in the listen backlog: memory stays bounded.
+        let connections = Arc::new(Semaphore::new(max_connections));
         loop {
+            let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+                return Ok(());
+            };
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -230,11 +245,18 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self);
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = hyper::service::service_fn(move |request| {
                     let proxy = Arc::clone(&proxy);
                     async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, peer).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // A head over the limit: hyper answers 431.
+                builder.http1().max_buf_size(max_header);
+                builder
+                    .http2()
+                    .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
                 if let Err(e) = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .await
@@ -252,14 +274,17 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| h.split(':').next().unwrap_or(h).to_owned());
-        let path = request.uri().path().to_owned();
         let routes = self.routes();
-        let Some(route) = routes.iter().find(|r| r.matches(host.as_deref(), &path)) else {
+        let route = {
+            let host = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h));
+            let path = request.uri().path();
+            routes.iter().find(|r| r.matches(host, path))
+        };
+        let Some(route) = route else {
             return json_error(StatusCode::NOT_FOUND, "no route matches");
         };
         let response = self.forward(route, request, peer).await;
@@ -474,23 +499,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .map(|h| h.trim().to_ascii_lowercase())
         .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    for name in &named {
+        headers.remove(name.as_str());
     }
 }
 
 fn forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     let client = peer.ip().to_string();
-    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(before) => format!("{before}, {client}"),
         None => client,
     };
     if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }

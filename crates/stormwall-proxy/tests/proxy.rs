@@ -126,6 +126,11 @@ async fn send(addr: SocketAddr, head: &str, body: &str) -> (u16, String, String)
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
+/// A route with no strategies: what the server-wide bounds alone do.
+fn plain(upstream: SocketAddr) -> String {
+    format!("[[route]]\nname = \"plain\"\nmatch = {{ path_prefix = \"/plain\" }}\nupstream = \"http://{upstream}\"\n")
+}
+
 fn config(upstream: SocketAddr, extra: &str) -> String {
     format!(
         r#"
@@ -344,6 +349,57 @@ async fn a_body_over_the_limit_gets_413() {
     .await;
     assert_eq!(status, 413);
     let _ = AtomicU32::new(0).load(Ordering::Relaxed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_the_limit_gets_431_and_a_small_limit_is_a_config_error() {
+    let (up, _) = upstream().await;
+    let small = config(up, &plain(up)).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nmax_header_bytes = 8192",
+    );
+    let proxy = start(&small).await;
+    let big = format!("GET /plain/x HTTP/1.1\r\nX-Big: {}", "a".repeat(10_000));
+    let (status, _, _) = send(proxy.addr, &big, "").await;
+    assert_eq!(status, 431);
+    let (status, _, _) = send(proxy.addr, "GET /plain/x HTTP/1.1", "").await;
+    assert_eq!(status, 200, "normal heads still pass");
+    let tiny = config(up, &plain(up)).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nmax_header_bytes = 100",
+    );
+    let err = Config::parse(&tiny).unwrap_err().to_string();
+    assert!(
+        err.contains("server.max_header_bytes") && err.contains("100"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_in_flight_bound_requests_get_503_with_retry_after() {
+    let (up, state) = upstream().await;
+    let bounded = config(up, &plain(up)).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nmax_in_flight = 2",
+    );
+    let proxy = start(&bounded).await;
+    // Two slow requests hold both slots; the third is turned away at once.
+    let slow = || send(proxy.addr, "GET /plain/slow HTTP/1.1", "");
+    let (a, b, c) = tokio::join!(slow(), slow(), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let answer = send(proxy.addr, "GET /plain/other HTTP/1.1", "").await;
+        (answer, started.elapsed())
+    });
+    assert_eq!((a.0, b.0), (200, 200));
+    let ((status, head, _), took) = c;
+    assert_eq!(status, 503);
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(took < Duration::from_millis(150), "rejected fast: {took:?}");
+    assert_eq!(state.hits("/plain/other"), 0, "the upstream never saw it");
+    // Once they finish, the proxy serves again.
+    let (status, _, _) = send(proxy.addr, "GET /plain/other HTTP/1.1", "").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
