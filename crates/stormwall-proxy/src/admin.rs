@@ -96,6 +96,7 @@ fn circuits(proxy: &Proxy) -> serde_json::Value {
                 "route": r.name(),
                 "critical": r.config.critical,
                 "state": r.breaker.as_ref().map(|b| b.state().as_str()),
+                "shared": r.circuit_shared(),
             })
         })
         .collect();

@@ -235,6 +235,11 @@ pub struct BreakerConfig {
     #[serde(default, with = "humantime_serde")]
     /// How long the circuit stays open. Default 5 s.
     pub break_duration: Option<Duration>,
+    #[serde(default)]
+    /// Share the breaker's state with every replica of the sidecar through Redis
+    /// (`redis://host:port`): one replica's failures open the circuit on all. The breaker
+    /// is named after the route; while Redis is down each replica decides alone.
+    pub redis: Option<String>,
 }
 
 /// `bulkhead = { max_concurrency = 100, queue = 50 }`.

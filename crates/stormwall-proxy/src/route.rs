@@ -5,7 +5,10 @@ use crate::config::RouteConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use stormwall::bulkhead::{Bulkhead, BulkheadOptions};
-use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions};
+use stormwall::circuit_breaker::{
+    Acquired, CallOutcome, CircuitBreaker, CircuitBreakerOptions, CircuitState, CircuitTransition,
+    Command, InMemoryStore, StateStore, Ticket, TransitionSink,
+};
 use stormwall::pipeline::{Identity, Stack};
 use stormwall::rate_limit::{KeyedRateLimiter, RateLimitOptions};
 use stormwall::retry::{Backoff, Jitter, Retry, RetryOptions};
@@ -13,6 +16,7 @@ use stormwall::telemetry::EventListener;
 use stormwall::timeout::Timeout;
 use stormwall::{ConfigError, Pipeline};
 use stormwall_http::{RetryAfter, Transient};
+use stormwall_redis::{RedisStateStore, RedisStoreOptions};
 
 /// Outer to inner: per-client rate limit → bulkhead → total timeout → retry → breaker →
 /// attempt timeout.
@@ -25,17 +29,73 @@ pub(crate) type Strategies = Stack<
             >,
             Option<Retry<Transient, RetryAfter>>,
         >,
-        Option<CircuitBreaker<Transient>>,
+        Option<CircuitBreaker<Transient, BreakerStore>>,
     >,
     Option<Timeout>,
 >;
+
+/// Where a route's breaker keeps its state: in this process, or in Redis, shared by every
+/// replica of the sidecar (`circuit_breaker.redis`).
+pub enum BreakerStore {
+    /// This process only.
+    Local(InMemoryStore),
+    /// Shared through Redis (the local breaker decides while Redis is down).
+    Redis(RedisStateStore),
+}
+
+impl std::fmt::Debug for BreakerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BreakerStore::Local(_) => "BreakerStore::Local",
+            BreakerStore::Redis(_) => "BreakerStore::Redis",
+        })
+    }
+}
+
+/// Calls the same method on whichever store it is.
+macro_rules! on_store {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            BreakerStore::Local($s) => $call,
+            BreakerStore::Redis($s) => $call,
+        }
+    };
+}
+
+impl BreakerStore {
+    /// True when the state is shared now (a Redis store that Redis answers).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, BreakerStore::Redis(s) if s.is_connected())
+    }
+}
+
+impl StateStore for BreakerStore {
+    fn try_acquire(&self) -> Acquired {
+        on_store!(self, s => s.try_acquire())
+    }
+    fn record(&self, ticket: Ticket, outcome: CallOutcome) -> Option<CircuitTransition> {
+        on_store!(self, s => s.record(ticket, outcome))
+    }
+    fn release(&self, ticket: Ticket) {
+        on_store!(self, s => s.release(ticket))
+    }
+    fn command(&self, command: Command) -> Option<CircuitTransition> {
+        on_store!(self, s => s.command(command))
+    }
+    fn state(&self) -> CircuitState {
+        on_store!(self, s => s.state())
+    }
+    fn set_transition_sink(&self, sink: TransitionSink) {
+        on_store!(self, s => s.set_transition_sink(sink))
+    }
+}
 
 /// One configured route, ready to serve.
 pub struct Route {
     pub(crate) config: RouteConfig,
     /// `http://host:port` of the upstream, parsed.
     pub(crate) upstream: http::uri::Authority,
-    pub(crate) breaker: Option<CircuitBreaker<Transient>>,
+    pub(crate) breaker: Option<CircuitBreaker<Transient, BreakerStore>>,
     /// For requests that may be retried (idempotent, or with an `Idempotency-Key`).
     pub(crate) retrying: Pipeline<Strategies>,
     /// For the others: the same limiter, bulkhead and breaker, no retry.
@@ -139,7 +199,29 @@ impl Route {
                 if let Some(d) = b.break_duration {
                     options = options.break_duration(d);
                 }
-                Some(CircuitBreaker::new(options.handle(transient.clone())).map_err(within)?)
+                let options = options.handle(transient.clone());
+                options
+                    .validate()
+                    .map_err(|e| e.within(&format!("{prefix}.circuit_breaker")))?;
+                let store = match &b.redis {
+                    None => BreakerStore::Local(InMemoryStore::new(&options)),
+                    Some(url) => BreakerStore::Redis(
+                        RedisStateStore::spawn(
+                            url,
+                            &config.name,
+                            &options,
+                            RedisStoreOptions::default(),
+                        )
+                        .map_err(|e| {
+                            ConfigError::new(
+                                format!("{prefix}.circuit_breaker.redis"),
+                                url,
+                                format!("a reachable redis:// URL ({e})"),
+                            )
+                        })?,
+                    ),
+                };
+                Some(CircuitBreaker::with_store(options, store).map_err(within)?)
             }
         };
         let retry = match &config.retry {
@@ -207,6 +289,17 @@ impl Route {
     /// The route's name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Its breaker's state (`None`: the route has no breaker).
+    pub fn circuit_state(&self) -> Option<CircuitState> {
+        self.breaker.as_ref().map(|b| b.state())
+    }
+
+    /// Whether its breaker's state is shared with other replicas right now (configured
+    /// with `circuit_breaker.redis`, and Redis answers).
+    pub fn circuit_shared(&self) -> bool {
+        self.breaker.as_ref().is_some_and(|b| b.store().is_shared())
     }
 
     /// Whether the route serves a request for `host` and `path`.

@@ -600,3 +600,76 @@ defer = {{ database = "{}" }}
         "bodies kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_routes_breaker_through_redis() {
+    let redis = stormwall_testkit::RedisServer::start();
+    let (up, state) = upstream().await;
+    let shared = format!(
+        "[[route]]\nname = \"shared\"\nmatch = {{ path_prefix = \"/shared\" }}\nupstream = \"http://{up}\"\n\
+         circuit_breaker = {{ consecutive_failures = 3, break_duration = \"30s\", redis = \"{}\" }}\n",
+        redis.url()
+    );
+    // Two sidecar replicas with the same configuration.
+    let (a, b) = (
+        start(&config(up, &shared)).await,
+        start(&config(up, &shared)).await,
+    );
+    let state_of = |running: &Running| {
+        running
+            .proxy
+            .routes()
+            .iter()
+            .find(|r| r.name() == "shared")
+            .and_then(|r| r.circuit_state())
+    };
+    // Both join Redis (in the background: a reload must not wait for it).
+    let joined_redis = |running: &Running| {
+        running
+            .proxy
+            .routes()
+            .iter()
+            .any(|r| r.name() == "shared" && r.circuit_shared())
+    };
+    let joined = Instant::now();
+    while !(joined_redis(&a) && joined_redis(&b)) {
+        assert!(
+            joined.elapsed() < Duration::from_secs(5),
+            "both replicas join Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Replica a sees the upstream fail three times: its breaker opens...
+    for _ in 0..3 {
+        let (status, _, _) = send(a.addr, "GET /shared/down HTTP/1.1", "").await;
+        assert_eq!(status, 500);
+    }
+    assert_eq!(state.hits("/shared/down"), 3);
+    // ...and so does replica b's, which has not sent a single request.
+    let opened = Instant::now();
+    while state_of(&b) != Some(stormwall::circuit_breaker::CircuitState::Open) {
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "replica b learns of the open circuit: b {:?}, a {:?}",
+            state_of(&b),
+            state_of(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, head, _) = send(b.addr, "GET /shared/down HTTP/1.1", "").await;
+    assert_eq!(status, 503, "{head}");
+    let (_, _, circuits) = send(b.admin, "GET /admin/circuits HTTP/1.1", "").await;
+    assert!(circuits.contains(r#""shared":true"#), "{circuits}");
+    assert_eq!(
+        state.hits("/shared/down"),
+        3,
+        "b failed fast, the upstream saw nothing"
+    );
+    // A bad URL names the key.
+    let bad = config(up, &shared.replace(&redis.url(), "http://not-redis"));
+    let err = Config::parse(&bad)
+        .and_then(Proxy::new)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("route[shared].circuit_breaker.redis"), "{err}");
+}

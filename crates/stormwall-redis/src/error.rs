@@ -11,6 +11,9 @@ pub enum RedisStoreError {
         /// What was wrong with it.
         reason: String,
     },
+    /// A store that starts its own task was made outside a tokio runtime.
+    #[error("the Redis store needs a tokio runtime to start in")]
+    NoRuntime,
     /// The breaker options are invalid.
     #[error(transparent)]
     Config(#[from] stormwall::ConfigError),

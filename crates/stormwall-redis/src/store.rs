@@ -258,6 +258,25 @@ impl RedisStateStore {
         Self::start(client, None, name, breaker, options).await
     }
 
+    /// Like [`connect`](Self::connect) without waiting for the first connection: the store
+    /// starts on its local breaker and joins when Redis answers. For code that cannot
+    /// await (a configuration reload); needs a tokio runtime.
+    pub fn spawn<P>(
+        url: &str,
+        name: &str,
+        breaker: &CircuitBreakerOptions<P>,
+        options: RedisStoreOptions,
+    ) -> Result<Self, RedisStoreError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| RedisStoreError::NoRuntime)?;
+        let (store, mut task) = Self::prepare(open(url)?, None, name, breaker, options)?;
+        runtime.spawn(async move {
+            let connection = task.connect().await;
+            task.run(connection).await;
+        });
+        Ok(store)
+    }
+
     /// Like [`connect`](Self::connect), on a Redis Cluster given by some of its `nodes`:
     /// scripts go through the cluster client (a breaker's keys share one hash slot), the
     /// subscription to one node (Redis Cluster forwards every `PUBLISH` to all nodes).
@@ -284,7 +303,6 @@ impl RedisStateStore {
         Self::start(client, Some(cluster), name, breaker, options).await
     }
 
-    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
     async fn start<P>(
         client: Client,
         cluster: Option<ClusterClient>,
@@ -292,6 +310,22 @@ impl RedisStateStore {
         breaker: &CircuitBreakerOptions<P>,
         options: RedisStoreOptions,
     ) -> Result<Self, RedisStoreError> {
+        let (store, mut task) = Self::prepare(client, cluster, name, breaker, options)?;
+        // The first connection is awaited (bounded), so a store made while Redis is up
+        // starts shared.
+        let connection = task.connect().await;
+        tokio::spawn(task.run(connection));
+        Ok(store)
+    }
+
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
+    fn prepare<P>(
+        client: Client,
+        cluster: Option<ClusterClient>,
+        name: &str,
+        breaker: &CircuitBreakerOptions<P>,
+        options: RedisStoreOptions,
+    ) -> Result<(Self, Task), RedisStoreError> {
         breaker
             .validate()
             .map_err(|e| RedisStoreError::Config(e.within("circuit_breaker")))?;
@@ -363,12 +397,7 @@ impl RedisStateStore {
             cluster,
             receiver,
         };
-        // The first connection is awaited (bounded), so a store made while Redis is up
-        // starts shared.
-        let mut task = task;
-        let connection = task.connect().await;
-        tokio::spawn(task.run(connection));
-        Ok(RedisStateStore { inner })
+        Ok((RedisStateStore { inner }, task))
     }
 
     /// True while Redis answers (the state is shared); false while the local breaker

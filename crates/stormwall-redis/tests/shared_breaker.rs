@@ -263,3 +263,26 @@ async fn a_success_only_loop_issues_no_redis_command() {
     // The second INFO is the only command in between.
     assert_eq!(processed() - before, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_spawned_without_waiting_joins_and_shares_state() {
+    let redis = RedisServer::start();
+    let options = CircuitBreakerOptions::new()
+        .consecutive_failures(3)
+        .break_duration(Duration::from_secs(30));
+    let spawned = |name: &str| {
+        CircuitBreaker::with_store(
+            options.clone(),
+            RedisStateStore::spawn(&redis.url(), name, &options, RedisStoreOptions::default())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (spawned("spawned"), spawned("spawned"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        a.try_acquire().unwrap().record_failure();
+    }
+    eventually(|| a.state() == CircuitState::Open).await;
+    eventually(|| b.state() == CircuitState::Open).await;
+}
