@@ -36,6 +36,9 @@ pub(crate) type Strategies = Stack<
 
 /// Where a route's breaker keeps its state: in this process, or in Redis, shared by every
 /// replica of the sidecar (`circuit_breaker.redis`).
+// One per route, behind the breaker's Arc: its size does not matter, an extra indirection
+// on the local breaker's hot path would.
+#[allow(clippy::large_enum_variant)]
 pub enum BreakerStore {
     /// This process only.
     Local(InMemoryStore),
