@@ -21,6 +21,7 @@ mod later;
 mod postgres;
 mod queue;
 mod sqlite;
+pub mod storage;
 mod worker;
 
 pub use later::{Deferred, QueueForLater};

@@ -3,9 +3,8 @@
 //! times come from the database's clock, so replicas with skewed clocks agree on leases.
 
 use crate::queue::{DeadLetter, Enqueued, Job, QueueError, StateCount, SCHEMA_VERSION};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// Milliseconds since the epoch on the database's clock.
 macro_rules! now_ms {
@@ -48,23 +47,7 @@ fn unreachable(e: deadpool_postgres::PoolError) -> QueueError {
 
 impl Postgres {
     pub(crate) async fn connect(url: &str, connections: usize) -> Result<Self, QueueError> {
-        let config: tokio_postgres::Config =
-            url.parse()
-                .map_err(|e: tokio_postgres::Error| QueueError::InvalidUrl {
-                    url: url.to_owned(),
-                    reason: e.to_string(),
-                })?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(connections.max(1))
-            .build()
-            .map_err(|e| QueueError::Unreachable(e.to_string()))?;
+        let pool = crate::storage::postgres_pool(url, connections)?;
         let postgres = Postgres { pool };
         postgres.migrate().await?;
         Ok(postgres)

@@ -40,7 +40,7 @@ pub enum QueueError {
     Database(#[from] rusqlite::Error),
     /// A PostgreSQL statement failed.
     #[cfg(feature = "postgres")]
-    #[error("queue database (PostgreSQL): {}", postgres_message(.0))]
+    #[error("queue database (PostgreSQL): {}", crate::storage::postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The database server could not be reached (connection refused, timed out).
     #[error("queue database unreachable: {0}")]
@@ -326,12 +326,13 @@ impl DurableQueue {
     }
 }
 
-/// A PostgreSQL error with the server's message and SQLSTATE (tokio-postgres's own
-/// Display says only "db error").
-#[cfg(feature = "postgres")]
-fn postgres_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+impl From<crate::storage::PoolSetupError> for QueueError {
+    fn from(e: crate::storage::PoolSetupError) -> Self {
+        match e {
+            crate::storage::PoolSetupError::InvalidUrl { url, reason } => {
+                QueueError::InvalidUrl { url, reason }
+            }
+            crate::storage::PoolSetupError::Unreachable(why) => QueueError::Unreachable(why),
+        }
     }
 }

@@ -54,11 +54,8 @@ fn now_ms() -> i64 {
 }
 
 fn open(path: &Path) -> Result<Connection, QueueError> {
-    let connection = Connection::open(path)?;
-    connection.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a commit is on disk (fsync) before it returns — an Ok enqueue survives a crash.
-    connection.pragma_update(None, "synchronous", "FULL")?;
-    connection.busy_timeout(Duration::from_secs(5))?;
+    // synchronous = FULL: an Ok enqueue survives a crash.
+    let connection = crate::storage::open_sqlite(path)?;
     connection.execute_batch(SCHEMA)?;
     let found: Option<String> = connection
         .query_row(

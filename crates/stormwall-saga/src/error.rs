@@ -9,7 +9,7 @@ pub enum SagaError {
     Sqlite(#[from] rusqlite::Error),
     /// A PostgreSQL statement failed.
     #[cfg(feature = "postgres")]
-    #[error("saga database (PostgreSQL): {}", postgres_message(.0))]
+    #[error("saga database (PostgreSQL): {}", stormwall_durable::storage::postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The database server could not be reached.
     #[error("saga database unreachable: {0}")]
@@ -102,12 +102,15 @@ impl ExpectedVersion {
     }
 }
 
-/// A PostgreSQL error with the server's message and SQLSTATE (tokio-postgres's own
-/// Display says only "db error").
-#[cfg(feature = "postgres")]
-fn postgres_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+impl From<stormwall_durable::storage::PoolSetupError> for SagaError {
+    fn from(e: stormwall_durable::storage::PoolSetupError) -> Self {
+        match e {
+            stormwall_durable::storage::PoolSetupError::InvalidUrl { url, reason } => {
+                SagaError::InvalidUrl { url, reason }
+            }
+            stormwall_durable::storage::PoolSetupError::Unreachable(why) => {
+                SagaError::Unreachable(why)
+            }
+        }
     }
 }

@@ -186,6 +186,19 @@ fn decode<B: From<Bytes>>(stored: &[u8]) -> Option<Response<B>> {
     Some(response)
 }
 
+/// A whole body, up to `limit` bytes.
+async fn collect<B>(body: B, limit: usize) -> Result<Bytes, String>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| format!("body unreadable or over {limit} bytes: {e}"))
+}
+
 fn fingerprint(parts: &http::request::Parts, body: &[u8]) -> String {
     let mut hash = Sha256::new();
     hash.update(parts.method.as_str().as_bytes());
@@ -243,20 +256,9 @@ where
                 }
             };
             let (parts, body) = request.into_parts();
-            let body = match http_body_util::Limited::new(body, options.max_body_bytes)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) => {
-                    return Ok(plain(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
-                            "request body unreadable or over {} bytes: {e}",
-                            options.max_body_bytes
-                        ),
-                    ))
-                }
+            let body = match collect(body, options.max_body_bytes).await {
+                Ok(body) => body,
+                Err(e) => return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, format!("request {e}"))),
             };
             let fingerprint = fingerprint(&parts, &body);
             let ttl = options.ttl.as_millis() as i64;
@@ -331,20 +333,9 @@ where
                 return Ok(response);
             }
             let (parts, body) = response.into_parts();
-            let body = match http_body_util::Limited::new(body, options.max_body_bytes)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) => {
-                    return Ok(plain(
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "response body unreadable or over {} bytes: {e}",
-                            options.max_body_bytes
-                        ),
-                    ))
-                }
+            let body = match collect(body, options.max_body_bytes).await {
+                Ok(body) => body,
+                Err(e) => return Ok(plain(StatusCode::BAD_GATEWAY, format!("response {e}"))),
             };
             let stored = encode(parts.status, &parts.headers, &body);
             match store.idempotency_complete(&key, stored).await {

@@ -477,14 +477,9 @@ impl<S: Store, P: Strategy<Value, String>> Orchestrator<S, P> {
             match state.status {
                 SagaStatus::Running => {
                     let Some(step) = definition.steps.get(state.completed.len()) else {
-                        state.status = SagaStatus::Completed;
-                        version += 1;
-                        self.save(&row, version, &state, true).await?;
-                        self.emit(SagaEvent::Finished {
-                            saga: id.to_owned(),
-                            status: state.status,
-                        });
-                        return Ok(state);
+                        return self
+                            .finish(&row, version + 1, state, SagaStatus::Completed)
+                            .await;
                     };
                     let ctx = context(id, &step.name, "", &state);
                     match self.call(&step.action, ctx).await {
@@ -518,14 +513,9 @@ impl<S: Store, P: Strategy<Value, String>> Orchestrator<S, P> {
                         .find(|name| !state.compensated.contains(name))
                         .cloned();
                     let Some(name) = next else {
-                        state.status = SagaStatus::Compensated;
-                        version += 1;
-                        self.save(&row, version, &state, true).await?;
-                        self.emit(SagaEvent::Finished {
-                            saga: id.to_owned(),
-                            status: state.status,
-                        });
-                        return Ok(state);
+                        return self
+                            .finish(&row, version + 1, state, SagaStatus::Compensated)
+                            .await;
                     };
                     let step = definition
                         .steps
@@ -551,16 +541,11 @@ impl<S: Store, P: Strategy<Value, String>> Orchestrator<S, P> {
                                     });
                                 }
                                 Err(error) => {
-                                    state.status = SagaStatus::Parked;
                                     state.compensation_error =
                                         Some(format!("compensation of {name:?} failed: {error}"));
-                                    version += 1;
-                                    self.save(&row, version, &state, true).await?;
-                                    self.emit(SagaEvent::Finished {
-                                        saga: id.to_owned(),
-                                        status: state.status,
-                                    });
-                                    return Ok(state);
+                                    return self
+                                        .finish(&row, version + 1, state, SagaStatus::Parked)
+                                        .await;
                                 }
                             }
                         }
@@ -571,6 +556,23 @@ impl<S: Store, P: Strategy<Value, String>> Orchestrator<S, P> {
                 _ => return Ok(state),
             }
         }
+    }
+
+    /// Persists the final `status` (giving the saga's lease up) and says so.
+    async fn finish(
+        &self,
+        row: &SagaRow,
+        version: i64,
+        mut state: SagaState,
+        status: SagaStatus,
+    ) -> Result<SagaState, SagaError> {
+        state.status = status;
+        self.save(row, version, &state, true).await?;
+        self.emit(SagaEvent::Finished {
+            saga: row.id.clone(),
+            status,
+        });
+        Ok(state)
     }
 
     async fn call(&self, f: &StepFn, ctx: StepContext) -> Result<Value, String> {

@@ -4,8 +4,7 @@
 
 use super::{pending_migrations, Begin, NewEvent, RecordedEvent, SagaRow, Store, SCHEMA_VERSION};
 use crate::{ExpectedVersion, SagaError};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
 CREATE TABLE stormwall_idempotency (
@@ -72,23 +71,7 @@ impl PostgresStore {
     /// Connects (`postgres://user@host:port/db`), with up to `connections` in the pool,
     /// and applies pending migrations.
     pub async fn connect(url: &str, connections: usize) -> Result<Self, SagaError> {
-        let config: tokio_postgres::Config =
-            url.parse()
-                .map_err(|e: tokio_postgres::Error| SagaError::InvalidUrl {
-                    url: url.to_owned(),
-                    reason: e.to_string(),
-                })?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(connections.max(1))
-            .build()
-            .map_err(|e| SagaError::Unreachable(e.to_string()))?;
+        let pool = stormwall_durable::storage::postgres_pool(url, connections)?;
         let store = PostgresStore { pool };
         store.migrate().await?;
         Ok(store)

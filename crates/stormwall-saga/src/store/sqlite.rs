@@ -6,7 +6,6 @@ use crate::{ExpectedVersion, SagaError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// The migrations, in order; the schema version is how many have been applied.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
@@ -54,10 +53,7 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (or creates) the database at `path` and applies pending migrations.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, SagaError> {
-        let mut connection = Connection::open(path)?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.busy_timeout(Duration::from_secs(10))?;
+        let mut connection = stormwall_durable::storage::open_sqlite(path.as_ref())?;
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS stormwall_saga_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
