@@ -372,12 +372,17 @@ impl<S: Store, P: Strategy<Value, String>> Orchestrator<S, P> {
 
     /// A saga's state.
     pub async fn status(&self, id: &str) -> Result<SagaState, SagaError> {
+        Ok(self.load(id).await?.1)
+    }
+
+    async fn load(&self, id: &str) -> Result<(SagaRow, SagaState), SagaError> {
         let row = self
             .store
             .saga_load(id)
             .await?
             .ok_or_else(|| SagaError::UnknownSaga(id.to_owned()))?;
-        parse(&row)
+        let state = parse(&row)?;
+        Ok((row, state))
     }
 
     /// Runs every unfinished saga (after a restart) that no other live process holds;
@@ -396,12 +401,7 @@ impl<S: Store, P: Strategy<Value, String>> Orchestrator<S, P> {
 
     /// Puts a parked saga back to compensating and runs it.
     pub async fn retry_parked(&self, id: &str) -> Result<SagaState, SagaError> {
-        let row = self
-            .store
-            .saga_load(id)
-            .await?
-            .ok_or_else(|| SagaError::UnknownSaga(id.to_owned()))?;
-        let mut state = parse(&row)?;
+        let (row, mut state) = self.load(id).await?;
         if state.status != SagaStatus::Parked {
             return Ok(state);
         }
@@ -456,12 +456,7 @@ impl<S: Store, P: Strategy<Value, String>> Orchestrator<S, P> {
 
     /// Runs saga `id` from its persisted state to a final status.
     pub async fn run(&self, id: &str) -> Result<SagaState, SagaError> {
-        let row = self
-            .store
-            .saga_load(id)
-            .await?
-            .ok_or_else(|| SagaError::UnknownSaga(id.to_owned()))?;
-        let mut state = parse(&row)?;
+        let (row, mut state) = self.load(id).await?;
         if state.status.is_final() {
             return Ok(state);
         }
