@@ -186,3 +186,42 @@ async fn an_outer_timeout_arms_once_the_inner_one_that_covered_it_is_gone() {
     assert_eq!(outcome, Err(Error::Timeout(Duration::from_secs(1))));
     assert_eq!(started.elapsed(), Duration::from_secs(1));
 }
+
+/// Strategies share one clock reading per poll of the pipeline (a deadline computed in the
+/// first poll and one computed after a retry's delay are each exact): the reading never
+/// outlives the poll it was taken in.
+#[tokio::test(start_paused = true)]
+async fn deadlines_are_computed_from_the_time_of_the_poll_they_start_in() {
+    let pipeline = Pipeline::builder()
+        .timeout(Duration::from_secs(60))
+        .retry(
+            RetryOptions::constant(Duration::from_secs(1))
+                .max_retries(2)
+                .jitter(stormwall::retry::Jitter::None),
+        )
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let deadlines = std::sync::Mutex::new(Vec::new());
+    let outcome = pipeline
+        .execute(|ctx| {
+            deadlines.lock().unwrap().push(ctx.deadline().unwrap() - t0);
+            async move {
+                // Time passes inside an attempt, too.
+                sleep(Duration::from_millis(300)).await;
+                Err::<(), _>("fail")
+            }
+        })
+        .await;
+    assert!(outcome.is_err());
+    // Attempt n starts at (n - 1) × (300 ms + 1 s); its deadline is 5 s after that.
+    assert_eq!(
+        *deadlines.lock().unwrap(),
+        [
+            Duration::from_millis(5_000),
+            Duration::from_millis(6_300),
+            Duration::from_millis(7_600)
+        ]
+    );
+}

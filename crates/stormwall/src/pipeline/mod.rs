@@ -72,7 +72,24 @@ impl<S> Pipeline<S> {
 
     /// Like [`execute`](Self::execute), with a context the caller prepared (a key,
     /// properties).
-    pub async fn execute_with<T, E, F, Fut>(&self, ctx: Context, op: F) -> Result<T, Error<E>>
+    pub fn execute_with<T, E, F, Fut>(
+        &self,
+        ctx: Context,
+        op: F,
+    ) -> impl Future<Output = Result<T, Error<E>>> + use<'_, S, T, E, F, Fut>
+    where
+        S: Strategy<T, E>,
+        F: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, E>> + Send,
+        T: Send,
+        E: Send,
+    {
+        // Every strategy that reads the time for a start or a deadline shares one reading
+        // per poll.
+        crate::clock::SharedNow::new(self.run(ctx, op))
+    }
+
+    async fn run<T, E, F, Fut>(&self, ctx: Context, op: F) -> Result<T, Error<E>>
     where
         S: Strategy<T, E>,
         F: Fn(Context) -> Fut + Sync,

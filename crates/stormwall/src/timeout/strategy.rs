@@ -3,7 +3,6 @@ use crate::pipeline::{Context, Strategy};
 use crate::telemetry::Telemetry;
 use crate::Error;
 use std::future::Future;
-use tokio::time::Instant;
 
 /// Cancels the operation (drops its future) once `timeout` has elapsed, and fails with
 /// [`Error::Timeout`].
@@ -52,7 +51,7 @@ impl<T, E> Strategy<T, E> for Timeout {
         E: Send,
     {
         let timeout = self.options.timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::clock::poll_now() + timeout;
         let armed = ctx.tighten_deadline(deadline);
         TimeoutFuture::new(op(ctx), deadline, armed, timeout, &self.telemetry)
     }
