@@ -14,18 +14,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 thread_local! {
-    /// While a pipeline polls its execution: `Some(moment)` once something read tokio's
-    /// clock in this poll, `Some(None)` before; `None` outside a pipeline's poll.
+    /// While a timeout polls its operation: `Some(moment)` once something read tokio's
+    /// clock in this poll, `Some(None)` before; `None` outside.
     static POLL_NOW: Cell<Option<Option<tokio::time::Instant>>> = const { Cell::new(None) };
 }
 
-/// tokio's `Instant::now()`, read at most once per poll of a pipeline's execution: the
-/// strategies that need a *start* — a timeout's deadline, a breaker's window bucket, a
-/// rate limiter's check, the telemetry's start marks — share one reading. Within one
-/// synchronous poll no timer fires and (paused or not) tokio's clock does not advance for
-/// anyone waiting, so the shared reading is as good as a fresh one; it saves a
-/// `clock_gettime` (≈ 23 ns here) per strategy. Ends of durations are always read fresh.
-/// Outside a pipeline (a tower layer, a direct call): a fresh reading.
+/// tokio's `Instant::now()`, read at most once per poll inside a timeout: the strategies
+/// that need a *start* — an inner timeout's deadline, a breaker's window bucket, a rate
+/// limiter's check, the telemetry's attempt start marks — share the reading the enclosing
+/// timeout took. Within one synchronous poll no timer fires and (paused or not) tokio's
+/// clock does not advance for anyone waiting, so the shared reading is as good as a fresh
+/// one; it saves a `clock_gettime` (≈ 23 ns here) per strategy. Ends of durations are
+/// always read fresh. Outside a timeout's poll: a fresh reading.
 #[inline]
 pub(crate) fn poll_now() -> tokio::time::Instant {
     POLL_NOW.with(|cell| match cell.get() {
@@ -39,30 +39,42 @@ pub(crate) fn poll_now() -> tokio::time::Instant {
     })
 }
 
+/// Runs `poll` with `seed` as the poll's shared reading (`None`: read on first use), then
+/// restores the reading of the poll around it. A timeout calls it around each poll of its
+/// operation: the strategies inside share one reading per poll, and on its first poll the
+/// reading its own deadline was computed from.
+#[inline]
+pub(crate) fn sharing_now<R>(seed: Option<tokio::time::Instant>, poll: impl FnOnce() -> R) -> R {
+    let around = POLL_NOW.replace(Some(seed));
+    let result = poll();
+    POLL_NOW.set(around);
+    result
+}
+
 pin_project! {
-    /// A pipeline execution whose every poll shares one clock reading ([`poll_now`]).
-    pub(crate) struct SharedNow<F> {
+    /// A future whose every poll shares one clock reading ([`sharing_now`]), the first
+    /// poll the one given: what an observed pipeline execution runs in, seeded with the
+    /// reading of its start mark.
+    pub(crate) struct SharingNow<F> {
         #[pin]
         inner: F,
+        seed: Option<tokio::time::Instant>,
     }
 }
 
-impl<F> SharedNow<F> {
-    pub(crate) fn new(inner: F) -> Self {
-        SharedNow { inner }
+impl<F> SharingNow<F> {
+    pub(crate) fn new(inner: F, seed: Option<tokio::time::Instant>) -> Self {
+        SharingNow { inner, seed }
     }
 }
 
-impl<F: Future> Future for SharedNow<F> {
+impl<F: Future> Future for SharingNow<F> {
     type Output = F::Output;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // Nested pipelines restore the reading of the one around them.
-        let around = POLL_NOW.replace(Some(None));
-        let result = self.project().inner.poll(cx);
-        POLL_NOW.set(around);
-        result
+        let this = self.project();
+        sharing_now(this.seed.take(), || this.inner.poll(cx))
     }
 }
 

@@ -252,6 +252,7 @@ where
     P: Predicate<T, E> + Send + Sync,
     S: StateStore,
 {
+    #[inline]
     fn execute<F, Fut>(
         &self,
         ctx: Context,

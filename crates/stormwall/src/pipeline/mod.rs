@@ -84,9 +84,7 @@ impl<S> Pipeline<S> {
         T: Send,
         E: Send,
     {
-        // Every strategy that reads the time for a start or a deadline shares one reading
-        // per poll.
-        crate::clock::SharedNow::new(self.run(ctx, op))
+        self.run(ctx, op)
     }
 
     async fn run<T, E, F, Fut>(&self, ctx: Context, op: F) -> Result<T, Error<E>>
@@ -127,8 +125,16 @@ impl<S> Pipeline<S> {
         let started = telemetry.mark();
         // A span per observed execution: events and logs inside carry the pipeline's name.
         let span = tracing::debug_span!("stormwall.execute", pipeline = telemetry.pipeline());
-        let outcome =
-            tracing::Instrument::instrument(self.strategy.execute(ctx, observed), span).await;
+        // The strategies share one clock reading per poll; the first is the start mark's.
+        let seed = match started {
+            Some(crate::clock::Mark::Tokio(at)) => Some(at),
+            _ => None,
+        };
+        let outcome = tracing::Instrument::instrument(
+            crate::clock::SharingNow::new(self.strategy.execute(ctx, observed), seed),
+            span,
+        )
+        .await;
         let completed = ExecutionCompleted {
             duration: telemetry.elapsed(started),
             success: outcome.is_ok(),

@@ -52,6 +52,9 @@ pin_project! {
         #[pin]
         sleep: Option<Sleep>,
         deadline: Instant,
+        // The reading the deadline was computed from: the shared reading of the first poll
+        // (taken by it; later polls read afresh).
+        started: Option<Instant>,
         // False when an enclosing timeout's deadline is earlier: that one will fire first,
         // so this one needs no timer at all.
         armed: bool,
@@ -63,6 +66,7 @@ pin_project! {
 impl<'a, F> TimeoutFuture<'a, F> {
     pub(crate) fn new(
         inner: F,
+        started: Instant,
         deadline: Instant,
         armed: bool,
         timeout: Duration,
@@ -72,6 +76,7 @@ impl<'a, F> TimeoutFuture<'a, F> {
             inner,
             sleep: None,
             deadline,
+            started: Some(started),
             armed,
             timeout,
             telemetry,
@@ -91,7 +96,10 @@ where
         // this one adds.
         let around = COVERED.take();
         // The operation first: a result that is ready wins over a deadline that passed.
-        if let Poll::Ready(outcome) = this.inner.as_mut().poll(cx) {
+        // Strategies inside share one clock reading per poll.
+        let polled =
+            crate::clock::sharing_now(this.started.take(), || this.inner.as_mut().poll(cx));
+        if let Poll::Ready(outcome) = polled {
             COVERED.set(around);
             return Poll::Ready(outcome);
         }

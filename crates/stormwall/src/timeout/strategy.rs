@@ -51,8 +51,9 @@ impl<T, E> Strategy<T, E> for Timeout {
         E: Send,
     {
         let timeout = self.options.timeout;
-        let deadline = crate::clock::poll_now() + timeout;
+        let now = crate::clock::poll_now();
+        let deadline = now + timeout;
         let armed = ctx.tighten_deadline(deadline);
-        TimeoutFuture::new(op(ctx), deadline, armed, timeout, &self.telemetry)
+        TimeoutFuture::new(op(ctx), now, deadline, armed, timeout, &self.telemetry)
     }
 }
