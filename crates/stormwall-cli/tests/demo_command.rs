@@ -45,6 +45,8 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
                 "calls_to_failing_dependency",
                 "served_by_failing_dependency",
                 "fallbacks",
+                "payments_queued",
+                "payments_charged_later",
             ] {
                 assert!(run[field].is_number(), "{name}: {field} in {run}");
             }
@@ -66,6 +68,13 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
     }
     // A dead dependency is called far less once stormwall's breaker opens.
     let recovery = &scenarios[5];
+    // Its failed payments were queued durably and, once it was back, every one charged.
+    let queued = recovery["with_resilience"]["payments_queued"].as_u64().unwrap();
+    assert!(queued > 0);
+    assert_eq!(
+        recovery["with_resilience"]["payments_charged_later"].as_u64(),
+        Some(queued)
+    );
     assert!(
         recovery["with_resilience"]["calls_to_failing_dependency"].as_u64()
             < recovery["without_resilience"]["calls_to_failing_dependency"].as_u64()

@@ -192,6 +192,19 @@ impl Postgres {
         Ok(acked as usize)
     }
 
+    pub(crate) async fn release(&self, id: i64, worker: String) -> Result<usize, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        let changed = client
+            .execute(
+                "UPDATE stormwall_jobs
+                    SET state = 'ready', attempts = GREATEST(attempts - 1, 0), lease_until = NULL, leased_by = NULL
+                  WHERE id = $1 AND state = 'leased' AND leased_by = $2",
+                &[&id, &worker],
+            )
+            .await?;
+        Ok(changed as usize)
+    }
+
     pub(crate) async fn fail(
         &self,
         id: i64,

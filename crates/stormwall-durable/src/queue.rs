@@ -264,6 +264,15 @@ impl DurableQueue {
         dispatch!(self.ack_all(jobs))
     }
 
+    /// Gives a leased job back untouched: due again at once, this lease's attempt not
+    /// counted (the worker did not run it — its target's circuit was open).
+    pub async fn release(&self, job: &Job) -> Result<(), QueueError> {
+        match dispatch!(self.release(job.id, job.worker.clone()))? {
+            0 => Err(QueueError::NotLeased(job.id)),
+            _ => Ok(()),
+        }
+    }
+
     /// The job failed: due again after `backoff` — or, at `max_attempts`, a dead letter.
     pub async fn fail(
         &self,

@@ -290,6 +290,18 @@ impl Sqlite {
         .await
     }
 
+    pub(crate) async fn release(&self, id: i64, worker: String) -> Result<usize, QueueError> {
+        self.run(move |c| {
+            Ok(c.execute(
+                "UPDATE stormwall_jobs
+                    SET state = 'ready', attempts = MAX(attempts - 1, 0), lease_until = NULL, leased_by = NULL
+                  WHERE id = ?1 AND state = 'leased' AND leased_by = ?2",
+                params![id, worker],
+            )?)
+        })
+        .await
+    }
+
     pub(crate) async fn fail(
         &self,
         id: i64,

@@ -1,7 +1,7 @@
 use crate::{DurableQueue, Job, QueueError};
 use std::future::Future;
 use std::time::Duration;
-use stormwall::circuit_breaker::{CircuitBreaker, StateStore};
+use stormwall::circuit_breaker::{CircuitBreaker, CircuitState, StateStore};
 
 /// Options of a [`Worker`].
 #[derive(Debug, Clone)]
@@ -34,7 +34,9 @@ impl Default for WorkerOptions {
 }
 
 /// Drains a queue through a handler: lease, run, ack — or reschedule with backoff, or
-/// dead-letter. While the target's breaker (if given) is open, it waits and calls nothing.
+/// dead-letter. With the target's breaker, every job runs through one of its permits (the
+/// outcomes feed it); while it is open the worker waits and calls nothing, and when the
+/// break ends it sends one job as the probe.
 pub struct Worker<P, S: StateStore> {
     queue: DurableQueue,
     name: String,
@@ -66,20 +68,37 @@ impl<P, S: StateStore> Worker<P, S> {
         }
     }
 
-    /// Runs one round: waits while the breaker is open, leases a batch, handles each job.
-    /// Returns how many jobs it handled (0: nothing was due).
+    /// Runs one round: waits while the breaker rejects calls, leases a batch (one job while
+    /// the breaker is half-open: the probe), runs each job through a breaker permit — its
+    /// outcome feeds the breaker — and gives back untouched the jobs the breaker no longer
+    /// admits. Returns how many jobs it ran (0: nothing was due).
     pub async fn run_once<F, Fut>(&self, handle: &F) -> Result<usize, QueueError>
     where
         F: Fn(Job) -> Fut,
         Fut: Future<Output = Result<(), String>>,
     {
+        let mut batch = self.options.batch;
         if let Some(breaker) = &self.breaker {
             // An open circuit means the target is down: waiting costs nothing, calling
-            // would fail and burn an attempt.
-            while breaker.state().is_degraded()
-                && breaker.state() != stormwall::circuit_breaker::CircuitState::HalfOpen
-            {
-                tokio::time::sleep(self.options.idle).await;
+            // would fail and burn an attempt. Asking for a permit (and handing it back
+            // unused) is what moves an elapsed break to half-open.
+            loop {
+                match breaker.try_acquire() {
+                    Ok(permit) => {
+                        drop(permit);
+                        break;
+                    }
+                    Err(rejected) => {
+                        let wait = rejected
+                            .retry_after
+                            .unwrap_or(self.options.idle)
+                            .clamp(Duration::from_millis(1), self.options.idle);
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            if breaker.state() == CircuitState::HalfOpen {
+                batch = 1;
             }
         }
         let jobs = self
@@ -87,14 +106,32 @@ impl<P, S: StateStore> Worker<P, S> {
             .lease(
                 &self.name,
                 &self.options.name,
-                self.options.batch,
+                batch,
                 self.options.visibility,
             )
             .await?;
-        let handled = jobs.len();
+        let mut ran = 0;
         let mut done = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
+            let permit = match &self.breaker {
+                None => None,
+                Some(breaker) => match breaker.try_acquire() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        // The circuit opened during the batch: the rest waits, uncounted.
+                        for job in std::iter::once(job).chain(jobs.by_ref()) {
+                            self.queue.release(&job).await?;
+                        }
+                        break;
+                    }
+                },
+            };
+            ran += 1;
             let outcome = handle(job.clone()).await;
+            if let Some(mut permit) = permit {
+                permit.record(outcome.is_err());
+            }
             match outcome {
                 Ok(()) => done.push(job),
                 Err(error) => {
@@ -109,7 +146,7 @@ impl<P, S: StateStore> Worker<P, S> {
         // One commit for the batch's successes (a crash before it re-runs them: at least
         // once, which the target's idempotency key turns into once).
         self.queue.ack_all(&done).await?;
-        Ok(handled)
+        Ok(ran)
     }
 
     /// Runs rounds until `stop` resolves.

@@ -36,6 +36,10 @@ async fn the_queue_suite_passes_on_postgres() {
         connect(&server.database("later")).await,
     )
     .await;
+    common::a_worker_probes_after_the_break_and_drains_when_the_target_is_back(
+        connect(&server.database("probe")).await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -276,6 +276,14 @@ async fn a_worker_killed_mid_drain_loses_nothing_and_every_effect_happens_once()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_probes_after_the_break_and_drains_when_the_target_is_back() {
+    common::a_worker_probes_after_the_break_and_drains_when_the_target_is_back(
+        DurableQueue::open(db("probe"), QueueOptions::default()).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_for_later_accepts_the_order_and_keeps_the_payment_durably() {
     common::queue_for_later_accepts_the_order_and_keeps_the_payment_durably(
         DurableQueue::open(db("later"), QueueOptions::default()).unwrap(),

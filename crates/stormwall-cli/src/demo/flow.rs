@@ -6,8 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, CircuitState};
 use stormwall::fallback::FallbackOptions;
+use stormwall::pipeline::Properties;
 use stormwall::retry::RetryOptions;
-use stormwall::Pipeline;
+use stormwall::{Context, Pipeline};
+use stormwall_durable::{
+    Deferred, DurableQueue, QueueForLater, QueueOptions, Worker, WorkerOptions,
+};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -35,8 +39,10 @@ pub struct Dependencies {
     pub payment: String,
     pub inventory: String,
     pub notification: String,
-    /// Attempts made to payment, inventory, notification.
+    /// Attempts the order flow made to payment, inventory, notification.
     pub calls: [AtomicU64; 3],
+    /// Charges the queue's worker made after the load (not part of the flow's calls).
+    pub later: AtomicU64,
 }
 
 impl Dependencies {
@@ -52,6 +58,7 @@ impl Dependencies {
             inventory,
             notification,
             calls: Default::default(),
+            later: AtomicU64::new(0),
         }
     }
 
@@ -66,6 +73,21 @@ impl Dependencies {
         timeout: Option<Duration>,
     ) -> Result<(), CallError> {
         self.calls[which].fetch_add(1, Ordering::Relaxed);
+        self.send(which, order, timeout).await
+    }
+
+    /// A queued payment, charged by the worker with the order's idempotency key.
+    async fn charge_later(&self, order: u64, timeout: Duration) -> Result<(), CallError> {
+        self.later.fetch_add(1, Ordering::Relaxed);
+        self.send(0, order, Some(timeout)).await
+    }
+
+    async fn send(
+        &self,
+        which: usize,
+        order: u64,
+        timeout: Option<Duration>,
+    ) -> Result<(), CallError> {
         let request = match which {
             0 => self
                 .client
@@ -117,7 +139,21 @@ pub struct RunRecord {
     pub breaker: Vec<(Duration, CircuitState)>,
     pub calls: [u64; 3],
     pub served: [u64; 3],
+    /// Payments queued for later (the payment fallback), and how many of them the worker
+    /// charged once the payment service answered again (resilient runs).
+    pub payments: Deferrals,
 }
+
+/// The "queue it for later" payments of a resilient run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Deferrals {
+    pub queued: u64,
+    pub charged_later: u64,
+}
+
+/// What a resilient run returns: its orders, the payment breaker's timeline, its deferred
+/// payments.
+pub type Resilient = (Vec<OrderRecord>, Vec<(Duration, CircuitState)>, Deferrals);
 
 /// The load: `orders` orders arriving one every `interval` (the same for every run, whatever
 /// the answers), at most `concurrency` in flight.
@@ -201,13 +237,16 @@ pub async fn run_plain(
 }
 
 /// The order flow through stormwall pipelines configured as in the seeds (timings scaled).
+/// A payment that fails is queued durably (SQLite) and the order accepted as
+/// PaymentPending; after the load a worker charges the queued payments, waiting while the
+/// payment breaker is open, with each order's idempotency key.
 pub async fn run_resilient(
     deps: &Dependencies,
     t: &Timings,
     shape: Load,
     progress: &indicatif::ProgressBar,
     listener: Option<Arc<dyn stormwall::telemetry::EventListener>>,
-) -> Result<(Vec<OrderRecord>, Vec<(Duration, CircuitState)>), stormwall::ConfigError> {
+) -> Result<Resilient, String> {
     let builder = |name: &'static str| {
         let builder = Pipeline::builder().name(name);
         match &listener {
@@ -215,6 +254,13 @@ pub async fn run_resilient(
             None => builder,
         }
     };
+    let path = std::env::temp_dir().join(format!(
+        "stormwall-demo-payments-{}-{}.db",
+        std::process::id(),
+        DEMO_RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let queue = DurableQueue::open(&path, QueueOptions::default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     // payment: attempt 10 s, total 30 s, 3 retries, breaker 50 % over 10 s; fallback: queue
     // the payment for later (the order is accepted as PaymentPending).
     let breaker = CircuitBreaker::new(
@@ -223,26 +269,34 @@ pub async fn run_resilient(
             .minimum_throughput(10)
             .sampling_duration(t.scaled(10.0))
             .break_duration(t.scaled(5.0)),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let payment = builder("payment")
-        .fallback(FallbackOptions::value(Step::Fallback))
+        .fallback(FallbackOptions::action(QueueForLater::new(
+            queue.clone(),
+            "payments",
+            Step::Fallback,
+        )))
         .timeout(t.scaled(30.0))
         .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(3))
         .circuit_breaker(breaker.clone())
         .timeout(t.scaled(10.0))
-        .build()?;
+        .build()
+        .map_err(|e| e.to_string())?;
     // inventory: 5 s, 2 retries, cached fallback.
     let inventory = builder("inventory")
         .fallback(FallbackOptions::value(Step::Fallback))
         .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(2))
         .timeout(t.scaled(5.0))
-        .build()?;
+        .build()
+        .map_err(|e| e.to_string())?;
     // notification: 3 s, 1 retry, log and continue.
     let notification = builder("notification")
         .fallback(FallbackOptions::value(Step::Fallback))
         .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(1))
         .timeout(t.scaled(3.0))
-        .build()?;
+        .build()
+        .map_err(|e| e.to_string())?;
     let timeline = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
         let (breaker, timeline) = (breaker.clone(), timeline.clone());
@@ -264,9 +318,14 @@ pub async fn run_resilient(
             let call = |which| {
                 move |_| async move { deps.call(which, id, None).await.map(|()| Step::Done) }
             };
+            // What the payment fallback keeps if the charge fails: the order, by its key.
+            let later = Context::new().with_properties(Properties::new().with(Deferred {
+                payload: id.to_be_bytes().to_vec(),
+                idempotency_key: Some(format!("order-{id}")),
+            }));
             let outcomes = [
                 inventory.execute(call(1)).await,
-                payment.execute(call(0)).await,
+                payment.execute_with(later, call(0)).await,
                 notification.execute(call(2)).await,
             ];
             let accepted = outcomes.iter().all(|o| o.is_ok());
@@ -278,7 +337,72 @@ pub async fn run_resilient(
         }
     })
     .await;
+    let payments = drain(deps, t, &queue, &breaker).await;
     sampler.abort();
+    drop(queue);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
     let timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|e| e.into_inner()));
-    Ok((records, timeline))
+    Ok((records, timeline, payments))
+}
+
+/// Numbers the queue files of the runs of one process.
+static DEMO_RUN: AtomicU64 = AtomicU64::new(0);
+
+/// Charges the queued payments (each with its order's idempotency key) through the payment
+/// breaker — waiting while it is open, probing when the break ends; gives up after 60 s of
+/// the seeds' time.
+async fn drain(
+    deps: &Dependencies,
+    t: &Timings,
+    queue: &DurableQueue,
+    breaker: &CircuitBreaker,
+) -> Deferrals {
+    let idle = t.scaled(0.2).max(Duration::from_millis(5));
+    let worker = Worker::new(
+        queue.clone(),
+        "payments",
+        WorkerOptions {
+            name: "payments-worker".into(),
+            batch: 32,
+            visibility: t.scaled(60.0).max(Duration::from_secs(1)),
+            max_attempts: 10,
+            backoff: t.scaled(0.5),
+            idle,
+        },
+        Some(breaker.clone()),
+    );
+    let charge = |job: stormwall_durable::Job| async move {
+        let id = job
+            .payload
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| "corrupt payment job".to_string())?;
+        deps.charge_later(id, t.scaled(10.0))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let done = async {
+        loop {
+            match queue.depth("payments").await {
+                Ok(depth) if depth.ready + depth.leased == 0 => return,
+                Err(_) => return,
+                Ok(_) => tokio::time::sleep(idle).await,
+            }
+        }
+    };
+    let stop = async {
+        tokio::select! {
+            () = done => {},
+            () = tokio::time::sleep(t.scaled(60.0)) => {},
+        }
+    };
+    let _ = worker.run_until(charge, stop).await;
+    let depth = queue.depth("payments").await.unwrap_or_default();
+    Deferrals {
+        queued: depth.ready + depth.leased + depth.done + depth.dead,
+        charged_later: depth.done,
+    }
 }

@@ -60,6 +60,11 @@ pub struct RunStats {
     /// Requests that dependency actually served.
     pub served_by_failing_dependency: u64,
     pub fallbacks: u64,
+    /// Payments kept in the durable queue when the payment service failed (the order was
+    /// accepted as PaymentPending).
+    pub payments_queued: u64,
+    /// Of those, charged by the queue's worker once the service answered again.
+    pub payments_charged_later: u64,
 }
 
 /// One scenario, both ways.
@@ -256,12 +261,11 @@ async fn run_once(
         .map_err(|e| format!("injecting {}: {e}", scenario.name()))?;
     let deps = Dependencies::new(proxies[0].clone(), proxies[1].clone(), proxies[2].clone());
     let served_before = services.each_ref().map(|s| s.served());
-    let (orders, breaker) = if resilient {
-        flow::run_resilient(&deps, t, shape, progress, listener)
-            .await
-            .map_err(|e| e.to_string())?
+    let (orders, breaker, payments) = if resilient {
+        flow::run_resilient(&deps, t, shape, progress, listener).await?
     } else {
-        (flow::run_plain(&deps, t, shape, progress).await, Vec::new())
+        let orders = flow::run_plain(&deps, t, shape, progress).await;
+        (orders, Vec::new(), flow::Deferrals::default())
     };
     if let Some(changer) = changer {
         changer.abort();
@@ -272,6 +276,7 @@ async fn run_once(
         breaker,
         calls: deps.calls(),
         served: [0, 1, 2].map(|i| served_after[i] - served_before[i]),
+        payments,
     })
 }
 
@@ -301,5 +306,7 @@ fn stats(run: &RunRecord, scenario: Scenario) -> RunStats {
         calls_to_failing_dependency: failing.map_or(0, |i| run.calls[i]),
         served_by_failing_dependency: failing.map_or(0, |i| run.served[i]),
         fallbacks: run.orders.iter().map(|o| u64::from(o.fallbacks)).sum(),
+        payments_queued: run.payments.queued,
+        payments_charged_later: run.payments.charged_later,
     }
 }

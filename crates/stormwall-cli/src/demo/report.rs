@@ -41,8 +41,15 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
         result.orders_per_run, result.scale
     );
     let head = format!(
-        "{:<26} {:<10} {:>8} {:>9} {:>9} {:>15} {:>10}",
-        "scenario", "client", "success", "p50", "p99", "calls to failing", "fallbacks"
+        "{:<26} {:<10} {:>8} {:>9} {:>9} {:>15} {:>10} {:>12}",
+        "scenario",
+        "client",
+        "success",
+        "p50",
+        "p99",
+        "calls to failing",
+        "fallbacks",
+        "paid later"
     );
     let _ = writeln!(out, "{}", paint(head, "1", colour));
     for s in &result.scenarios {
@@ -58,14 +65,15 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<26} {:<10} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10}",
+                "{:<26} {:<10} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10} {:>12}",
                 title,
                 label,
                 paint(format!("{rate:>8}"), rate_colour(run.success_rate), colour),
                 run.p50_ms,
                 run.p99_ms,
                 calls,
-                run.fallbacks
+                run.fallbacks,
+                paid_later(run)
             );
         }
     }
@@ -73,15 +81,25 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
     out
 }
 
+/// "charged / queued" payments of a run, `-` when none was queued.
+fn paid_later(run: &RunStats) -> String {
+    if run.payments_queued == 0 {
+        "-".into()
+    } else {
+        format!("{}/{}", run.payments_charged_later, run.payments_queued)
+    }
+}
+
 fn row(label: &str, run: &RunStats) -> String {
     format!(
-        "<td>{label}</td><td>{:.1} %</td><td>{:.1} ms</td><td>{:.1} ms</td><td>{}</td><td>{}</td><td>{}</td>",
+        "<td>{label}</td><td>{:.1} %</td><td>{:.1} ms</td><td>{:.1} ms</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
         run.success_rate * 100.0,
         run.p50_ms,
         run.p99_ms,
         run.calls_to_failing_dependency,
         run.served_by_failing_dependency,
-        run.fallbacks
+        run.fallbacks,
+        paid_later(run)
     )
 }
 
@@ -98,7 +116,7 @@ pub fn html(result: &DemoResult, records: &[(Scenario, RunRecord, RunRecord)]) -
         out,
         "<p>{} orders per run; the seeds' timings × {}{}.</p><table><tr><th>scenario</th><th>client</th>\
          <th>success</th><th>p50</th><th>p99</th><th>calls to failing dependency</th>\
-         <th>served by it</th><th>fallbacks</th></tr>",
+         <th>served by it</th><th>fallbacks</th><th>payments queued, charged later</th></tr>",
         result.orders_per_run,
         result.scale,
         if result.interrupted { " (interrupted: partial)" } else { "" }

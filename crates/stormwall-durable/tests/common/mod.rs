@@ -190,3 +190,70 @@ pub async fn queue_for_later_accepts_the_order_and_keeps_the_payment_durably(que
         .collect();
     assert_eq!(payloads, ["charge order-1", "charge order-2"]);
 }
+
+/// The worker's own failures open the breaker; it then waits, probes with one job when the
+/// break ends, and drains everything once the target is back — no other traffic needed.
+pub async fn a_worker_probes_after_the_break_and_drains_when_the_target_is_back(
+    queue: DurableQueue,
+) {
+    for i in 0..20u8 {
+        queue.enqueue("q", vec![i], None).await.unwrap();
+    }
+    let breaker = CircuitBreaker::new(
+        CircuitBreakerOptions::new()
+            .consecutive_failures(2)
+            .break_duration(Duration::from_millis(50)),
+    )
+    .unwrap();
+    let opened = Arc::new(AtomicU32::new(0));
+    let seen = opened.clone();
+    breaker.on_transition(move |t| {
+        if t.to == stormwall::circuit_breaker::CircuitState::Open {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let calls = Arc::new(AtomicU32::new(0));
+    let down_until = std::time::Instant::now() + Duration::from_millis(300);
+    let worker = Worker::new(
+        queue.clone(),
+        "q",
+        WorkerOptions {
+            idle: Duration::from_millis(5),
+            backoff: Duration::from_millis(1),
+            max_attempts: 100,
+            ..Default::default()
+        },
+        Some(breaker.clone()),
+    );
+    let counted = calls.clone();
+    let handle = move |_job| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let up = std::time::Instant::now() >= down_until;
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err("down".to_string())
+            }
+        }
+    };
+    let drained = async {
+        while queue.depth("q").await.unwrap().done < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let stop = async {
+        tokio::time::timeout(Duration::from_secs(10), drained)
+            .await
+            .expect("the queue drains once the target is back");
+    };
+    worker.run_until(handle, stop).await.unwrap();
+    assert!(
+        opened.load(Ordering::SeqCst) >= 1,
+        "the worker's failures opened the circuit"
+    );
+    // While down (300 ms): two failures open it, then one probe per 50 ms break — about a
+    // dozen calls, not a call per job per millisecond.
+    let calls = calls.load(Ordering::SeqCst);
+    assert!((20..60).contains(&calls), "{calls} calls");
+}
