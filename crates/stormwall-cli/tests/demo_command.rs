@@ -69,7 +69,9 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
     // A dead dependency is called far less once stormwall's breaker opens.
     let recovery = &scenarios[5];
     // Its failed payments were queued durably and, once it was back, every one charged.
-    let queued = recovery["with_resilience"]["payments_queued"].as_u64().unwrap();
+    let queued = recovery["with_resilience"]["payments_queued"]
+        .as_u64()
+        .unwrap();
     assert!(queued > 0);
     assert_eq!(
         recovery["with_resilience"]["payments_charged_later"].as_u64(),
