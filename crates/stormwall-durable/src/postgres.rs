@@ -46,6 +46,26 @@ fn unreachable(e: deadpool_postgres::PoolError) -> QueueError {
 }
 
 impl Postgres {
+    /// One statement on a pooled connection: rows changed.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        Ok(client.execute(sql, params).await?)
+    }
+
+    /// One query on a pooled connection.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, QueueError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        Ok(client.query(sql, params).await?)
+    }
+
     pub(crate) async fn connect(url: &str, connections: usize) -> Result<Self, QueueError> {
         let pool = crate::storage::postgres_pool(url, connections)?;
         let postgres = Postgres { pool };
@@ -193,8 +213,7 @@ impl Postgres {
     }
 
     pub(crate) async fn release(&self, id: i64, worker: String) -> Result<usize, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let changed = client
+        let changed = self
             .execute(
                 "UPDATE stormwall_jobs
                     SET state = 'ready', attempts = GREATEST(attempts - 1, 0), lease_until = NULL, leased_by = NULL
@@ -213,8 +232,7 @@ impl Postgres {
         backoff: Duration,
         dead: bool,
     ) -> Result<usize, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let changed = client
+        let changed = self
             .execute(
                 concat!(
                     "UPDATE stormwall_jobs
@@ -236,8 +254,7 @@ impl Postgres {
     }
 
     pub(crate) async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let rows = client
+        let rows = self
             .query(
                 "SELECT id, idempotency_key, last_error FROM stormwall_jobs
                   WHERE queue = $1 AND state = 'dead' ORDER BY id",
@@ -251,8 +268,7 @@ impl Postgres {
     }
 
     pub(crate) async fn requeue_dead(&self, queue: &str) -> Result<usize, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let changed = client
+        let changed = self
             .execute(
                 concat!(
                     "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, run_at = ",
@@ -266,8 +282,7 @@ impl Postgres {
     }
 
     pub(crate) async fn purge_dead(&self, queue: &str) -> Result<usize, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let changed = client
+        let changed = self
             .execute(
                 "DELETE FROM stormwall_jobs WHERE queue = $1 AND state = 'dead'",
                 &[&queue],
@@ -277,8 +292,7 @@ impl Postgres {
     }
 
     pub(crate) async fn states(&self, queue: &str) -> Result<Vec<StateCount>, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let rows = client
+        let rows = self
             .query(
                 concat!(
                     "SELECT state, COUNT(*), ",

@@ -68,6 +68,36 @@ fn event(r: &tokio_postgres::Row) -> RecordedEvent {
 }
 
 impl PostgresStore {
+    /// One statement on a pooled connection: rows changed.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, SagaError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        Ok(client.execute(sql, params).await?)
+    }
+
+    /// One query on a pooled connection.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, SagaError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        Ok(client.query(sql, params).await?)
+    }
+
+    /// A query of at most one row on a pooled connection.
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, SagaError> {
+        let client = self.pool.get().await.map_err(unreachable)?;
+        Ok(client.query_opt(sql, params).await?)
+    }
+
     /// Connects (`postgres://user@host:port/db`), with up to `connections` in the pool,
     /// and applies pending migrations.
     pub async fn connect(url: &str, connections: usize) -> Result<Self, SagaError> {
@@ -157,24 +187,20 @@ impl Store for PostgresStore {
     }
 
     async fn idempotency_complete(&self, key: &str, response: Vec<u8>) -> Result<(), SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        client
-            .execute(
-                "UPDATE stormwall_idempotency SET status = 'done', response = $2 WHERE key = $1",
-                &[&key, &response],
-            )
-            .await?;
+        self.execute(
+            "UPDATE stormwall_idempotency SET status = 'done', response = $2 WHERE key = $1",
+            &[&key, &response],
+        )
+        .await?;
         Ok(())
     }
 
     async fn idempotency_abandon(&self, key: &str) -> Result<(), SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        client
-            .execute(
-                "DELETE FROM stormwall_idempotency WHERE key = $1 AND status = 'running'",
-                &[&key],
-            )
-            .await?;
+        self.execute(
+            "DELETE FROM stormwall_idempotency WHERE key = $1 AND status = 'running'",
+            &[&key],
+        )
+        .await?;
         Ok(())
     }
 
@@ -184,8 +210,7 @@ impl Store for PostgresStore {
         owner: &str,
         lease_until_ms: i64,
     ) -> Result<bool, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let added = client
+        let added = self
             .execute(
                 "INSERT INTO stormwall_sagas (id, name, status, state, version, owner, lease_until)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
@@ -204,8 +229,7 @@ impl Store for PostgresStore {
     }
 
     async fn saga_load(&self, id: &str) -> Result<Option<SagaRow>, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let row = client
+        let row = self
             .query_opt(
                 "SELECT id, name, status, state, version FROM stormwall_sagas WHERE id = $1",
                 &[&id],
@@ -227,8 +251,7 @@ impl Store for PostgresStore {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<bool, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let claimed = client
+        let claimed = self
             .execute(
                 "UPDATE stormwall_sagas SET owner = $2, lease_until = $3::BIGINT + $4::BIGINT
                   WHERE id = $1 AND (owner IS NULL OR owner = $2 OR lease_until < $3)",
@@ -239,8 +262,7 @@ impl Store for PostgresStore {
     }
 
     async fn saga_save(&self, row: SagaRow, owner: &str, release: bool) -> Result<bool, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let saved = client
+        let saved = self
             .execute(
                 "UPDATE stormwall_sagas
                     SET status = $2, state = $3, version = $4,
@@ -261,8 +283,7 @@ impl Store for PostgresStore {
     }
 
     async fn saga_unfinished(&self) -> Result<Vec<String>, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let rows = client
+        let rows = self
             .query(
                 "SELECT id FROM stormwall_sagas WHERE status IN ('running', 'compensating') ORDER BY seq",
                 &[],
@@ -310,8 +331,7 @@ impl Store for PostgresStore {
     }
 
     async fn read_stream(&self, stream: &str, after: i64) -> Result<Vec<RecordedEvent>, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let rows = client
+        let rows = self
             .query(
                 "SELECT position, stream, version, kind, data FROM stormwall_events
                   WHERE stream = $1 AND version > $2 ORDER BY version",
@@ -322,8 +342,7 @@ impl Store for PostgresStore {
     }
 
     async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let rows = client
+        let rows = self
             .query(
                 "SELECT position, stream, version, kind, data FROM stormwall_events
                   WHERE position > $1 ORDER BY position LIMIT $2",
@@ -339,8 +358,7 @@ impl Store for PostgresStore {
         version: i64,
         state: String,
     ) -> Result<(), SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        client
+        self
             .execute(
                 "INSERT INTO stormwall_snapshots (stream, version, state) VALUES ($1, $2, $3)
                  ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state
@@ -352,8 +370,7 @@ impl Store for PostgresStore {
     }
 
     async fn snapshot_load(&self, stream: &str) -> Result<Option<(i64, String)>, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let row = client
+        let row = self
             .query_opt(
                 "SELECT version, state FROM stormwall_snapshots WHERE stream = $1",
                 &[&stream],
@@ -363,8 +380,7 @@ impl Store for PostgresStore {
     }
 
     async fn checkpoint_load(&self, name: &str) -> Result<i64, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        let row = client
+        let row = self
             .query_opt(
                 "SELECT position FROM stormwall_checkpoints WHERE name = $1",
                 &[&name],
@@ -374,14 +390,12 @@ impl Store for PostgresStore {
     }
 
     async fn checkpoint_save(&self, name: &str, position: i64) -> Result<(), SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        client
-            .execute(
-                "INSERT INTO stormwall_checkpoints (name, position) VALUES ($1, $2)
+        self.execute(
+            "INSERT INTO stormwall_checkpoints (name, position) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-                &[&name, &position],
-            )
-            .await?;
+            &[&name, &position],
+        )
+        .await?;
         Ok(())
     }
 }
