@@ -79,19 +79,20 @@ pub(crate) fn start(
         )
     })?;
     let weak: Weak<Route> = Arc::downgrade(route);
-    let worker: Worker<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore> =
-        Worker::new(
-            queue.clone(),
-            route.name(),
-            WorkerOptions {
-                name: format!("replay-{}", route.name()),
-                max_attempts: defer.max_attempts,
-                backoff: Duration::from_millis(500),
-                idle: Duration::from_millis(200),
-                ..Default::default()
-            },
-            None,
-        );
+    // Replays run through the route's breaker: they wait while it is open, probe when the
+    // break ends, and their outcomes count like the route's live requests.
+    let worker = Worker::new(
+        queue.clone(),
+        route.name(),
+        WorkerOptions {
+            name: format!("replay-{}", route.name()),
+            max_attempts: defer.max_attempts,
+            backoff: Duration::from_millis(500),
+            idle: Duration::from_millis(200),
+            ..Default::default()
+        },
+        route.breaker.clone(),
+    );
     tokio::spawn(async move {
         let replay = |job: Job| {
             let (weak, client) = (weak.clone(), client.clone());
@@ -99,14 +100,6 @@ pub(crate) fn start(
                 let Some(route) = weak.upgrade() else {
                     return Err("route removed".to_string());
                 };
-                // Waits while the route's circuit is open: calling would only fail.
-                if route
-                    .breaker
-                    .as_ref()
-                    .is_some_and(|b| b.state().is_degraded())
-                {
-                    return Err("circuit open".to_string());
-                }
                 let Some(request) = decode(&job.payload, &route.upstream) else {
                     return Err("unreadable deferred request".to_string());
                 };
