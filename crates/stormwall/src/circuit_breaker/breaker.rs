@@ -264,18 +264,68 @@ where
         T: Send,
         E: Send,
     {
-        async move {
-            let mut permit = match self.try_acquire() {
-                Ok(permit) => permit,
-                Err(rejected) => {
-                    return Err(Error::CircuitOpen {
-                        retry_after: rejected.retry_after,
-                    })
+        // A hand-written future rather than an `async` block: the permit and the
+        // operation sit side by side, and the success path is one poll and one report.
+        match self.try_acquire() {
+            Ok(permit) => BreakerFuture::Admitted {
+                inner: op(ctx),
+                permit: Some(permit),
+                should_handle: &self.should_handle,
+            },
+            Err(rejected) => BreakerFuture::Rejected {
+                retry_after: Some(rejected.retry_after),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The operation, holding the breaker's permit until it reports the outcome (a dropped
+    /// future drops the permit: a probe's slot is given back).
+    #[project = BreakerProjection]
+    enum BreakerFuture<'a, Fut, P, S: StateStore> {
+        Admitted {
+            #[pin]
+            inner: Fut,
+            permit: Option<Permit<'a, S>>,
+            should_handle: &'a P,
+        },
+        Rejected {
+            retry_after: Option<Option<Duration>>,
+        },
+    }
+}
+
+impl<T, E, Fut, P, S> Future for BreakerFuture<'_, Fut, P, S>
+where
+    Fut: Future<Output = Result<T, Error<E>>>,
+    P: Predicate<T, E>,
+    S: StateStore,
+{
+    type Output = Result<T, Error<E>>;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            BreakerProjection::Admitted {
+                inner,
+                permit,
+                should_handle,
+            } => {
+                let outcome = std::task::ready!(inner.poll(cx));
+                if let Some(mut permit) = permit.take() {
+                    permit.record(should_handle.test(&outcome));
                 }
-            };
-            let outcome = op(ctx).await;
-            permit.record(self.should_handle.test(&outcome));
-            outcome
+                std::task::Poll::Ready(outcome)
+            }
+            BreakerProjection::Rejected { retry_after } => {
+                std::task::Poll::Ready(Err(Error::CircuitOpen {
+                    retry_after: retry_after.take().flatten(),
+                }))
+            }
         }
     }
 }
