@@ -168,7 +168,15 @@ impl CountWindow {
         let size = self.slots.len() as u64;
         let index = (self.next.fetch_add(1, Ordering::Relaxed) % size) as usize;
         let new = RECORDED | if failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
-        let old = self.slots[index].swap(new, Ordering::AcqRel);
+        let slot = &self.slots[index];
+        // The steady state (a success replacing a success) changes nothing: skip the
+        // read-modify-write. The counters still match the slots (each swap adjusts by what
+        // it replaced); a concurrent writer to the same slot — only possible when the ring
+        // wraps during this call — simply lands last.
+        if slot.load(Ordering::Relaxed) == new {
+            return;
+        }
+        let old = slot.swap(new, Ordering::AcqRel);
         adjust(&self.failures, old & FAILED != 0, failure);
         adjust(&self.slow, old & SLOW != 0, slow);
     }
