@@ -3,7 +3,7 @@
 //! times come from the database's clock, so replicas with skewed clocks agree on leases.
 
 use crate::queue::{DeadLetter, Enqueued, Job, QueueError, StateCount, SCHEMA_VERSION};
-use deadpool_postgres::Pool;
+use crate::storage::PgPool;
 use std::time::Duration;
 
 /// Milliseconds since the epoch on the database's clock.
@@ -38,43 +38,19 @@ const MIGRATION_LOCK: i64 = 0x5354_4f52_4d57_414c;
 /// The PostgreSQL queue: clones share one connection pool.
 #[derive(Clone)]
 pub(crate) struct Postgres {
-    pool: Pool,
-}
-
-fn unreachable(e: deadpool_postgres::PoolError) -> QueueError {
-    QueueError::Unreachable(e.to_string())
+    pool: PgPool,
 }
 
 impl Postgres {
-    /// One statement on a pooled connection: rows changed.
-    async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        Ok(client.execute(sql, params).await?)
-    }
-
-    /// One query on a pooled connection.
-    async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        Ok(client.query(sql, params).await?)
-    }
-
     pub(crate) async fn connect(url: &str, connections: usize) -> Result<Self, QueueError> {
-        let pool = crate::storage::postgres_pool(url, connections)?;
+        let pool = PgPool::new(url, connections)?;
         let postgres = Postgres { pool };
         postgres.migrate().await?;
         Ok(postgres)
     }
 
     async fn migrate(&self) -> Result<(), QueueError> {
-        let mut client = self.pool.get().await.map_err(unreachable)?;
+        let mut client = self.pool.client().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
@@ -104,7 +80,7 @@ impl Postgres {
         key: Option<&str>,
         delay: Duration,
     ) -> Result<Enqueued, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
+        let client = self.pool.client().await?;
         let insert = client
             .prepare_cached(concat!(
                 "INSERT INTO stormwall_jobs (queue, payload, idempotency_key, run_at, created_at)
@@ -153,7 +129,7 @@ impl Postgres {
         max: usize,
         visibility: Duration,
     ) -> Result<Vec<Job>, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
+        let client = self.pool.client().await?;
         let statement = client
             .prepare_cached(concat!(
                 "UPDATE stormwall_jobs
@@ -199,7 +175,7 @@ impl Postgres {
     }
 
     pub(crate) async fn ack_all(&self, jobs: Vec<(i64, String)>) -> Result<usize, QueueError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
+        let client = self.pool.client().await?;
         let (ids, workers): (Vec<i64>, Vec<String>) = jobs.into_iter().unzip();
         let acked = client
             .execute(
@@ -214,6 +190,7 @@ impl Postgres {
 
     pub(crate) async fn release(&self, id: i64, worker: String) -> Result<usize, QueueError> {
         let changed = self
+            .pool
             .execute(
                 "UPDATE stormwall_jobs
                     SET state = 'ready', attempts = GREATEST(attempts - 1, 0), lease_until = NULL, leased_by = NULL
@@ -233,6 +210,7 @@ impl Postgres {
         dead: bool,
     ) -> Result<usize, QueueError> {
         let changed = self
+            .pool
             .execute(
                 concat!(
                     "UPDATE stormwall_jobs
@@ -255,6 +233,7 @@ impl Postgres {
 
     pub(crate) async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>, QueueError> {
         let rows = self
+            .pool
             .query(
                 "SELECT id, idempotency_key, last_error FROM stormwall_jobs
                   WHERE queue = $1 AND state = 'dead' ORDER BY id",
@@ -269,6 +248,7 @@ impl Postgres {
 
     pub(crate) async fn requeue_dead(&self, queue: &str) -> Result<usize, QueueError> {
         let changed = self
+            .pool
             .execute(
                 concat!(
                     "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, run_at = ",
@@ -283,6 +263,7 @@ impl Postgres {
 
     pub(crate) async fn purge_dead(&self, queue: &str) -> Result<usize, QueueError> {
         let changed = self
+            .pool
             .execute(
                 "DELETE FROM stormwall_jobs WHERE queue = $1 AND state = 'dead'",
                 &[&queue],
@@ -293,6 +274,7 @@ impl Postgres {
 
     pub(crate) async fn states(&self, queue: &str) -> Result<Vec<StateCount>, QueueError> {
         let rows = self
+            .pool
             .query(
                 concat!(
                     "SELECT state, COUNT(*), ",

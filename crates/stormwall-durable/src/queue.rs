@@ -335,6 +335,16 @@ impl DurableQueue {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl From<crate::storage::PgError> for QueueError {
+    fn from(e: crate::storage::PgError) -> Self {
+        match e {
+            crate::storage::PgError::Unreachable(why) => QueueError::Unreachable(why),
+            crate::storage::PgError::Statement(e) => QueueError::Postgres(e),
+        }
+    }
+}
+
 impl From<crate::storage::PoolSetupError> for QueueError {
     fn from(e: crate::storage::PoolSetupError) -> Self {
         match e {

@@ -102,6 +102,16 @@ impl ExpectedVersion {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl From<stormwall_durable::storage::PgError> for SagaError {
+    fn from(e: stormwall_durable::storage::PgError) -> Self {
+        match e {
+            stormwall_durable::storage::PgError::Unreachable(why) => SagaError::Unreachable(why),
+            stormwall_durable::storage::PgError::Statement(e) => SagaError::Postgres(e),
+        }
+    }
+}
+
 impl From<stormwall_durable::storage::PoolSetupError> for SagaError {
     fn from(e: stormwall_durable::storage::PoolSetupError) -> Self {
         match e {

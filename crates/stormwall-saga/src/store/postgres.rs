@@ -4,7 +4,7 @@
 
 use super::{pending_migrations, Begin, NewEvent, RecordedEvent, SagaRow, Store, SCHEMA_VERSION};
 use crate::{ExpectedVersion, SagaError};
-use deadpool_postgres::Pool;
+use stormwall_durable::storage::PgPool;
 
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
 CREATE TABLE stormwall_idempotency (
@@ -44,17 +44,13 @@ const APPEND_LOCK: i64 = 0x5354_4f52_4d45_5654;
 /// Sagas, idempotency records and events in PostgreSQL. Clones share one pool.
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: Pool,
+    pool: PgPool,
 }
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore").finish_non_exhaustive()
     }
-}
-
-fn unreachable(e: deadpool_postgres::PoolError) -> SagaError {
-    SagaError::Unreachable(e.to_string())
 }
 
 fn event(r: &tokio_postgres::Row) -> RecordedEvent {
@@ -68,47 +64,17 @@ fn event(r: &tokio_postgres::Row) -> RecordedEvent {
 }
 
 impl PostgresStore {
-    /// One statement on a pooled connection: rows changed.
-    async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        Ok(client.execute(sql, params).await?)
-    }
-
-    /// One query on a pooled connection.
-    async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        Ok(client.query(sql, params).await?)
-    }
-
-    /// A query of at most one row on a pooled connection.
-    async fn query_opt(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
-        Ok(client.query_opt(sql, params).await?)
-    }
-
     /// Connects (`postgres://user@host:port/db`), with up to `connections` in the pool,
     /// and applies pending migrations.
     pub async fn connect(url: &str, connections: usize) -> Result<Self, SagaError> {
-        let pool = stormwall_durable::storage::postgres_pool(url, connections)?;
+        let pool = PgPool::new(url, connections)?;
         let store = PostgresStore { pool };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<(), SagaError> {
-        let mut client = self.pool.get().await.map_err(unreachable)?;
+        let mut client = self.pool.client().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
@@ -146,7 +112,7 @@ impl Store for PostgresStore {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<Begin, SagaError> {
-        let client = self.pool.get().await.map_err(unreachable)?;
+        let client = self.pool.client().await?;
         // Insert, or take over an expired record; a concurrent insert of the same key
         // makes this one wait for its commit and then do nothing.
         let started = client
@@ -187,20 +153,22 @@ impl Store for PostgresStore {
     }
 
     async fn idempotency_complete(&self, key: &str, response: Vec<u8>) -> Result<(), SagaError> {
-        self.execute(
-            "UPDATE stormwall_idempotency SET status = 'done', response = $2 WHERE key = $1",
-            &[&key, &response],
-        )
-        .await?;
+        self.pool
+            .execute(
+                "UPDATE stormwall_idempotency SET status = 'done', response = $2 WHERE key = $1",
+                &[&key, &response],
+            )
+            .await?;
         Ok(())
     }
 
     async fn idempotency_abandon(&self, key: &str) -> Result<(), SagaError> {
-        self.execute(
-            "DELETE FROM stormwall_idempotency WHERE key = $1 AND status = 'running'",
-            &[&key],
-        )
-        .await?;
+        self.pool
+            .execute(
+                "DELETE FROM stormwall_idempotency WHERE key = $1 AND status = 'running'",
+                &[&key],
+            )
+            .await?;
         Ok(())
     }
 
@@ -211,6 +179,7 @@ impl Store for PostgresStore {
         lease_until_ms: i64,
     ) -> Result<bool, SagaError> {
         let added = self
+            .pool
             .execute(
                 "INSERT INTO stormwall_sagas (id, name, status, state, version, owner, lease_until)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
@@ -230,6 +199,7 @@ impl Store for PostgresStore {
 
     async fn saga_load(&self, id: &str) -> Result<Option<SagaRow>, SagaError> {
         let row = self
+            .pool
             .query_opt(
                 "SELECT id, name, status, state, version FROM stormwall_sagas WHERE id = $1",
                 &[&id],
@@ -252,6 +222,7 @@ impl Store for PostgresStore {
         lease_ms: i64,
     ) -> Result<bool, SagaError> {
         let claimed = self
+            .pool
             .execute(
                 "UPDATE stormwall_sagas SET owner = $2, lease_until = $3::BIGINT + $4::BIGINT
                   WHERE id = $1 AND (owner IS NULL OR owner = $2 OR lease_until < $3)",
@@ -263,6 +234,7 @@ impl Store for PostgresStore {
 
     async fn saga_save(&self, row: SagaRow, owner: &str, release: bool) -> Result<bool, SagaError> {
         let saved = self
+            .pool
             .execute(
                 "UPDATE stormwall_sagas
                     SET status = $2, state = $3, version = $4,
@@ -284,6 +256,7 @@ impl Store for PostgresStore {
 
     async fn saga_unfinished(&self) -> Result<Vec<String>, SagaError> {
         let rows = self
+            .pool
             .query(
                 "SELECT id FROM stormwall_sagas WHERE status IN ('running', 'compensating') ORDER BY seq",
                 &[],
@@ -298,7 +271,7 @@ impl Store for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<i64, SagaError> {
-        let mut client = self.pool.get().await.map_err(unreachable)?;
+        let mut client = self.pool.client().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
             .await?;
@@ -332,6 +305,7 @@ impl Store for PostgresStore {
 
     async fn read_stream(&self, stream: &str, after: i64) -> Result<Vec<RecordedEvent>, SagaError> {
         let rows = self
+            .pool
             .query(
                 "SELECT position, stream, version, kind, data FROM stormwall_events
                   WHERE stream = $1 AND version > $2 ORDER BY version",
@@ -343,6 +317,7 @@ impl Store for PostgresStore {
 
     async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>, SagaError> {
         let rows = self
+            .pool
             .query(
                 "SELECT position, stream, version, kind, data FROM stormwall_events
                   WHERE position > $1 ORDER BY position LIMIT $2",
@@ -359,6 +334,7 @@ impl Store for PostgresStore {
         state: String,
     ) -> Result<(), SagaError> {
         self
+            .pool
             .execute(
                 "INSERT INTO stormwall_snapshots (stream, version, state) VALUES ($1, $2, $3)
                  ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state
@@ -371,6 +347,7 @@ impl Store for PostgresStore {
 
     async fn snapshot_load(&self, stream: &str) -> Result<Option<(i64, String)>, SagaError> {
         let row = self
+            .pool
             .query_opt(
                 "SELECT version, state FROM stormwall_snapshots WHERE stream = $1",
                 &[&stream],
@@ -381,6 +358,7 @@ impl Store for PostgresStore {
 
     async fn checkpoint_load(&self, name: &str) -> Result<i64, SagaError> {
         let row = self
+            .pool
             .query_opt(
                 "SELECT position FROM stormwall_checkpoints WHERE name = $1",
                 &[&name],
@@ -390,12 +368,13 @@ impl Store for PostgresStore {
     }
 
     async fn checkpoint_save(&self, name: &str, position: i64) -> Result<(), SagaError> {
-        self.execute(
-            "INSERT INTO stormwall_checkpoints (name, position) VALUES ($1, $2)
+        self.pool
+            .execute(
+                "INSERT INTO stormwall_checkpoints (name, position) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-            &[&name, &position],
-        )
-        .await?;
+                &[&name, &position],
+            )
+            .await?;
         Ok(())
     }
 }
