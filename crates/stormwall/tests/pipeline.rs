@@ -477,3 +477,76 @@ async fn pipeline_times_attempts_on_tokios_clock_by_default_and_on_the_fast_cloc
     assert_eq!(fast.len(), 2);
     assert!(fast.iter().all(|d| *d < Duration::from_secs(1)), "{fast:?}");
 }
+
+#[tokio::test]
+async fn a_success_ends_its_execution_with_its_last_attempts_clock_reading() {
+    // On the real clock: a success that ended in the poll its attempt ended in reuses the
+    // attempt's end reading, so both durations are equal to the nanosecond (two readings,
+    // ≈ 20 ns apart, would differ).
+    let recorder = Recorder::new();
+    let p = Pipeline::builder()
+        .listener(recorder.clone())
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        p.execute(|_| async { Ok::<_, ()>(1) }).await.unwrap();
+    }
+    let all = durations(&recorder);
+    assert_eq!(all.len(), 200);
+    for pair in all.chunks(2) {
+        assert_eq!(pair[0], pair[1], "attempt and execution of one success");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn execution_duration_covers_what_runs_after_the_last_attempt() {
+    // A handled `Ok` answered by a fallback that takes 2 s: the execution ends after it.
+    let recorder = Recorder::new();
+    let p = Pipeline::builder()
+        .listener(recorder.clone())
+        .fallback(
+            FallbackOptions::with(|_: Result<u16, Error<()>>| async {
+                sleep(Duration::from_secs(2)).await;
+                Ok(200)
+            })
+            .handle(|r: &Result<u16, Error<()>>| matches!(r, Ok(s) if *s >= 500)),
+        )
+        .build()
+        .unwrap();
+    let outcome = p
+        .execute(|_| async {
+            sleep(Duration::from_secs(1)).await;
+            Ok::<_, ()>(503)
+        })
+        .await;
+    assert_eq!(outcome, Ok(200));
+    assert_eq!(
+        durations(&recorder),
+        vec![Duration::from_secs(1), Duration::from_secs(3)]
+    );
+
+    // A success judged a failure, retried after 1 s: the execution ends with the second
+    // attempt, not the first.
+    let recorder = Recorder::new();
+    let p = Pipeline::builder()
+        .listener(recorder.clone())
+        .retry(
+            RetryOptions::constant(Duration::from_secs(1))
+                .max_retries(1)
+                .handle(|r: &Result<u16, Error<()>>| matches!(r, Ok(s) if *s >= 500)),
+        )
+        .build()
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    let outcome = p
+        .execute(|_| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<_, ()>(if n == 0 { 503 } else { 200 }) }
+        })
+        .await;
+    assert_eq!(outcome, Ok(200));
+    assert_eq!(
+        durations(&recorder),
+        vec![Duration::ZERO, Duration::ZERO, Duration::from_secs(1)]
+    );
+}

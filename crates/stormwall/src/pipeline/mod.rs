@@ -106,21 +106,13 @@ impl<S> Pipeline<S> {
         }
         let telemetry = &self.telemetry;
         let observed = move |ctx: Context| {
-            // The telemetry is cloned rather than borrowed: a borrow inside the attempt's
-            // future trips the compiler's higher-ranked `Send` check when the execution is
-            // spawned.
-            let (number, started, telemetry) = (ctx.attempt(), telemetry.mark(), telemetry.clone());
-            let attempt = user_op(ctx);
-            async move {
-                let outcome = attempt.await.map_err(Error::Inner);
-                let completed = AttemptCompleted {
-                    attempt: number,
-                    duration: telemetry.elapsed(started),
-                    success: outcome.is_ok(),
-                };
-                telemetry.emit("pipeline", || Event::AttemptCompleted(completed));
-                outcome
-            }
+            observe_attempt(ObservedAttempt {
+                number: ctx.attempt(),
+                started: telemetry.mark(),
+                telemetry: telemetry.clone(),
+                inner: user_op(ctx),
+                output: std::marker::PhantomData,
+            })
         };
         let started = telemetry.mark();
         // A span per observed execution: events and logs inside carry the pipeline's name.
@@ -130,17 +122,114 @@ impl<S> Pipeline<S> {
             Some(crate::clock::Mark::Tokio(at)) => Some(at),
             _ => None,
         };
-        let outcome = tracing::Instrument::instrument(
-            crate::clock::SharingNow::new(self.strategy.execute(ctx, observed), seed),
-            span,
-        )
-        .await;
-        let completed = ExecutionCompleted {
-            duration: telemetry.elapsed(started),
+        let execution = ObservedExecution {
+            // Strategies that call the operation as they start share the start mark too.
+            inner: crate::clock::sharing_now(seed, || self.strategy.execute(ctx, observed)),
+            telemetry,
+            started,
+            seed,
+        };
+        tracing::Instrument::instrument(execution, span).await
+    }
+}
+
+/// `attempt` behind an opaque type with a declared output. With the named type as the
+/// attempt's future (or with one borrowing the telemetry rather than holding a clone) the
+/// compiler cannot prove a spawned execution `Send` ("one type is more general than the
+/// other").
+#[inline(always)]
+fn observe_attempt<T, E, Fut>(
+    attempt: ObservedAttempt<Fut, T, E>,
+) -> impl Future<Output = Result<T, Error<E>>> + Send
+where
+    Fut: Future<Output = Result<T, E>> + Send,
+{
+    attempt
+}
+
+pin_project_lite::pin_project! {
+    /// One attempt of an observed execution: raises `AttemptCompleted` when it ends, and
+    /// notes a success's end reading for the execution (`clock::success_end_in`).
+    struct ObservedAttempt<Fut, T, E> {
+        #[pin]
+        inner: Fut,
+        telemetry: Telemetry,
+        number: u32,
+        started: Option<crate::clock::Mark>,
+        output: std::marker::PhantomData<fn() -> Result<T, E>>,
+    }
+}
+
+impl<T, E, Fut> Future for ObservedAttempt<Fut, T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, Error<E>>;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let outcome = std::task::ready!(this.inner.poll(cx)).map_err(Error::Inner);
+        let end = this.telemetry.now();
+        if let (true, Some(end)) = (outcome.is_ok(), end) {
+            crate::clock::note_success_end(end);
+        }
+        let completed = AttemptCompleted {
+            attempt: *this.number,
+            duration: this.telemetry.between(*this.started, end),
             success: outcome.is_ok(),
         };
-        self.telemetry
+        this.telemetry
+            .emit("pipeline", || Event::AttemptCompleted(completed));
+        std::task::Poll::Ready(outcome)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An observed execution: its strategies share a clock reading per poll (the first
+    /// poll's is the start mark's), and it raises `ExecutionCompleted` when it ends.
+    struct ObservedExecution<'a, Fut> {
+        #[pin]
+        inner: Fut,
+        telemetry: &'a Telemetry,
+        started: Option<crate::clock::Mark>,
+        seed: Option<tokio::time::Instant>,
+    }
+}
+
+impl<T, E, Fut> Future for ObservedExecution<'_, Fut>
+where
+    Fut: Future<Output = Result<T, Error<E>>>,
+{
+    type Output = Result<T, Error<E>>;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let (inner, seed) = (this.inner, this.seed.take());
+        let (outcome, success_end) =
+            crate::clock::success_end_in(|| crate::clock::sharing_now(seed, || inner.poll(cx)));
+        let std::task::Poll::Ready(outcome) = outcome else {
+            return std::task::Poll::Pending;
+        };
+        // Succeeded in the poll its last attempt succeeded in: that attempt's end is the
+        // execution's (see `clock::success_end_in`).
+        let end = match (outcome.is_ok(), success_end) {
+            (true, Some(end)) => Some(end),
+            _ => this.telemetry.now(),
+        };
+        let completed = ExecutionCompleted {
+            duration: this.telemetry.between(*this.started, end),
+            success: outcome.is_ok(),
+        };
+        this.telemetry
             .emit("pipeline", || Event::ExecutionCompleted(completed));
-        outcome
+        std::task::Poll::Ready(outcome)
     }
 }

@@ -250,11 +250,18 @@ impl Telemetry {
         self.inner.as_ref().map(|r| r.timer.mark())
     }
 
-    /// The time since `mark` on the telemetry's clock.
+    /// The current moment on the telemetry's clock, read afresh: an end (`None` without a
+    /// listener).
     #[inline]
-    pub(crate) fn elapsed(&self, mark: Option<Mark>) -> Duration {
-        match (&self.inner, mark) {
-            (Some(r), Some(mark)) => r.timer.elapsed(mark),
+    pub(crate) fn now(&self) -> Option<Mark> {
+        self.inner.as_ref().map(|r| r.timer.now())
+    }
+
+    /// The time from `start` to `end` on the telemetry's clock.
+    #[inline]
+    pub(crate) fn between(&self, start: Option<Mark>, end: Option<Mark>) -> Duration {
+        match (&self.inner, start, end) {
+            (Some(r), Some(start), Some(end)) => r.timer.between(start, end),
             _ => Duration::ZERO,
         }
     }
