@@ -19,6 +19,7 @@ pub(crate) enum Window {
 }
 
 impl Window {
+    #[inline]
     pub(crate) fn record(&self, now_nanos: u64, failure: bool, slow: bool) {
         match self {
             Window::Time(w) => w.record(now_nanos, failure, slow),
@@ -142,10 +143,15 @@ impl TimeWindow {
 /// The last `size` calls, however old.
 ///
 /// Each slot holds one call's outcome (bit 0: recorded, bit 1: failure, bit 2: slow); the
-/// failure and slow totals are kept alongside, adjusted by what each record overwrites.
+/// recorded, failure and slow totals are kept alongside, adjusted by what each record
+/// overwrites. The cursor wraps at the size by compare-and-swap, so taking a slot needs no
+/// division.
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
-    next: AtomicU64,
+    /// The slot the next record takes (always below the size).
+    cursor: AtomicU32,
+    /// Slots recorded since the last reset: the window's total until it fills.
+    recorded: AtomicU32,
     failures: AtomicU32,
     slow: AtomicU32,
 }
@@ -158,17 +164,33 @@ impl CountWindow {
     pub(crate) fn new(size: u32) -> Self {
         CountWindow {
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
-            next: AtomicU64::new(0),
+            cursor: AtomicU32::new(0),
+            recorded: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             slow: AtomicU32::new(0),
         }
     }
 
+    #[inline]
     fn record(&self, failure: bool, slow: bool) {
-        let size = self.slots.len() as u64;
-        let index = (self.next.fetch_add(1, Ordering::Relaxed) % size) as usize;
+        let size = self.slots.len() as u32;
+        let mut index = self.cursor.load(Ordering::Relaxed);
+        loop {
+            let next = if index + 1 >= size { 0 } else { index + 1 };
+            match self.cursor.compare_exchange_weak(
+                index,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => index = actual,
+            }
+        }
+        let Some(slot) = self.slots.get(index as usize) else {
+            return;
+        };
         let new = RECORDED | if failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
-        let slot = &self.slots[index];
         // The steady state (a success replacing a success) changes nothing: skip the
         // read-modify-write. The counters still match the slots (each swap adjusts by what
         // it replaced); a concurrent writer to the same slot — only possible when the ring
@@ -177,24 +199,27 @@ impl CountWindow {
             return;
         }
         let old = slot.swap(new, Ordering::AcqRel);
+        if old & RECORDED == 0 {
+            self.recorded.fetch_add(1, Ordering::AcqRel);
+        }
         adjust(&self.failures, old & FAILED != 0, failure);
         adjust(&self.slow, old & SLOW != 0, slow);
     }
 
     fn counts(&self) -> Counts {
-        let size = self.slots.len() as u64;
         Counts {
-            total: self.next.load(Ordering::Acquire).min(size) as u32,
+            total: self.recorded.load(Ordering::Acquire),
             failures: self.failures.load(Ordering::Acquire),
             slow: self.slow.load(Ordering::Acquire),
         }
     }
 
     fn reset(&self) {
-        self.next.store(0, Ordering::Release);
+        self.cursor.store(0, Ordering::Release);
         for slot in self.slots.iter() {
             slot.store(0, Ordering::Release);
         }
+        self.recorded.store(0, Ordering::Release);
         self.failures.store(0, Ordering::Release);
         self.slow.store(0, Ordering::Release);
     }
