@@ -257,6 +257,12 @@ fn rate_limit_check(c: &mut Criterion) {
     g.bench_function("governor direct check", |b| {
         b.iter(|| black_box(governor.check()))
     });
+    // Like for like with the tokio clock (`clock_gettime`): governor on std's `Instant`.
+    let governor_std =
+        governor::RateLimiter::direct_with_clock(quota, governor::clock::MonotonicClock);
+    g.bench_function("governor direct check (std clock)", |b| {
+        b.iter(|| black_box(governor_std.check()))
+    });
     g.finish();
 }
 

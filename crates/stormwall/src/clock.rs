@@ -110,8 +110,47 @@ impl Stopwatch {
         match &self.fast {
             // Raw counter readings scale to nanoseconds without a `Duration` in between.
             Some((counter, start)) => counter.delta_as_nanos(*start, counter.raw()),
-            None => saturating_nanos(poll_now().saturating_duration_since(self.tokio)),
+            None => self.tokio_nanos(),
         }
+    }
+
+    /// The time since the start in the stopwatch's own *ticks*: nanoseconds on tokio's
+    /// clock, raw counter ticks on the fast one (no scaling per reading). Convert durations
+    /// with [`ticks_from_nanos`](Self::ticks_from_nanos) once, and answers back with
+    /// [`nanos_from_ticks`](Self::nanos_from_ticks).
+    #[inline]
+    pub(crate) fn ticks(&self) -> u64 {
+        match &self.fast {
+            Some((counter, start)) => counter.raw().saturating_sub(*start),
+            None => self.tokio_nanos(),
+        }
+    }
+
+    /// `nanos` in this stopwatch's ticks (rounded up, at least 1 for a non-zero span).
+    pub(crate) fn ticks_from_nanos(&self, nanos: u64) -> u64 {
+        match &self.fast {
+            Some((counter, _)) => {
+                // Nanoseconds per 2^32 ticks, from the counter's own calibration.
+                let per = u128::from(counter.delta_as_nanos(0, 1 << 32).max(1));
+                let ticks = (u128::from(nanos) << 32).div_ceil(per);
+                ticks.min(u128::from(u64::MAX)) as u64
+            }
+            None => nanos,
+        }
+    }
+
+    /// `ticks` of this stopwatch in nanoseconds.
+    pub(crate) fn nanos_from_ticks(&self, ticks: u64) -> u64 {
+        match &self.fast {
+            Some((counter, _)) => counter.delta_as_nanos(0, ticks),
+            None => ticks,
+        }
+    }
+
+    /// Out of line: the fast clock's path stays small enough to inline.
+    #[inline(never)]
+    fn tokio_nanos(&self) -> u64 {
+        saturating_nanos(poll_now().saturating_duration_since(self.tokio))
     }
 }
 
@@ -170,5 +209,27 @@ impl Timer {
             (_, Mark::Tokio(start), Mark::Tokio(end)) => end.saturating_duration_since(start),
             _ => Duration::ZERO,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_ticks_convert_to_and_from_nanoseconds() {
+        let fast = Stopwatch::start(Clock::Fast);
+        for nanos in [1, 1_000, 1_000_000_007, 3_600_000_000_000] {
+            let back = fast.nanos_from_ticks(fast.ticks_from_nanos(nanos));
+            // Rounded up to whole ticks, then scaled back: within a few ns, never below.
+            assert!(
+                back + 2 >= nanos && back <= nanos + nanos / 1_000_000 + 2,
+                "{nanos} -> {back}"
+            );
+        }
+        assert_eq!(fast.ticks_from_nanos(0), 0);
+        let tokio = Stopwatch::start(Clock::Tokio);
+        assert_eq!(tokio.ticks_from_nanos(1_234), 1_234);
+        assert_eq!(tokio.nanos_from_ticks(1_234), 1_234);
     }
 }

@@ -217,3 +217,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_fast_clock_limiter_answers_retry_after_in_real_time() {
+    // 10 per second, no burst: the second permit right after the first is ~100 ms away.
+    let limiter = stormwall::rate_limit::RateLimiter::new(
+        stormwall::rate_limit::RateLimitOptions::per_second(10)
+            .burst(1)
+            .clock(stormwall::clock::Clock::Fast),
+    )
+    .unwrap();
+    assert_eq!(limiter.try_acquire(), Ok(()));
+    let wait = limiter.try_acquire().unwrap_err();
+    assert!(
+        wait > std::time::Duration::from_millis(10)
+            && wait <= std::time::Duration::from_millis(100),
+        "{wait:?}"
+    );
+}

@@ -1,5 +1,7 @@
-//! The counting algorithms. Each decides on one permit at `now` (nanoseconds since the
-//! limiter was made) and, on refusal, says how long until a permit is available.
+//! The counting algorithms. Each decides on one permit at `now` (ticks of the limiter's
+//! stopwatch since it was made: nanoseconds on tokio's clock, raw counter ticks on the fast
+//! clock, so a reading needs no scaling) and, on refusal, says how long until a permit is
+//! available, in the same ticks.
 
 use super::{RateLimitAlgorithm, RateLimitOptions};
 use crate::clock::{saturating_nanos, Stopwatch};
@@ -43,6 +45,29 @@ enum Kind {
     },
 }
 
+/// GCRA: admits when the theoretical arrival time is at most `tolerance` ahead of `now`,
+/// moving it on by `interval`; otherwise says how long until it would admit.
+#[inline(always)]
+fn gcra(tat: &AtomicU64, interval: u64, tolerance: u64, now: u64) -> Result<(), u64> {
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let start = current.max(now);
+        let ahead = start - now;
+        if ahead > tolerance {
+            return Err(ahead - tolerance);
+        }
+        match tat.compare_exchange_weak(
+            current,
+            start + interval,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Each critical section writes plain numbers: a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -51,7 +76,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Limiter {
     /// A limiter with `options` (assumed validated), full at creation.
     pub(crate) fn new(options: &RateLimitOptions) -> Self {
-        let period = saturating_nanos(options.period).max(1);
+        let stopwatch = Stopwatch::start(options.clock);
+        let period = stopwatch
+            .ticks_from_nanos(saturating_nanos(options.period))
+            .max(1);
         let permits = u64::from(options.permits);
         let burst = u64::from(options.burst);
         let kind = match options.algorithm {
@@ -81,49 +109,44 @@ impl Limiter {
                 permits,
             },
         };
-        Limiter {
-            stopwatch: Stopwatch::start(options.clock),
-            kind,
-        }
+        Limiter { stopwatch, kind }
     }
 
     #[inline]
     fn now(&self) -> u64 {
-        self.stopwatch.nanos()
+        self.stopwatch.ticks()
     }
 
     /// Takes one permit now, or says how long until one is available.
     #[inline]
     pub(crate) fn try_acquire(&self) -> Result<(), Duration> {
         self.try_acquire_at(self.now())
-            .map_err(Duration::from_nanos)
+            .map_err(|ticks| Duration::from_nanos(self.stopwatch.nanos_from_ticks(ticks)))
     }
 
+    /// [`try_acquire`](Self::try_acquire) at `now`: GCRA inline (the default, lock-free),
+    /// the locked algorithms out of line.
+    #[inline]
     pub(crate) fn try_acquire_at(&self, now: u64) -> Result<(), u64> {
+        let Kind::Gcra {
+            tat,
+            interval,
+            tolerance,
+        } = &self.kind
+        else {
+            return self.try_acquire_locked(now);
+        };
+        gcra(tat, *interval, *tolerance, now)
+    }
+
+    #[inline(never)]
+    fn try_acquire_locked(&self, now: u64) -> Result<(), u64> {
         match &self.kind {
             Kind::Gcra {
                 tat,
                 interval,
                 tolerance,
-            } => {
-                let mut current = tat.load(Ordering::Acquire);
-                loop {
-                    let start = current.max(now);
-                    let ahead = start - now;
-                    if ahead > *tolerance {
-                        return Err(ahead - tolerance);
-                    }
-                    match tat.compare_exchange_weak(
-                        current,
-                        start + interval,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return Ok(()),
-                        Err(actual) => current = actual,
-                    }
-                }
-            }
+            } => gcra(tat, *interval, *tolerance, now),
             Kind::TokenBucket {
                 state,
                 period,

@@ -33,6 +33,7 @@ impl RateLimiter {
 
     /// Takes a permit now, or says how long until one is free — for code that is not a
     /// closure.
+    #[inline]
     pub fn try_acquire(&self) -> Result<(), Duration> {
         self.limiter.try_acquire()
     }
