@@ -23,4 +23,4 @@ pub use config::{
     MatchConfig, RateLimitConfig, RetryConfig, RouteConfig, ServerConfig, TimeoutConfig,
 };
 pub use route::Route;
-pub use server::{Proxy, ProxyBody};
+pub use server::{Peer, Proxy, ProxyBody};

@@ -69,6 +69,27 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+/// The client at the other end of a connection, with what each of its requests needs
+/// made once.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's IP address, as text (a client key, `X-Forwarded-For`).
+    ip: String,
+    /// `X-Forwarded-For` for a request that carries none.
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Peer {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        Peer {
+            forwarded_for: HeaderValue::from_str(&ip).ok(),
+            ip,
+        }
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -244,11 +265,12 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self);
+            let peer = Arc::new(Peer::new(peer));
             tokio::spawn(async move {
                 let _permit = permit;
                 let service = hyper::service::service_fn(move |request| {
-                    let proxy = Arc::clone(&proxy);
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, peer).await) }
+                    let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &peer).await) }
                 });
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -271,7 +293,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let routes = self.routes();
@@ -298,7 +320,7 @@ impl Proxy {
         &self,
         route: &Route,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Response<ProxyBody> {
         let Ok(_slot) = self.in_flight.try_acquire() else {
             return full(
@@ -343,7 +365,7 @@ impl Proxy {
         };
         let key = match route.config.client_key.as_deref() {
             None => None,
-            Some("ip") => Some(peer.ip().to_string()),
+            Some("ip") => Some(peer.ip.clone()),
             Some(name) => headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
@@ -491,6 +513,11 @@ impl Proxy {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none (or only `Connection`): one pass over the names finds out,
+    // cheaper than a hashed removal per hop-by-hop name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
@@ -507,13 +534,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
-    let client = peer.ip().to_string();
-    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(before) => format!("{before}, {client}"),
-        None => client,
+fn forwarded(headers: &mut HeaderMap, peer: &Peer) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(before) => HeaderValue::from_str(&format!("{before}, {}", peer.ip)).ok(),
+        // The common case: the peer's own value, made once per connection.
+        None => peer.forwarded_for.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&chain) {
+    if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));

@@ -143,13 +143,29 @@ fn state_name(state: CircuitState) -> &'static str {
 
 impl EventListener for Dashboard {
     fn on_event(&self, source: &EventSource<'_>, event: &Event) {
+        if !matches!(
+            event,
+            Event::AttemptCompleted(_)
+                | Event::CircuitRejected(_)
+                | Event::Timeout(_)
+                | Event::BulkheadRejected(_)
+                | Event::RateLimited(_)
+                | Event::CircuitTransition(_)
+        ) {
+            // Called for every event of every request: nothing to lock for the rest.
+            return;
+        }
         let elapsed = self.started.elapsed();
         let second = elapsed.as_secs();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (routes, transitions) = &mut *inner;
-        let route = routes
-            .entry(source.pipeline.to_owned())
-            .or_insert_with(Route::new);
+        // The route's name is allocated once, when it is first seen.
+        if !routes.contains_key(source.pipeline) {
+            routes.insert(source.pipeline.to_owned(), Route::new());
+        }
+        let Some(route) = routes.get_mut(source.pipeline) else {
+            return;
+        };
         match event {
             Event::AttemptCompleted(a) => {
                 let bucket = route.bucket(second);
