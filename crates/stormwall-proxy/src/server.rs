@@ -165,7 +165,9 @@ impl Proxy {
         let routes = build_routes(&config, &[], &listener)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .http1_writev(false)
+            .build(connector);
         let routes = routes
             .into_iter()
             .map(|(route, _)| start_route(route, &client))
@@ -275,7 +277,7 @@ impl Proxy {
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // A head over the limit: hyper answers 431.
-                builder.http1().max_buf_size(max_header);
+                builder.http1().max_buf_size(max_header).writev(false);
                 builder
                     .http2()
                     .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
@@ -290,11 +292,7 @@ impl Proxy {
     }
 
     /// One request, start to finish.
-    pub async fn handle(
-        &self,
-        request: Request<Incoming>,
-        peer: &Peer,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let started = Instant::now();
         let routes = self.routes();
         let route = {
@@ -513,24 +511,38 @@ impl Proxy {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none (or only `Connection`): one pass over the names finds out,
-    // cheaper than a hashed removal per hop-by-hop name.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // Most messages carry none, or only `Connection: keep-alive`: one pass over the names
+    // finds those present, and only they are removed (no hashing for the absent ones).
+    let mut present = [false; 8];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<String> = headers
+    // Headers named in `Connection` are hop-by-hop too (`close` and `keep-alive`, the
+    // usual tokens, need no removal of their own beyond the list).
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|h| h.trim().to_ascii_lowercase())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
     for name in &named {
-        headers.remove(name.as_str());
+        headers.remove(name);
     }
 }
 
