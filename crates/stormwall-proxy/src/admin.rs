@@ -18,9 +18,29 @@ use stormwall::health::{BreakerCheck, CheckResult, HealthRegistry, HealthStatus}
 fn prometheus() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new().install_recorder().ok()?;
+            // `install_recorder` leaves upkeep to its caller. Without it every histogram
+            // sample waits for the next scrape: with nobody scraping, memory grew by ≈ 58
+            // bytes per proxied request (14 MB per 240k requests). Upkeep every second
+            // bounds what waits to one second of traffic.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name(UPKEEP_THREAD.into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "stormwall proxy: no metrics upkeep thread; histograms drain only when scraped");
+            }
+            Some(handle)
+        })
         .as_ref()
 }
+
+/// The name of the thread that drains the recorder's histogram samples.
+pub const UPKEEP_THREAD: &str = "metrics-upkeep";
 
 /// Installs the Prometheus recorder (once per process).
 pub fn install_metrics() {

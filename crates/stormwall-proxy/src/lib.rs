@@ -17,7 +17,7 @@ mod defer;
 mod route;
 mod server;
 
-pub use admin::{install_metrics, router as admin_router};
+pub use admin::{install_metrics, router as admin_router, UPKEEP_THREAD};
 pub use config::{
     BreakerConfig, BulkheadConfig, Config, DeferConfig, FallbackConfig, HealthCheckConfig,
     MatchConfig, RateLimitConfig, RetryConfig, RouteConfig, ServerConfig, TimeoutConfig,

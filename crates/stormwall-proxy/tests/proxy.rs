@@ -692,3 +692,19 @@ async fn replicas_share_a_routes_breaker_through_redis() {
         .to_string();
     assert!(err.contains("route[shared].circuit_breaker.redis"), "{err}");
 }
+
+#[test]
+fn histogram_samples_are_drained_without_a_scrape() {
+    // The recorder's upkeep runs on its own thread: without it, every histogram sample
+    // would wait for a scrape and memory would grow with traffic.
+    stormwall_proxy::install_metrics();
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == stormwall_proxy::UPKEEP_THREAD),
+        "{names:?}"
+    );
+}
