@@ -12,9 +12,10 @@ if ! need nginx || ! need haproxy || ! need wrk; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq nginx haproxy wrk >/dev/null
 fi
 cargo build --release -q -p stormwall-cli
+cargo build --release -q -p stormwall-proxy --example hyper_floor
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-UP=18601 NGINX=18602 HAPROXY=18603 STORMWALL=18604 ADMIN=18605
+UP=18601 NGINX=18602 HAPROXY=18603 STORMWALL=18604 ADMIN=18605 FLOOR=18606
 
 # The upstream: nginx answering a fixed 2-byte body (2 workers, so it is not the bottleneck).
 cat > "$work/upstream.conf" <<CONF
@@ -64,10 +65,12 @@ retry = { max_retries = 3 }
 circuit_breaker = { failure_ratio = 0.5, minimum_throughput = 100, sampling_duration = "10s" }
 CONF
 STORMWALL_WORKER_THREADS=1 RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/release/stormwall" proxy --config "$work/stormwall.toml" &
+# The floor: hyper's server and pooled client with the sidecar's settings, nothing else.
+"${CARGO_TARGET_DIR:-target}/release/examples/hyper_floor" "127.0.0.1:$FLOOR" "127.0.0.1:$UP" &
 sleep 1
 
 printf "%-22s %10s %9s %9s %9s\n" "through" "req/s" "p50" "p90" "p99"
-for entry in "direct:$UP" "nginx (1 worker):$NGINX" "haproxy (1 thread):$HAPROXY" "stormwall (1 thread):$STORMWALL"; do
+for entry in "direct:$UP" "nginx (1 worker):$NGINX" "haproxy (1 thread):$HAPROXY" "hyper floor (1 thread):$FLOOR" "stormwall (1 thread):$STORMWALL"; do
   name=${entry%:*}; port=${entry##*:}
   wrk -t2 -c1 -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true   # warm up
   out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$port/")
