@@ -107,11 +107,7 @@ impl Stopwatch {
     /// Nanoseconds since the start.
     #[inline]
     pub(crate) fn nanos(&self) -> u64 {
-        match &self.fast {
-            // Raw counter readings scale to nanoseconds without a `Duration` in between.
-            Some((counter, start)) => counter.delta_as_nanos(*start, counter.raw()),
-            None => self.tokio_nanos(),
-        }
+        self.nanos_from_ticks(self.ticks())
     }
 
     /// The time since the start in the stopwatch's own *ticks*: nanoseconds on tokio's
@@ -139,7 +135,9 @@ impl Stopwatch {
         }
     }
 
-    /// `ticks` of this stopwatch in nanoseconds.
+    /// `ticks` of this stopwatch in nanoseconds (raw counter ticks scale without a
+    /// `Duration` in between).
+    #[inline]
     pub(crate) fn nanos_from_ticks(&self, ticks: u64) -> u64 {
         match &self.fast {
             Some((counter, _)) => counter.delta_as_nanos(0, ticks),
