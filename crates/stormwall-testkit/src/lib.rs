@@ -105,6 +105,20 @@ impl PostgresServer {
         command
     }
 
+    /// A client program (`psql`, `pg_isready`) pointed at this server as `postgres`.
+    fn client(&self, program: &str) -> Command {
+        let mut command = self.command(program);
+        command.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
+        command
+    }
+
     /// Starts (again) on the same port and data; returns once it accepts queries.
     pub fn restart(&mut self) {
         let child = self
@@ -128,15 +142,7 @@ impl PostgresServer {
         let started = Instant::now();
         loop {
             let ready = self
-                .command("pg_isready")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                ])
+                .client("pg_isready")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -182,15 +188,7 @@ impl PostgresServer {
     /// Runs `sql` in database `db` with psql; its output (panics when it fails).
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = self
-            .command("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
+            .client("psql")
             .args(["-d", db, "-tAc", sql])
             .output()
             .expect("psql (Debian's postgresql-client)");
