@@ -272,6 +272,25 @@ impl Postgres {
         Ok(changed as usize)
     }
 
+    pub(crate) async fn purge_done(
+        &self,
+        queue: &str,
+        older_than_ms: i64,
+    ) -> Result<usize, QueueError> {
+        let changed = self
+            .pool
+            .execute(
+                concat!(
+                    "DELETE FROM stormwall_jobs WHERE queue = $1 AND state = 'done' AND created_at <= ",
+                    now_ms!(),
+                    " - $2"
+                ),
+                &[&queue, &older_than_ms],
+            )
+            .await?;
+        Ok(changed as usize)
+    }
+
     pub(crate) async fn states(&self, queue: &str) -> Result<Vec<StateCount>, QueueError> {
         let rows = self
             .pool

@@ -304,6 +304,17 @@ impl DurableQueue {
         dispatch!(self.purge_dead(queue))
     }
 
+    /// Deletes the done jobs of `queue` enqueued at least `older_than` ago; how many.
+    ///
+    /// Done jobs are kept so that an enqueue repeating their idempotency key stays a
+    /// duplicate; this sets how long that holds (a key enqueued again after its job was
+    /// purged makes a new job) and keeps the table from growing with every job ever run.
+    /// Jobs that are ready, leased or dead are never touched.
+    pub async fn purge_done(&self, queue: &str, older_than: Duration) -> Result<usize, QueueError> {
+        let older_than_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        dispatch!(self.purge_done(queue, older_than_ms))
+    }
+
     /// How many jobs `queue` holds, by state (also reported as metrics
     /// `stormwall_queue_depth{queue,state}` and `stormwall_queue_oldest_age_seconds{queue}`).
     pub async fn depth(&self, queue: &str) -> Result<QueueDepth, QueueError> {

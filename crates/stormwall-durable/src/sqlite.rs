@@ -361,6 +361,21 @@ impl Sqlite {
         .await
     }
 
+    pub(crate) async fn purge_done(
+        &self,
+        queue: &str,
+        older_than_ms: i64,
+    ) -> Result<usize, QueueError> {
+        let queue = queue.to_owned();
+        self.run(move |c| {
+            Ok(c.execute(
+                "DELETE FROM stormwall_jobs WHERE queue = ?1 AND state = 'done' AND created_at <= ?2",
+                params![queue, now_ms().saturating_sub(older_than_ms)],
+            )?)
+        })
+        .await
+    }
+
     pub(crate) async fn states(&self, queue: &str) -> Result<Vec<StateCount>, QueueError> {
         let queue = queue.to_owned();
         self.run(move |c| {

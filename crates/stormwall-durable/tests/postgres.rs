@@ -40,6 +40,10 @@ async fn the_queue_suite_passes_on_postgres() {
         connect(&server.database("probe")).await,
     )
     .await;
+    common::done_jobs_are_purged_after_their_retention_and_their_keys_free_again(
+        connect(&server.database("purge_done")).await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

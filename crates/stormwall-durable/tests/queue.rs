@@ -26,6 +26,14 @@ async fn enqueue_is_idempotent_and_a_lease_comes_back_after_its_visibility_timeo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_jobs_are_purged_after_their_retention_and_their_keys_free_again() {
+    common::done_jobs_are_purged_after_their_retention_and_their_keys_free_again(
+        DurableQueue::open(db("purge-done"), QueueOptions::default()).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_typed_error() {
     let path = db("bad");
     let queue = DurableQueue::open(

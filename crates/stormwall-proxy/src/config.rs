@@ -118,6 +118,12 @@ pub struct DeferConfig {
     /// Replays before a request becomes a dead letter. Default 10.
     #[serde(default = "default_defer_attempts")]
     pub max_attempts: u32,
+    /// How long a replayed request is kept after it was deferred: while it is, a repeat with
+    /// its `Idempotency-Key` is answered as a duplicate and not queued again. Older ones are
+    /// deleted (checked every minute), so the database does not grow with every request
+    /// ever deferred. Default 24 h; at least 1 s.
+    #[serde(default = "default_keep_done", with = "humantime_serde")]
+    pub keep_done: Duration,
 }
 
 fn default_defer_status() -> u16 {
@@ -125,6 +131,9 @@ fn default_defer_status() -> u16 {
 }
 fn default_defer_attempts() -> u32 {
     10
+}
+fn default_keep_done() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// `health_check = { path = "/health", interval = "5s", timeout = "1s" }`: GET `path` on
@@ -377,6 +386,15 @@ impl Config {
                     ));
                 }
             }
+            if let Some(d) = &route.defer {
+                if d.keep_done < Duration::from_secs(1) {
+                    return Err(ConfigError::new(
+                        at("defer.keep_done"),
+                        d.keep_done,
+                        "at least 1s",
+                    ));
+                }
+            }
             seen.push((&route.name, host, prefix));
         }
         Ok(())
@@ -421,6 +439,10 @@ fallback = { status = 503, body = '{"status":"queued"}' }
             (GOOD.replace("max_concurrency = 100", "max_concurrency = \"many\""), "config"),
             (GOOD.replace("http://127.0.0.1:7001", "ftp://x"), "route[payment].upstream"),
             (GOOD.replace("status = 503", "status = 1000"), "route[payment].fallback.status"),
+            (
+                format!("{GOOD}\n[[route]]\nname = \"kept\"\nmatch = {{ path_prefix = \"/kept\" }}\nupstream = \"http://127.0.0.1:1\"\ndefer = {{ database = \"k.db\", keep_done = \"500ms\" }}\n"),
+                "route[kept].defer.keep_done",
+            ),
             (
                 format!("{GOOD}\n[[route]]\nname = \"again\"\nmatch = {{ path_prefix = \"/payment\" }}\nupstream = \"http://127.0.0.1:1\"\n"),
                 "route[again].match",

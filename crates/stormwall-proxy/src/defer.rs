@@ -63,6 +63,9 @@ fn decode(payload: &[u8], upstream: &http::uri::Authority) -> Option<Request<Ful
     Some(request)
 }
 
+/// How often a route's replay worker deletes replayed requests past `defer.keep_done`.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
 /// Opens a route's queue and starts its replay worker (ending when the route is dropped).
 pub(crate) fn start(
     route: &Arc<Route>,
@@ -93,7 +96,10 @@ pub(crate) fn start(
         },
         route.breaker.clone(),
     );
+    let (keeper, name) = (queue.clone(), route.name().to_owned());
     tokio::spawn(async move {
+        // The first purge runs at start-up (a restart does not wait a minute).
+        let mut purged: Option<tokio::time::Instant> = None;
         let replay = |job: Job| {
             let (weak, client) = (weak.clone(), client.clone());
             async move {
@@ -126,6 +132,12 @@ pub(crate) fn start(
             match worker.run_once(&replay).await {
                 Ok(0) | Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 Ok(_) => {}
+            }
+            if purged.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+                purged = Some(tokio::time::Instant::now());
+                if let Err(e) = keeper.purge_done(&name, defer.keep_done).await {
+                    tracing::warn!(route = %name, error = %e, "stormwall proxy: could not purge replayed requests");
+                }
             }
         }
     });

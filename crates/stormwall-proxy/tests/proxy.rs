@@ -708,3 +708,92 @@ fn histogram_samples_are_drained_without_a_scrape() {
         "{names:?}"
     );
 }
+
+/// Replayed requests are deleted once older than `defer.keep_done` (24 h by default), and
+/// their key is then free again; younger ones stay and still deduplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_requests_are_deleted_after_keep_done() {
+    let port = fastrand_port();
+    let database =
+        std::env::temp_dir().join(format!("stormwall-keep-{}-{port}.db", std::process::id()));
+    let _ = std::fs::remove_file(&database);
+    // Two requests replayed earlier: one deferred two days ago, one an hour ago.
+    {
+        let queue = stormwall_durable::DurableQueue::open(&database, Default::default()).unwrap();
+        for key in ["old", "recent"] {
+            queue
+                .enqueue("orders", b"x".to_vec(), Some(key))
+                .await
+                .unwrap();
+        }
+        for job in queue
+            .lease("orders", "earlier", 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            queue.ack(&job).await.unwrap();
+        }
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let db = rusqlite::Connection::open(&database).unwrap();
+    for (key, age_ms) in [("old", 48 * 3_600_000), ("recent", 3_600_000)] {
+        db.execute(
+            "UPDATE stormwall_jobs SET created_at = ?1 WHERE idempotency_key = ?2",
+            rusqlite::params![now_ms - age_ms, key],
+        )
+        .unwrap();
+    }
+    let keys = |db: &rusqlite::Connection| -> Vec<String> {
+        let mut s = db
+            .prepare("SELECT idempotency_key FROM stormwall_jobs ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(keys(&db), ["old", "recent"]);
+
+    let proxy = start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "orders"
+match = {{ path_prefix = "/orders" }}
+upstream = "http://127.0.0.1:{port}"
+timeout = {{ total = "1s", attempt = "200ms" }}
+defer = {{ database = "{}" }}
+"#,
+        database.display()
+    ))
+    .await;
+    // The replay worker purges as it starts.
+    let started = std::time::Instant::now();
+    while keys(&db) != ["recent"] {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not purged: {:?}",
+            keys(&db)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // "old" is free again; "recent" still deduplicates (the upstream is down: both defer).
+    for (key, duplicate) in [("old", false), ("recent", true)] {
+        let (status, _, body) = send(
+            proxy.addr,
+            &format!("POST /orders HTTP/1.1\r\nIdempotency-Key: {key}"),
+            "{}",
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        assert!(
+            body.contains(&format!("\"duplicate\":{duplicate}")),
+            "{key}: {body}"
+        );
+    }
+}

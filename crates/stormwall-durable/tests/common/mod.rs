@@ -257,3 +257,54 @@ pub async fn a_worker_probes_after_the_break_and_drains_when_the_target_is_back(
     let calls = calls.load(Ordering::SeqCst);
     assert!((20..60).contains(&calls), "{calls} calls");
 }
+
+pub async fn done_jobs_are_purged_after_their_retention_and_their_keys_free_again(
+    queue: DurableQueue,
+) {
+    let kept = queue.enqueue("q", b"a".to_vec(), Some("k1")).await.unwrap();
+    queue.enqueue("q", b"b".to_vec(), Some("k2")).await.unwrap();
+    queue
+        .enqueue("other", b"c".to_vec(), Some("k1"))
+        .await
+        .unwrap();
+    let leased = queue
+        .lease("q", "w", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2);
+    let done = leased.iter().find(|j| j.id == kept.id).unwrap();
+    queue.ack(done).await.unwrap();
+    let other = queue
+        .lease("other", "w", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queue.ack(&other[0]).await.unwrap();
+
+    // Younger than the retention: kept, and its key still deduplicates.
+    assert_eq!(
+        queue
+            .purge_done("q", Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        queue
+            .enqueue("q", b"a".to_vec(), Some("k1"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+
+    // Past it: only the done job of this queue goes; the leased one and the other queue's
+    // done job stay.
+    assert_eq!(queue.purge_done("q", Duration::ZERO).await.unwrap(), 1);
+    let depth = queue.depth("q").await.unwrap();
+    assert_eq!((depth.ready, depth.leased, depth.done), (0, 1, 0));
+    assert_eq!(queue.depth("other").await.unwrap().done, 1);
+
+    // The key is free again: the same enqueue now makes a new job.
+    let again = queue.enqueue("q", b"a".to_vec(), Some("k1")).await.unwrap();
+    assert!(!again.duplicate);
+    assert_ne!(again.id, kept.id);
+}
