@@ -5,6 +5,7 @@
 //! Concurrent duplicates run the handler once: the store claims a key atomically.
 
 use crate::store::{Begin, Store};
+use crate::SagaError;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -12,6 +13,7 @@ use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +34,11 @@ pub struct IdempotencyOptions {
     /// How long a repeat waits for the first request with its key to finish before it
     /// answers 409. Default 0: at once (the IETF draft's behaviour).
     pub in_flight_wait: Duration,
+    /// How often expired keys are deleted from the store, in the background of a request
+    /// (it does not wait for it); `None`: never (purge with
+    /// [`IdempotencyLayer::purge_expired`] from a job of your own). Default every minute:
+    /// without it, every key ever used would stay in the store.
+    pub purge_every: Option<Duration>,
     /// The time; `SystemTime` by default, injectable for tests.
     pub clock: Clock,
 }
@@ -43,6 +50,7 @@ impl std::fmt::Debug for IdempotencyOptions {
             .field("ttl", &self.ttl)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("in_flight_wait", &self.in_flight_wait)
+            .field("purge_every", &self.purge_every)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +62,7 @@ impl Default for IdempotencyOptions {
             ttl: Duration::from_secs(24 * 3600),
             max_body_bytes: 1024 * 1024,
             in_flight_wait: Duration::ZERO,
+            purge_every: Some(Duration::from_secs(60)),
             clock: Arc::new(|| {
                 SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -78,6 +87,9 @@ impl Default for IdempotencyOptions {
 pub struct IdempotencyLayer<S> {
     store: S,
     options: Arc<IdempotencyOptions>,
+    /// When expired keys were last purged (the clock's milliseconds), shared by every
+    /// service the layer makes.
+    purged_at: Arc<AtomicI64>,
 }
 
 impl<S: Store> IdempotencyLayer<S> {
@@ -86,7 +98,15 @@ impl<S: Store> IdempotencyLayer<S> {
         IdempotencyLayer {
             store,
             options: Arc::new(options),
+            purged_at: Arc::new(AtomicI64::new(i64::MIN)),
         }
+    }
+
+    /// Deletes the keys expired by now (on the options' clock); how many.
+    pub async fn purge_expired(&self) -> Result<usize, SagaError> {
+        self.store
+            .idempotency_purge_expired((self.options.clock)())
+            .await
     }
 }
 
@@ -96,6 +116,7 @@ impl<S: Clone, I> tower_layer::Layer<I> for IdempotencyLayer<S> {
         IdempotencyService {
             store: self.store.clone(),
             options: self.options.clone(),
+            purged_at: self.purged_at.clone(),
             inner,
         }
     }
@@ -106,7 +127,39 @@ impl<S: Clone, I> tower_layer::Layer<I> for IdempotencyLayer<S> {
 pub struct IdempotencyService<S, I> {
     store: S,
     options: Arc<IdempotencyOptions>,
+    purged_at: Arc<AtomicI64>,
     inner: I,
+}
+
+/// Starts a background purge of expired keys when the last one is `purge_every` old (one
+/// caller wins the turn; the request does not wait for it).
+fn purge_when_due<S: Store>(
+    store: &S,
+    options: &IdempotencyOptions,
+    purged_at: &AtomicI64,
+    now_ms: i64,
+) {
+    let Some(every) = options.purge_every else {
+        return;
+    };
+    let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+    let last = purged_at.load(Ordering::Relaxed);
+    if now_ms.saturating_sub(last) < every
+        || purged_at
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let store = store.clone();
+    runtime.spawn(async move {
+        if let Err(e) = store.idempotency_purge_expired(now_ms).await {
+            tracing::warn!(error = %e, "stormwall idempotency: could not purge expired keys");
+        }
+    });
 }
 
 fn plain<B: From<Bytes>>(status: StatusCode, message: String) -> Response<B> {
@@ -242,6 +295,7 @@ where
             return Box::pin(inner.call(request));
         };
         let (store, options) = (self.store.clone(), self.options.clone());
+        purge_when_due(&store, &options, &self.purged_at, (options.clock)());
         Box::pin(async move {
             let key = match key.to_str() {
                 Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_owned(),

@@ -18,6 +18,15 @@ async fn the_suite_passes_on_postgres() {
     common::sagas(connect(&server.database("sagas")).await).await;
     common::parked_sagas(connect(&server.database("parked")).await).await;
     common::resume_after_interruption(connect(&server.database("resume")).await).await;
+    let purge = server.database("purge");
+    common::expired_keys_are_purged(connect(&purge).await, || {
+        server
+            .psql("purge", "SELECT COUNT(*) FROM stormwall_idempotency")
+            .trim()
+            .parse()
+            .unwrap()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,19 @@ fn store(name: &str) -> (SqliteStore, std::path::PathBuf) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_purged() {
+    let (store, path) = store("purge");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    common::expired_keys_are_purged(store, move || {
+        db.query_row("SELECT COUNT(*) FROM stormwall_idempotency", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap() as usize
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys() {
     common::idempotency_keys(store("idempotency").0).await;
 }

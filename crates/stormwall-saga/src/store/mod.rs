@@ -109,6 +109,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), SagaError>> + Send;
     /// Forgets `key` (the request failed in a way worth retrying).
     fn idempotency_abandon(&self, key: &str) -> impl Future<Output = Result<(), SagaError>> + Send;
+    /// Deletes every key whose expiry is at or before `now_ms` (finished or not); how many.
+    fn idempotency_purge_expired(
+        &self,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<usize, SagaError>> + Send;
 
     /// Stores a new saga, owned by `owner` until `lease_until_ms`; false when the id
     /// exists.

@@ -172,6 +172,17 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn idempotency_purge_expired(&self, now_ms: i64) -> Result<usize, SagaError> {
+        let deleted = self
+            .pool
+            .execute(
+                "DELETE FROM stormwall_idempotency WHERE expires_at <= $1",
+                &[&now_ms],
+            )
+            .await?;
+        Ok(deleted as usize)
+    }
+
     async fn saga_create(
         &self,
         row: SagaRow,

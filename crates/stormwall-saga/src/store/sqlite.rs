@@ -170,6 +170,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn idempotency_purge_expired(&self, now_ms: i64) -> Result<usize, SagaError> {
+        self.run(move |c| {
+            Ok(c.execute(
+                "DELETE FROM stormwall_idempotency WHERE expires_at <= ?1",
+                params![now_ms],
+            )?)
+        })
+        .await
+    }
+
     async fn saga_create(
         &self,
         row: SagaRow,

@@ -88,8 +88,17 @@ pub async fn idempotency_keys(store: impl Store) {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body.contains("k-1"), "{body}");
 
-    // Without waiting: a repeat while the first runs is told so.
-    let eager = order_app(store.clone(), IdempotencyOptions::default(), calls.clone());
+    // Without waiting: a repeat while the first runs is told so. (On the same clock: one
+    // store, one time — a layer on the real clock would purge the test clock's keys.)
+    let clock = now.clone();
+    let eager = order_app(
+        store.clone(),
+        IdempotencyOptions {
+            clock: Arc::new(move || clock.load(Ordering::SeqCst)),
+            ..Default::default()
+        },
+        calls.clone(),
+    );
     let (first, second) = tokio::join!(send(&eager, "k-2", "a chair"), async {
         tokio::time::sleep(Duration::from_millis(10)).await;
         send(&eager, "k-2", "a chair").await
@@ -557,4 +566,63 @@ pub async fn resume_after_interruption(store: impl Store) {
     assert_eq!(resumed.len(), 1);
     assert_eq!(resumed[0].1.status, SagaStatus::Completed);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "step one ran once");
+}
+
+/// Expired keys leave the store: on demand (`purge_expired`) and in the background of a
+/// request once `purge_every` has passed; a key still within its expiry stays and replays.
+/// `rows` counts the keys the backend holds.
+pub async fn expired_keys_are_purged(store: impl Store, rows: impl Fn() -> usize) {
+    const HOUR: i64 = 3_600_000;
+    let t0 = 1_000_000;
+    let now = Arc::new(AtomicI64::new(t0));
+    let clock = now.clone();
+    let options = |purge_every| IdempotencyOptions {
+        ttl: Duration::from_secs(3600),
+        purge_every,
+        clock: Arc::new({
+            let clock = clock.clone();
+            move || clock.load(Ordering::SeqCst)
+        }),
+        ..Default::default()
+    };
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = order_app(store.clone(), options(None), calls.clone());
+    let layer = IdempotencyLayer::new(store.clone(), options(None));
+    for key in ["a", "b"] {
+        assert_eq!(send(&app, key, "x").await.0, StatusCode::CREATED);
+    }
+    now.store(t0 + HOUR / 2, Ordering::SeqCst);
+    assert_eq!(send(&app, "c", "x").await.0, StatusCode::CREATED);
+    assert_eq!(layer.purge_expired().await.unwrap(), 0, "none expired yet");
+    assert_eq!(rows(), 3);
+
+    // a and b expire at t0 + 1 h exactly; c half an hour later.
+    now.store(t0 + HOUR, Ordering::SeqCst);
+    assert_eq!(layer.purge_expired().await.unwrap(), 2);
+    assert_eq!(layer.purge_expired().await.unwrap(), 0);
+    assert_eq!(rows(), 1);
+    let (status, _, replayed) = send(&app, "c", "x").await;
+    assert!(status == StatusCode::CREATED && replayed, "c is kept");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // In the background: the first request through a layer that purges takes the turn.
+    let purging = order_app(
+        store.clone(),
+        options(Some(Duration::from_secs(60))),
+        calls.clone(),
+    );
+    now.store(t0 + 2 * HOUR, Ordering::SeqCst);
+    assert_eq!(send(&purging, "d", "x").await.0, StatusCode::CREATED);
+    let started = std::time::Instant::now();
+    // c (expired at t0 + 1.5 h) goes; d (just stored) stays.
+    while rows() != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not purged: {} keys",
+            rows()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, _, replayed) = send(&purging, "d", "x").await;
+    assert!(replayed, "d is kept");
 }
