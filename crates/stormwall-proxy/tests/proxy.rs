@@ -531,13 +531,17 @@ async fn replays_probe_a_breaker_that_live_traffic_opened() {
     .await;
 }
 
-async fn store_and_forward(extra: &str) {
-    // A port with nothing listening yet: the upstream starts there later.
-    let port = fastrand_port();
+/// A path for a new defer database (none there yet).
+fn fresh_database(name: &str, port: u16) -> std::path::PathBuf {
     let database =
-        std::env::temp_dir().join(format!("stormwall-defer-{}-{port}.db", std::process::id()));
+        std::env::temp_dir().join(format!("stormwall-{name}-{}-{port}.db", std::process::id()));
     let _ = std::fs::remove_file(&database);
-    let text = format!(
+    database
+}
+
+/// A proxy with one route, `orders`, to `port` that defers keyed requests into `database`.
+fn deferring_route(port: u16, database: &std::path::Path, extra: &str) -> String {
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -550,8 +554,14 @@ timeout = {{ total = "1s", attempt = "200ms" }}
 defer = {{ database = "{}" }}
 {extra}"#,
         database.display()
-    );
-    let proxy = start(&text).await;
+    )
+}
+
+async fn store_and_forward(extra: &str) {
+    // A port with nothing listening yet: the upstream starts there later.
+    let port = fastrand_port();
+    let database = fresh_database("defer", port);
+    let proxy = start(&deferring_route(port, &database, extra)).await;
     for i in 0..20 {
         let (status, _, body) = send(
             proxy.addr,
@@ -714,9 +724,7 @@ fn histogram_samples_are_drained_without_a_scrape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_requests_are_deleted_after_keep_done() {
     let port = fastrand_port();
-    let database =
-        std::env::temp_dir().join(format!("stormwall-keep-{}-{port}.db", std::process::id()));
-    let _ = std::fs::remove_file(&database);
+    let database = fresh_database("keep", port);
     // Two requests replayed earlier: one deferred two days ago, one an hour ago.
     {
         let queue = stormwall_durable::DurableQueue::open(&database, Default::default()).unwrap();
@@ -757,21 +765,7 @@ async fn replayed_requests_are_deleted_after_keep_done() {
     };
     assert_eq!(keys(&db), ["old", "recent"]);
 
-    let proxy = start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[[route]]
-name = "orders"
-match = {{ path_prefix = "/orders" }}
-upstream = "http://127.0.0.1:{port}"
-timeout = {{ total = "1s", attempt = "200ms" }}
-defer = {{ database = "{}" }}
-"#,
-        database.display()
-    ))
-    .await;
+    let proxy = start(&deferring_route(port, &database, "")).await;
     // The replay worker purges as it starts.
     let started = std::time::Instant::now();
     while keys(&db) != ["recent"] {
