@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS stormwall_jobs (
     leased_by TEXT,
     created_at BIGINT NOT NULL,
     last_error TEXT,
+    expired_leases INTEGER NOT NULL DEFAULT 0,
     UNIQUE (queue, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS stormwall_jobs_due ON stormwall_jobs (queue, state, run_at);
@@ -62,9 +63,16 @@ impl Postgres {
             )
             .await?
             .map(|row| row.get::<_, String>(0));
-        if !crate::queue::check_schema(found)? {
+        let found = crate::queue::check_schema(found)?;
+        if found != Some(SCHEMA_VERSION) {
+            // Version 1: the table was there before `expired_leases`.
+            tx.batch_execute(
+                "ALTER TABLE stormwall_jobs ADD COLUMN IF NOT EXISTS expired_leases INTEGER NOT NULL DEFAULT 0",
+            )
+            .await?;
             tx.execute(
-                "INSERT INTO stormwall_meta (key, value) VALUES ('schema_version', $1)",
+                "INSERT INTO stormwall_meta (key, value) VALUES ('schema_version', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                 &[&SCHEMA_VERSION.to_string()],
             )
             .await?;
@@ -128,12 +136,45 @@ impl Postgres {
         worker: &str,
         max: usize,
         visibility: Duration,
+        max_attempts: i64,
     ) -> Result<Vec<Job>, QueueError> {
-        let client = self.pool.client().await?;
-        let statement = client
+        let mut client = self.pool.client().await?;
+        let tx = client.transaction().await?;
+        // Jobs whose last allowed lease ran out: a worker died on them every time.
+        let dead = tx
+            .query(
+                concat!(
+                    "UPDATE stormwall_jobs
+                        SET state = 'dead', lease_until = NULL, expired_leases = expired_leases + 1
+                      WHERE id IN (SELECT id FROM stormwall_jobs
+                                    WHERE queue = $1 AND state = 'leased' AND attempts >= $2
+                                      AND lease_until < ",
+                    now_ms!(),
+                    " FOR UPDATE SKIP LOCKED)
+                  RETURNING id, expired_leases, attempts, COALESCE(leased_by, '')"
+                ),
+                &[&queue, &(max_attempts.min(i64::from(i32::MAX)) as i32)],
+            )
+            .await?;
+        for row in dead {
+            let (id, expired, attempts, holder): (i64, i32, i32, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let error = crate::queue::lease_expired_error(expired.into(), attempts.into(), &holder);
+            tracing::warn!(job = id, %queue, %error, "stormwall-durable: job moved to dead letters");
+            tx.execute(
+                "UPDATE stormwall_jobs SET last_error = $1 WHERE id = $2",
+                &[&error, &id],
+            )
+            .await?;
+        }
+        let statement = tx
             .prepare_cached(concat!(
                 "UPDATE stormwall_jobs
-                    SET state = 'leased', lease_until = ",
+                    SET expired_leases = expired_leases + CASE WHEN state = 'leased' THEN 1 ELSE 0 END,
+                        last_error = CASE WHEN state = 'leased'
+                            THEN 'lease expired: worker ' || quote_literal(leased_by) || ' neither acked nor failed it'
+                            ELSE last_error END,
+                        state = 'leased', lease_until = ",
                 now_ms!(),
                 " + $1, leased_by = $2, attempts = attempts + 1
                   WHERE id IN (SELECT id FROM stormwall_jobs
@@ -148,7 +189,7 @@ impl Postgres {
               RETURNING id, payload, idempotency_key, attempts"
             ))
             .await?;
-        let rows = client
+        let rows = tx
             .query(
                 &statement,
                 &[
@@ -170,6 +211,7 @@ impl Postgres {
                 worker: worker.to_owned(),
             })
             .collect();
+        tx.commit().await?;
         jobs.sort_by_key(|j| j.id);
         Ok(jobs)
     }
@@ -251,7 +293,7 @@ impl Postgres {
             .pool
             .execute(
                 concat!(
-                    "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, run_at = ",
+                    "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, expired_leases = 0, run_at = ",
                     now_ms!(),
                     " WHERE queue = $1 AND state = 'dead'"
                 ),

@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-/// The schema version this crate writes; a newer database is refused.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// The schema version this crate writes; a newer database is refused. Version 2 added
+/// `expired_leases` (how many times a job's lease ran out without an ack or fail).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// A dead letter: (job id, idempotency key, last error).
 pub type DeadLetter = (i64, Option<String>, Option<String>);
@@ -13,11 +14,11 @@ pub type DeadLetter = (i64, Option<String>, Option<String>);
 /// (state, jobs, age of the oldest in ms).
 pub(crate) type StateCount = (String, i64, Option<i64>);
 
-/// Checks the stored schema version: `Ok(true)` when present and readable by this build,
-/// `Ok(false)` when absent (a new database).
-pub(crate) fn check_schema(found: Option<String>) -> Result<bool, QueueError> {
+/// Checks the stored schema version: the version found (readable by this build), `None`
+/// when absent (a new database).
+pub(crate) fn check_schema(found: Option<String>) -> Result<Option<i64>, QueueError> {
     let Some(found) = found else {
-        return Ok(false);
+        return Ok(None);
     };
     let version = found
         .parse::<i64>()
@@ -28,7 +29,16 @@ pub(crate) fn check_schema(found: Option<String>) -> Result<bool, QueueError> {
             supported: SCHEMA_VERSION,
         });
     }
-    Ok(true)
+    Ok(Some(version))
+}
+
+/// The dead letter's error of a job whose lease ran out for the last time it may.
+pub(crate) fn lease_expired_error(expired: i64, attempts: i64, worker: &str) -> String {
+    let times = if expired == 1 { "time" } else { "times" };
+    format!(
+        "lease expired {expired} {times} (attempt {attempts} was the last allowed): \
+         worker {worker:?} neither acked nor failed it — it crashed or hung on this job"
+    )
 }
 
 /// What went wrong with the queue.
@@ -93,6 +103,15 @@ pub struct QueueOptions {
     pub max_batch: usize,
     /// Connections in the pool (PostgreSQL). Default 8.
     pub connections: usize,
+    /// Leases a job may take before it becomes a dead letter when [`lease`] finds its last
+    /// lease expired (the worker crashed or hung on it: it never acked or failed it).
+    /// A [`Worker`] uses its own [`WorkerOptions::max_attempts`] instead. Default 5;
+    /// valid ≥ 1.
+    ///
+    /// [`lease`]: DurableQueue::lease
+    /// [`Worker`]: crate::Worker
+    /// [`WorkerOptions::max_attempts`]: crate::WorkerOptions::max_attempts
+    pub max_attempts: u32,
 }
 
 impl Default for QueueOptions {
@@ -101,6 +120,7 @@ impl Default for QueueOptions {
             max_payload_bytes: 1024 * 1024,
             max_batch: 512,
             connections: 8,
+            max_attempts: 5,
         }
     }
 }
@@ -236,6 +256,10 @@ impl DurableQueue {
 
     /// Leases up to `max` due jobs of `queue` for `visibility`: until then no other worker
     /// gets them; after it (a crashed worker), they are due again.
+    ///
+    /// Every lease counts as an attempt. A job whose lease expired on its
+    /// [`QueueOptions::max_attempts`]th attempt (its worker died on it every time, say) is
+    /// not leased again: it becomes a dead letter whose error says "lease expired N times".
     pub async fn lease(
         &self,
         queue: &str,
@@ -243,7 +267,23 @@ impl DurableQueue {
         max: usize,
         visibility: Duration,
     ) -> Result<Vec<Job>, QueueError> {
-        dispatch!(self.lease(queue, worker, max, visibility))
+        self.lease_at_most(queue, worker, max, visibility, self.options.max_attempts)
+            .await
+    }
+
+    /// [`lease`](Self::lease) with the attempts limit given here (the [`Worker`]'s).
+    ///
+    /// [`Worker`]: crate::Worker
+    pub(crate) async fn lease_at_most(
+        &self,
+        queue: &str,
+        worker: &str,
+        max: usize,
+        visibility: Duration,
+        max_attempts: u32,
+    ) -> Result<Vec<Job>, QueueError> {
+        let max_attempts = i64::from(max_attempts.max(1));
+        dispatch!(self.lease(queue, worker, max, visibility, max_attempts))
     }
 
     /// The job is done.

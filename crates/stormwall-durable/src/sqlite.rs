@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS stormwall_jobs (
     leased_by TEXT,
     created_at INTEGER NOT NULL,
     last_error TEXT,
+    expired_leases INTEGER NOT NULL DEFAULT 0,
     UNIQUE (queue, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS stormwall_jobs_due ON stormwall_jobs (queue, state, run_at);
@@ -65,15 +66,18 @@ fn open(path: &Path) -> Result<Connection, QueueError> {
         )
         .optional()?;
     match crate::queue::check_schema(found)? {
-        true => Ok(connection),
-        false => {
-            connection.execute(
-                "INSERT OR REPLACE INTO stormwall_meta (key, value) VALUES ('schema_version', ?1)",
-                params![SCHEMA_VERSION.to_string()],
-            )?;
-            Ok(connection)
-        }
+        Some(SCHEMA_VERSION) => return Ok(connection),
+        // Version 1: the table was there before `expired_leases`.
+        Some(1) => connection.execute_batch(
+            "ALTER TABLE stormwall_jobs ADD COLUMN expired_leases INTEGER NOT NULL DEFAULT 0",
+        )?,
+        _ => {}
     }
+    connection.execute(
+        "INSERT OR REPLACE INTO stormwall_meta (key, value) VALUES ('schema_version', ?1)",
+        params![SCHEMA_VERSION.to_string()],
+    )?;
+    Ok(connection)
 }
 
 /// The writer thread: takes the commands waiting, commits all enqueues among them in one
@@ -203,15 +207,41 @@ impl Sqlite {
         worker: &str,
         max: usize,
         visibility: Duration,
+        max_attempts: i64,
     ) -> Result<Vec<Job>, QueueError> {
         let (queue, worker) = (queue.to_owned(), worker.to_owned());
         self.run(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Jobs whose last allowed lease ran out: a worker died on them every time.
+            let dead: Vec<(i64, i64, i64, String)> = {
+                let mut statement = tx.prepare_cached(
+                    "UPDATE stormwall_jobs
+                        SET state = 'dead', lease_until = NULL, expired_leases = expired_leases + 1
+                      WHERE queue = ?1 AND state = 'leased' AND lease_until < ?2 AND attempts >= ?3
+                  RETURNING id, expired_leases, attempts, COALESCE(leased_by, '')",
+                )?;
+                let rows = statement.query_map(params![queue, now, max_attempts], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (id, expired, attempts, holder) in dead {
+                let error = crate::queue::lease_expired_error(expired, attempts, &holder);
+                tracing::warn!(job = id, %queue, %error, "stormwall-durable: job moved to dead letters");
+                tx.execute(
+                    "UPDATE stormwall_jobs SET last_error = ?1 WHERE id = ?2",
+                    params![error, id],
+                )?;
+            }
             let rows = {
                 let mut statement = tx.prepare_cached(
                     "UPDATE stormwall_jobs
-                        SET state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
+                        SET expired_leases = expired_leases + (state = 'leased'),
+                            last_error = CASE WHEN state = 'leased'
+                                THEN 'lease expired: worker ' || quote(leased_by) || ' neither acked nor failed it'
+                                ELSE last_error END,
+                            state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
                       WHERE id IN (SELECT id FROM stormwall_jobs
                                     WHERE queue = ?3
                                       AND ((state = 'ready' AND run_at <= ?4) OR (state = 'leased' AND lease_until < ?4))
@@ -343,7 +373,7 @@ impl Sqlite {
         let queue = queue.to_owned();
         self.run(move |c| {
             Ok(c.execute(
-                "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, run_at = ?1 WHERE queue = ?2 AND state = 'dead'",
+                "UPDATE stormwall_jobs SET state = 'ready', attempts = 0, expired_leases = 0, run_at = ?1 WHERE queue = ?2 AND state = 'dead'",
                 params![now_ms(), queue],
             )?)
         })

@@ -12,12 +12,18 @@ pub struct WorkerOptions {
     pub batch: usize,
     /// How long a lease lasts before the job is due again. Default 30 s.
     pub visibility: Duration,
-    /// Attempts before a job becomes a dead letter. Default 5.
+    /// Attempts before a job becomes a dead letter: failed that many times, or leased that
+    /// many times with the lease running out (the process died on the job). Default 5;
+    /// valid ≥ 1.
     pub max_attempts: u32,
     /// The first retry's delay; doubles per attempt. Default 1 s.
     pub backoff: Duration,
     /// How long to wait when there is nothing to do. Default 100 ms.
     pub idle: Duration,
+    /// How often the worker exports its queue's depth and oldest-job age (the gauges of
+    /// [`DurableQueue::depth`]), checked after each round; `None`: never (call `depth`
+    /// yourself). Default every 5 s; `Duration::ZERO`: after every round.
+    pub metrics_every: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -29,6 +35,7 @@ impl Default for WorkerOptions {
             max_attempts: 5,
             backoff: Duration::from_secs(1),
             idle: Duration::from_millis(100),
+            metrics_every: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -42,6 +49,8 @@ pub struct Worker<P, S: StateStore> {
     name: String,
     options: WorkerOptions,
     breaker: Option<CircuitBreaker<P, S>>,
+    /// When the queue's gauges were last exported; `None` until the first round.
+    exported_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl<P, S: StateStore> std::fmt::Debug for Worker<P, S> {
@@ -65,13 +74,34 @@ impl<P, S: StateStore> Worker<P, S> {
             name: name.to_owned(),
             options,
             breaker,
+            exported_at: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Exports the queue's depth gauges when `metrics_every` has passed since the last
+    /// time (a failure to read them is logged: it must not stop the work).
+    async fn export_metrics_when_due(&self) {
+        let Some(every) = self.options.metrics_every else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        {
+            let mut exported_at = self.exported_at.lock().unwrap_or_else(|p| p.into_inner());
+            if exported_at.is_some_and(|at| now.duration_since(at) < every) {
+                return;
+            }
+            *exported_at = Some(now);
+        }
+        if let Err(e) = self.queue.depth(&self.name).await {
+            tracing::warn!(queue = %self.name, error = %e, "stormwall-durable: could not read the queue's depth");
         }
     }
 
     /// Runs one round: waits while the breaker rejects calls, leases a batch (one job while
     /// the breaker is half-open: the probe), runs each job through a breaker permit — its
     /// outcome feeds the breaker — and gives back untouched the jobs the breaker no longer
-    /// admits. Returns how many jobs it ran (0: nothing was due).
+    /// admits; then exports the queue's gauges if `metrics_every` is due. Returns how many
+    /// jobs it ran (0: nothing was due).
     pub async fn run_once<F, Fut>(&self, handle: &F) -> Result<usize, QueueError>
     where
         F: Fn(Job) -> Fut,
@@ -94,6 +124,8 @@ impl<P, S: StateStore> Worker<P, S> {
                             .unwrap_or(self.options.idle)
                             .clamp(Duration::from_millis(1), self.options.idle);
                         tokio::time::sleep(wait).await;
+                        // The queue grows while the target is down: keep its gauges current.
+                        self.export_metrics_when_due().await;
                     }
                 }
             }
@@ -103,11 +135,12 @@ impl<P, S: StateStore> Worker<P, S> {
         }
         let jobs = self
             .queue
-            .lease(
+            .lease_at_most(
                 &self.name,
                 &self.options.name,
                 batch,
                 self.options.visibility,
+                self.options.max_attempts,
             )
             .await?;
         let mut ran = 0;
@@ -146,6 +179,7 @@ impl<P, S: StateStore> Worker<P, S> {
         // One commit for the batch's successes (a crash before it re-runs them: at least
         // once, which the target's idempotency key turns into once).
         self.queue.ack_all(&done).await?;
+        self.export_metrics_when_due().await;
         Ok(ran)
     }
 

@@ -44,6 +44,18 @@ async fn the_queue_suite_passes_on_postgres() {
         connect(&server.database("purge_done")).await,
     )
     .await;
+    common::a_job_whose_lease_keeps_expiring_becomes_a_dead_letter(
+        DurableQueue::connect_postgres(
+            &server.database("lease_expiry"),
+            QueueOptions {
+                max_attempts: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -283,6 +283,243 @@ async fn a_worker_killed_mid_drain_loses_nothing_and_every_effect_happens_once()
     println!("crash test: {calls} deliveries for 1000 jobs, 1000 effects");
 }
 
+/// The child process of the poison test: drains `orders` one job at a time and hangs in
+/// the job `poison` (after saying so in the calls log) until it is killed; exits once
+/// nothing is ready or leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_child() {
+    let Ok(path) = std::env::var("STORMWALL_POISON_DB") else {
+        return;
+    };
+    let calls = std::path::PathBuf::from(format!("{path}.calls"));
+    let queue = DurableQueue::open(&path, QueueOptions::default()).unwrap();
+    let worker: Worker<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore> =
+        Worker::new(
+            queue.clone(),
+            "orders",
+            WorkerOptions {
+                name: format!("child-{}", std::process::id()),
+                batch: 1,
+                visibility: Duration::from_millis(200),
+                max_attempts: 3,
+                ..Default::default()
+            },
+            None,
+        );
+    let handle = |job: stormwall_durable::Job| {
+        let calls = calls.clone();
+        async move {
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&calls)
+                .unwrap();
+            std::io::Write::write_all(&mut log, &job.payload).unwrap();
+            std::io::Write::write_all(&mut log, b"\n").unwrap();
+            log.sync_all().unwrap();
+            if job.payload == b"poison" {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+    };
+    loop {
+        if worker.run_once(&handle).await.unwrap() == 0 {
+            let depth = queue.depth("orders").await.unwrap();
+            if depth.ready + depth.leased == 0 {
+                return;
+            }
+            // The poison job's lease has not run out yet.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_kills_its_worker_every_time_becomes_a_dead_letter() {
+    let path = db("poison-crash");
+    let calls = std::path::PathBuf::from(format!("{}.calls", path.display()));
+    let _ = std::fs::remove_file(&calls);
+    let queue = DurableQueue::open(&path, QueueOptions::default()).unwrap();
+    for job in ["a", "poison", "b"] {
+        queue.enqueue("orders", job, Some(job)).await.unwrap();
+    }
+    let poison_calls = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "poison")
+            .count()
+    };
+    let started = Instant::now();
+    let mut killed = 0;
+    loop {
+        assert!(killed < 10, "the poison job stopped killing workers");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "poison_child", "--nocapture", "--test-threads=1"])
+            .env("STORMWALL_POISON_DB", &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill it (as a crash would) once it is inside the poison job; or it finishes.
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "the child failed: {status}");
+                break true;
+            }
+            if poison_calls() > killed {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                killed += 1;
+                break false;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "stuck");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        if finished {
+            break;
+        }
+    }
+    assert_eq!(killed, 3, "it ran max_attempts (3) times, then never again");
+    let dead = queue.dead_letters("orders").await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].1.as_deref(), Some("poison"));
+    let error = dead[0].2.clone().unwrap_or_default();
+    assert!(error.starts_with("lease expired 3 times"), "{error}");
+    let depth = queue.depth("orders").await.unwrap();
+    assert_eq!((depth.done, depth.ready, depth.leased), (2, 0, 0));
+}
+
+/// A database written before leases were counted (schema 1) is upgraded in place: its
+/// jobs stay, and their expired leases start counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_is_upgraded_in_place() {
+    let path = db("v1");
+    let queue = DurableQueue::open(&path, QueueOptions::default()).unwrap();
+    queue
+        .enqueue("q", b"kept".to_vec(), Some("k"))
+        .await
+        .unwrap();
+    drop(queue);
+    sqlite(
+        &path,
+        "ALTER TABLE stormwall_jobs DROP COLUMN expired_leases",
+    );
+    sqlite(
+        &path,
+        "UPDATE stormwall_meta SET value = '1' WHERE key = 'schema_version'",
+    );
+    let queue = DurableQueue::open(
+        &path,
+        QueueOptions {
+            max_attempts: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let leased = queue
+        .lease("q", "w", 10, Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(leased[0].payload, b"kept");
+    let started = Instant::now();
+    while queue.dead_letters("q").await.unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        queue
+            .lease("q", "w", 10, Duration::from_millis(1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dead = queue.dead_letters("q").await.unwrap();
+    assert!(
+        dead[0]
+            .2
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("lease expired 1 time ("),
+        "{dead:?}"
+    );
+}
+
+/// The gauges a dashboard reads: `stormwall_queue_depth{queue,state}`.
+fn ready_gauge(snapshotter: &metrics_util::debugging::Snapshotter) -> Option<f64> {
+    use metrics_util::debugging::DebugValue;
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| {
+            let key = key.key();
+            let ready = key.name() == "stormwall_queue_depth"
+                && key
+                    .labels()
+                    .any(|l| l.key() == "state" && l.value() == "ready");
+            match value {
+                DebugValue::Gauge(g) if ready => Some(g.into_inner()),
+                _ => None,
+            }
+        })
+}
+
+/// Without anyone calling `depth()`, a running worker keeps the depth gauges current.
+#[tokio::test(flavor = "current_thread")]
+async fn a_running_worker_keeps_the_queue_gauges_current() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let queue = DurableQueue::open(db("gauges"), QueueOptions::default()).unwrap();
+    for i in 0..3u8 {
+        queue.enqueue("orders", vec![i], None).await.unwrap();
+    }
+    let worker: Worker<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore> =
+        Worker::new(
+            queue.clone(),
+            "orders",
+            WorkerOptions {
+                batch: 1,
+                metrics_every: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            None,
+        );
+    let handle = |_job| async { Ok(()) };
+    for left in [2.0, 1.0, 0.0] {
+        worker.run_once(&handle).await.unwrap();
+        assert_eq!(ready_gauge(&snapshotter), Some(left));
+    }
+    // A job enqueued behind the worker's back shows at its next round, while it idles.
+    queue.enqueue("orders", vec![9], None).await.unwrap();
+    let idle: Worker<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore> =
+        Worker::new(
+            queue.clone(),
+            "orders",
+            WorkerOptions {
+                batch: 0,
+                metrics_every: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            None,
+        );
+    idle.run_once(&handle).await.unwrap();
+    assert_eq!(ready_gauge(&snapshotter), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_lease_keeps_expiring_becomes_a_dead_letter() {
+    common::a_job_whose_lease_keeps_expiring_becomes_a_dead_letter(
+        DurableQueue::open(
+            db("lease-expiry"),
+            QueueOptions {
+                max_attempts: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_probes_after_the_break_and_drains_when_the_target_is_back() {
     common::a_worker_probes_after_the_break_and_drains_when_the_target_is_back(

@@ -370,6 +370,7 @@ async fn drain(
             max_attempts: 10,
             backoff: t.scaled(0.5),
             idle,
+            ..Default::default()
         },
         Some(breaker.clone()),
     );

@@ -308,3 +308,47 @@ pub async fn done_jobs_are_purged_after_their_retention_and_their_keys_free_agai
     assert!(!again.duplicate);
     assert_ne!(again.id, kept.id);
 }
+
+/// A queue opened with `max_attempts: 2`: a job leased twice and never acked or failed
+/// (its worker died on it) is not leased a third time; its dead letter says why.
+pub async fn a_job_whose_lease_keeps_expiring_becomes_a_dead_letter(queue: DurableQueue) {
+    queue
+        .enqueue("q", b"crash".to_vec(), Some("c"))
+        .await
+        .unwrap();
+    let visibility = Duration::from_millis(50);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut leases = Vec::new();
+    // Leased, then the lease runs out; leased again once it has.
+    while leases.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{leases:?}");
+        let worker = format!("w{}", leases.len() + 1);
+        leases.extend(queue.lease("q", &worker, 10, visibility).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        leases.iter().map(|j| j.attempts).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    // The second lease runs out too: a dead letter, not a third lease.
+    while queue.dead_letters("q").await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        assert!(queue
+            .lease("q", "w3", 10, visibility)
+            .await
+            .unwrap()
+            .is_empty());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dead = queue.dead_letters("q").await.unwrap();
+    let error = dead[0].2.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("lease expired 2 times (attempt 2 was the last allowed): worker \"w2\""),
+        "{error}"
+    );
+    // Requeued by hand, it runs again from attempt 1.
+    assert_eq!(queue.requeue_dead("q").await.unwrap(), 1);
+    let again = queue.lease("q", "w4", 10, visibility).await.unwrap();
+    assert_eq!(again[0].attempts, 1);
+    queue.ack(&again[0]).await.unwrap();
+}
