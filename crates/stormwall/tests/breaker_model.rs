@@ -171,6 +171,7 @@ impl Model {
                     self.probes_in_flight += 1;
                     let ticket = Ticket::Probe {
                         generation: self.generation,
+                        lease: None,
                     };
                     (Ok(ticket), t)
                 } else {
@@ -233,7 +234,7 @@ impl Model {
                 }
                 None
             }
-            Ticket::Probe { generation } => {
+            Ticket::Probe { generation, .. } => {
                 if self.state != CircuitState::HalfOpen || generation != self.generation {
                     return None;
                 }
@@ -251,7 +252,7 @@ impl Model {
     }
 
     fn release(&mut self, ticket: Ticket) {
-        if let Ticket::Probe { generation } = ticket {
+        if let Ticket::Probe { generation, .. } = ticket {
             if self.state == CircuitState::HalfOpen && generation == self.generation {
                 self.probes_in_flight -= 1;
             }

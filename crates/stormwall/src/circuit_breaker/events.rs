@@ -20,6 +20,10 @@ pub enum TransitionReason {
     ProbesSucceeded,
     /// Manual control: isolate, close or disable.
     Manual,
+    /// The breaker took a state decided elsewhere without a transition of its own to show
+    /// for it: a shared store found its state recreated (Redis lost its keys: a new epoch)
+    /// or took over from its local shadow when the shared state became unreachable.
+    Resynchronised,
 }
 
 /// Raised exactly once for every change of state.
@@ -36,6 +40,30 @@ pub struct CircuitTransition {
     /// 1 for the breaker's first transition, then counting up without gaps: listeners that
     /// receive events from several threads can restore the order.
     pub sequence: u64,
+    /// Whether this breaker decided the transition or adopted it from another replica
+    /// sharing its state.
+    pub origin: TransitionOrigin,
+}
+
+/// Where a transition was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TransitionOrigin {
+    /// Here: by this breaker's own calls or commands.
+    #[default]
+    Local,
+    /// By another replica sharing the state (a Redis-shared breaker), and adopted here.
+    Remote,
+}
+
+impl TransitionOrigin {
+    /// `local` or `remote`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionOrigin::Local => "local",
+            TransitionOrigin::Remote => "remote",
+        }
+    }
 }
 
 /// Raised when the breaker rejects a call without running it.

@@ -49,6 +49,7 @@
 //! ```
 
 mod breaker;
+pub mod controller;
 mod events;
 mod options;
 mod state;
@@ -56,12 +57,13 @@ pub mod store;
 pub(crate) mod window;
 
 pub use breaker::{CircuitBreaker, Permit, TransitionObserver};
-pub use events::{CircuitRejected, CircuitTransition, TransitionReason};
+pub use events::{CircuitRejected, CircuitTransition, TransitionOrigin, TransitionReason};
 pub use options::{
     BreakDurationArgs, BreakDurationGenerator, CircuitBreakerOptions, SamplingWindow,
     SlowCallOptions,
 };
 pub use state::CircuitState;
 pub use store::{
-    Acquired, CallOutcome, Command, InMemoryStore, Rejection, StateStore, Ticket, TransitionSink,
+    Acquired, CallOutcome, Command, InMemoryStore, ProbeLease, Rejection, StateStore, Ticket,
+    TransitionSink,
 };

@@ -4,10 +4,11 @@
 //! outcome *is* (failure? slow?); the store decides what it *means* (admit, reject, trip,
 //! close). A shared store (Redis) implements the same trait.
 
+use super::controller::{Controller, ProbeVerdict, WindowCounts};
 use super::window::{CountWindow, TimeWindow, Window};
 use super::{
-    BreakDurationArgs, BreakDurationGenerator, CircuitBreakerOptions, CircuitState,
-    CircuitTransition, SamplingWindow, TransitionReason,
+    CircuitBreakerOptions, CircuitState, CircuitTransition, SamplingWindow, TransitionOrigin,
+    TransitionReason,
 };
 use crate::clock::{saturating_nanos, Stopwatch};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -25,7 +26,19 @@ pub enum Ticket {
     Probe {
         /// The state generation the probe was admitted in.
         generation: u64,
+        /// The lease that let it run, when the store shares its state (`None` in memory).
+        lease: Option<ProbeLease>,
     },
+}
+
+/// A probe slot taken in a shared store: which slot, and the token that proves this
+/// acquisition holds it (unique per acquisition, so a stale holder cannot free another's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeLease {
+    /// The slot, 1..=`permitted_calls_in_half_open`.
+    pub slot: u32,
+    /// The holder's token.
+    pub token: u64,
 }
 
 /// A call the store refused.
@@ -92,19 +105,6 @@ pub trait StateStore: Send + Sync + 'static {
 /// [`StateStore::set_transition_sink`]).
 pub type TransitionSink = std::sync::Arc<dyn Fn(CircuitTransition) + Send + Sync>;
 
-/// Thresholds copied out of the options (the predicate stays with the front end).
-#[derive(Debug, Clone)]
-struct Thresholds {
-    failure_ratio: Option<f64>,
-    slow_ratio: Option<f64>,
-    minimum_throughput: u32,
-    consecutive_failures: Option<u32>,
-    break_duration: Duration,
-    generator: Option<BreakDurationGenerator>,
-    permitted_in_half_open: u32,
-    success_threshold: u32,
-}
-
 /// The default store: atomics for the fast paths, one mutex for transitions.
 ///
 /// Fast paths, lock-free: admitting a call while closed; recording a success while closed;
@@ -112,7 +112,7 @@ struct Thresholds {
 /// end of a break, a probe's outcome, a command) takes the mutex, so transitions are
 /// serialised and each is returned exactly once.
 pub struct InMemoryStore {
-    thresholds: Thresholds,
+    controller: Controller,
     /// Written only under `transitions`; read lock-free by the fast paths.
     state: AtomicU8,
     /// Nanoseconds since `origin` at which the break ends; meaningful while Open.
@@ -143,7 +143,7 @@ impl std::fmt::Debug for InMemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InMemoryStore")
             .field("state", &self.state())
-            .field("thresholds", &self.thresholds)
+            .field("controller", &self.controller)
             .finish_non_exhaustive()
     }
 }
@@ -153,23 +153,14 @@ impl InMemoryStore {
     pub fn new<P>(options: &CircuitBreakerOptions<P>) -> Self {
         // Only ratio conditions read the window: a consecutive-failures breaker keeps none,
         // so its success path touches no clock.
-        let ratios = options.failure_ratio.is_some() || options.slow_call.is_some();
+        let controller = Controller::new(options);
         let window = match options.sampling_window {
-            _ if !ratios => None,
+            _ if !controller.needs_window() => None,
             SamplingWindow::Time => Some(Window::Time(TimeWindow::new(options.sampling_duration))),
             SamplingWindow::Count(n) => Some(Window::Count(CountWindow::new(n))),
         };
         InMemoryStore {
-            thresholds: Thresholds {
-                failure_ratio: options.failure_ratio,
-                slow_ratio: options.slow_call.map(|s| s.ratio),
-                minimum_throughput: options.minimum_throughput,
-                consecutive_failures: options.consecutive_failures,
-                break_duration: options.break_duration,
-                generator: options.break_duration_generator.clone(),
-                permitted_in_half_open: options.permitted_calls_in_half_open,
-                success_threshold: options.success_threshold,
-            },
+            controller,
             state: AtomicU8::new(CircuitState::Closed as u8),
             open_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -221,12 +212,7 @@ impl InMemoryStore {
         match to {
             CircuitState::Open => {
                 t.consecutive_opens += 1;
-                let duration = match &self.thresholds.generator {
-                    Some(g) => g.generate(BreakDurationArgs {
-                        consecutive_opens: t.consecutive_opens,
-                    }),
-                    None => self.thresholds.break_duration,
-                };
+                let duration = self.controller.break_duration(t.consecutive_opens);
                 let until = now.saturating_add(saturating_nanos(duration));
                 self.open_until.store(until, Ordering::Release);
                 break_duration = Some(duration);
@@ -245,48 +231,29 @@ impl InMemoryStore {
             reason,
             break_duration,
             sequence: t.sequence,
+            origin: TransitionOrigin::Local,
         })
     }
 
     /// Whether the closed-state counters call for a trip, and why.
     fn trip_reason(&self, now: u64) -> Option<TransitionReason> {
-        let th = &self.thresholds;
-        if let Some(n) = th.consecutive_failures {
-            if self.consecutive_failures.load(Ordering::Acquire) >= n {
-                return Some(TransitionReason::ConsecutiveFailures);
-            }
-        }
-        if th.failure_ratio.is_none() && th.slow_ratio.is_none() {
-            return None;
-        }
-        let Some(window) = &self.window else {
-            return None;
-        };
-        let counts = window.counts(now);
-        if counts.total < th.minimum_throughput {
-            return None;
-        }
-        let total = f64::from(counts.total);
-        if th
-            .failure_ratio
-            .is_some_and(|r| f64::from(counts.failures) / total >= r)
-        {
-            return Some(TransitionReason::FailureRatio);
-        }
-        if th
-            .slow_ratio
-            .is_some_and(|r| f64::from(counts.slow) / total >= r)
-        {
-            return Some(TransitionReason::SlowCallRatio);
-        }
-        None
+        let consecutive = self.consecutive_failures.load(Ordering::Acquire);
+        self.controller.trip_reason(consecutive, || {
+            let counts = self.window.as_ref()?.counts(now);
+            Some(WindowCounts {
+                total: counts.total,
+                failures: counts.failures,
+                slow: counts.slow,
+            })
+        })
     }
 
     fn admit_probe(&self, t: &mut Transitions) -> Result<Ticket, Rejection> {
-        if t.probes_in_flight < self.thresholds.permitted_in_half_open {
+        if t.probes_in_flight < self.controller.permitted_calls_in_half_open() {
             t.probes_in_flight += 1;
             Ok(Ticket::Probe {
                 generation: t.generation,
+                lease: None,
             })
         } else {
             Err(Rejection {
@@ -327,24 +294,15 @@ impl InMemoryStore {
         }
         t.probes_in_flight = t.probes_in_flight.saturating_sub(1);
         let now = self.now();
-        if outcome.failure || (outcome.slow && self.thresholds.slow_ratio.is_some()) {
-            return self.transition(
-                &mut t,
-                CircuitState::Open,
-                TransitionReason::ProbeFailed,
-                now,
-            );
-        }
-        t.probe_successes += 1;
-        if t.probe_successes >= self.thresholds.success_threshold {
-            return self.transition(
-                &mut t,
-                CircuitState::Closed,
-                TransitionReason::ProbesSucceeded,
-                now,
-            );
-        }
-        None
+        let (to, reason) = match self.controller.probe_verdict(outcome, t.probe_successes) {
+            ProbeVerdict::Reopen => (CircuitState::Open, TransitionReason::ProbeFailed),
+            ProbeVerdict::Close => (CircuitState::Closed, TransitionReason::ProbesSucceeded),
+            ProbeVerdict::Continue => {
+                t.probe_successes += 1;
+                return None;
+            }
+        };
+        self.transition(&mut t, to, reason, now)
     }
 
     /// The decision the state makes on its own: `None` when the call may become a probe
@@ -392,15 +350,48 @@ impl InMemoryStore {
     }
 }
 
+impl InMemoryStore {
+    /// Moves to `state` without raising a transition: for a store that keeps this one as
+    /// a shadow of state decided elsewhere (a shared store whose replicas may lose their
+    /// link), so that it continues from there. `remaining` is the rest of the break when
+    /// `state` is Open. A move to Closed starts a fresh window.
+    pub fn follow(&self, state: CircuitState, remaining: Option<Duration>) {
+        let mut t = self.lock();
+        let now = self.now();
+        if state == CircuitState::Open {
+            let until = now.saturating_add(saturating_nanos(remaining.unwrap_or_default()));
+            self.open_until.store(until, Ordering::Release);
+        }
+        if self.load_state() == state {
+            return;
+        }
+        t.generation += 1;
+        t.probes_in_flight = 0;
+        t.probe_successes = 0;
+        match state {
+            CircuitState::Open => t.consecutive_opens = t.consecutive_opens.max(1),
+            CircuitState::Closed => {
+                t.consecutive_opens = 0;
+                self.reset_window();
+                self.consecutive_failures.store(0, Ordering::Release);
+            }
+            _ => {}
+        }
+        self.state.store(state as u8, Ordering::Release);
+    }
+}
+
 impl Acquired {
-    fn admitted() -> Self {
+    /// A call admitted while closed, with no transition.
+    pub fn admitted() -> Self {
         Acquired {
             result: Ok(Ticket::Normal),
             transition: None,
         }
     }
 
-    fn rejected(state: CircuitState, retry_after: Option<Duration>) -> Self {
+    /// A call refused by `state`, with no transition.
+    pub fn rejected(state: CircuitState, retry_after: Option<Duration>) -> Self {
         Acquired {
             result: Err(Rejection { state, retry_after }),
             transition: None,
@@ -444,12 +435,12 @@ impl StateStore for InMemoryStore {
                 }
                 self.record_closed_locked(outcome)
             }
-            Ticket::Probe { generation } => self.record_probe(generation, outcome),
+            Ticket::Probe { generation, .. } => self.record_probe(generation, outcome),
         }
     }
 
     fn release(&self, ticket: Ticket) {
-        if let Ticket::Probe { generation } = ticket {
+        if let Ticket::Probe { generation, .. } = ticket {
             let mut t = self.lock();
             if self.load_state() == CircuitState::HalfOpen && t.generation == generation {
                 t.probes_in_flight = t.probes_in_flight.saturating_sub(1);
