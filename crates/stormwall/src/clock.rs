@@ -152,6 +152,19 @@ impl Stopwatch {
     }
 }
 
+/// How far a deadline that would overflow `Instant` is put instead: 30 years on, tokio's
+/// own rule for `sleep(Duration::MAX)`.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// `now + after`, saturating: a wait that would overflow `Instant` (a delay generator's
+/// `Duration::MAX`, a hedging delay of centuries) waits 30 years instead of panicking.
+#[inline]
+pub(crate) fn deadline_after(now: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    now.checked_add(after)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
+}
+
 /// A duration in nanoseconds, saturating at `u64::MAX` (585 years).
 pub(crate) fn saturating_nanos(d: Duration) -> u64 {
     d.as_nanos().min(u128::from(u64::MAX)) as u64

@@ -10,9 +10,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error<E> {
-    /// The operation itself failed.
+    /// The operation itself failed. It is also the [`source`](std::error::Error::source)
+    /// of this error, so error reporters walk on into it.
     #[error("operation failed: {0}")]
-    Inner(E),
+    Inner(#[source] E),
     /// A timeout strategy cancelled the operation.
     #[error("operation timed out after {0:?}")]
     Timeout(Duration),
@@ -32,7 +33,9 @@ pub enum Error<E> {
         /// When a permit will be available.
         retry_after: Duration,
     },
-    /// A retry budget had no retry left to spend.
+    /// A retry was due but the retry budget had none left to spend: the operation failed
+    /// and was not tried again. (An `Ok` outcome the retry predicate wanted retried is
+    /// returned as it is instead.)
     #[error("retry budget exhausted")]
     BudgetExhausted,
     /// Adaptive throttling rejected the call locally: the dependency has been refusing

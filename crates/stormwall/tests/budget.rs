@@ -67,7 +67,7 @@ async fn spent_retries_come_back_after_the_ttl() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn empty_budget_returns_the_last_outcome_with_an_event() {
+async fn empty_budget_fails_with_budget_exhausted_and_an_event() {
     let recorder = Recorder::new();
     let p = Pipeline::builder()
         .listener(recorder.clone())
@@ -75,9 +75,42 @@ async fn empty_budget_returns_the_last_outcome_with_an_event() {
         .build()
         .unwrap();
     let outcome = p.execute(|_| async { Err::<(), _>("down") }).await;
-    assert_eq!(outcome, Err(Error::Inner("down")));
+    assert_eq!(outcome, Err(Error::BudgetExhausted));
     assert_eq!(recorder.count("retry_budget_exhausted"), 1);
     assert_eq!(recorder.count("retry"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_budget_returns_an_ok_outcome_it_would_have_retried_as_it_is() {
+    // A 503 answered as `Ok`, retried by the predicate: still the best answer there is.
+    let p = Pipeline::builder()
+        .retry(
+            RetryOptions::constant(Duration::from_millis(1))
+                .budget(budget(0.0, 0))
+                .handle(|r: &Result<u16, Error<&str>>| matches!(r, Ok(503))),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(p.execute(|_| async { Ok::<_, &str>(503) }).await, Ok(503));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outer_retry_does_not_retry_an_inner_budget_refusal() {
+    // The budget said "no more load": the retry around it must not undo that.
+    let calls = AtomicU32::new(0);
+    let p = Pipeline::builder()
+        .retry(RetryOptions::constant(Duration::from_millis(1)).max_retries(3))
+        .retry(RetryOptions::constant(Duration::from_millis(1)).budget(budget(0.0, 0)))
+        .build()
+        .unwrap();
+    let outcome = p
+        .execute(|_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Err::<(), _>("down") }
+        })
+        .await;
+    assert_eq!(outcome, Err(Error::BudgetExhausted));
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
 }
 
 /// Sends `n` calls through an adaptive throttle to a dependency that accepts a call when

@@ -7,11 +7,12 @@
 //! ([`MemoryCache`], on `moka`) or anything implementing [`ValueCache`] (Redis).
 //!
 //! ```
+//! # #[cfg(feature = "cache")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! use std::time::Duration;
 //! use stormwall::{Context, Pipeline};
 //! use stormwall::cache::{MemoryCache, StaleOnError, StaleOnErrorOptions};
 //!
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! let cache = MemoryCache::new(10_000, Duration::from_secs(600));
 //! let pipeline = Pipeline::builder()
 //!     .strategy(StaleOnError::new(cache, StaleOnErrorOptions::new(Duration::from_secs(60))).unwrap())
@@ -22,6 +23,7 @@
 //! // The inventory service is down: the last count is served.
 //! assert_eq!(pipeline.execute_with(sku(), |_| async { Err::<u32, _>("down") }).await, Ok(7));
 //! # }
+//! # #[cfg(not(feature = "cache"))] fn main() {}
 //! ```
 
 mod events;
@@ -29,5 +31,7 @@ mod store;
 mod strategy;
 
 pub use events::ServedStale;
-pub use store::{Cached, MemoryCache, ValueCache};
+#[cfg(feature = "cache")]
+pub use store::MemoryCache;
+pub use store::{Cached, ValueCache};
 pub use strategy::{StaleOnError, StaleOnErrorOptions};

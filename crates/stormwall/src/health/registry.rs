@@ -1,5 +1,4 @@
 use crate::circuit_breaker::{CircuitBreaker, CircuitState, StateStore};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How healthy something is; the worst status of the parts is the status of the whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum HealthStatus {
     /// Working.
     Healthy,
@@ -20,12 +20,13 @@ pub enum HealthStatus {
 }
 
 /// What one check found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct CheckResult {
     /// The status.
     pub status: HealthStatus,
     /// Why, for a person reading the report.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub description: Option<String>,
 }
 
@@ -114,12 +115,13 @@ where
 }
 
 /// One check's line in the report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct HealthEntry {
     /// The status.
     pub status: HealthStatus,
     /// Why, if the check said.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub description: Option<String>,
     /// How long the check took, in seconds.
     pub duration_seconds: f64,
@@ -128,7 +130,8 @@ pub struct HealthEntry {
 }
 
 /// The aggregate: the worst status, how long it all took, and each check.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct HealthReport {
     /// The worst status of the checks run (Healthy when none ran).
     pub status: HealthStatus,

@@ -19,7 +19,8 @@ pub enum HedgingMode {
 pub struct HedgingOptions<P = OnError> {
     /// Attempts beyond the first. Default: 1 (Polly's). Valid: 1 – 10.
     pub max_hedged_attempts: u32,
-    /// When they start. Default: `Latency(2 s)` (Polly's). Valid: a latency delay > 0.
+    /// When they start. Default: `Latency(2 s)` (Polly's). Valid: a latency delay > 0 and
+    /// ≤ 1 day.
     pub mode: HedgingMode,
     /// Which outcomes are not acceptable (a hedge may still win). Default: every `Err`.
     pub should_handle: P,
@@ -89,6 +90,9 @@ impl<P> HedgingOptions<P> {
         }
         if let HedgingMode::Latency(delay) = self.mode {
             check::positive("mode.delay", delay)?;
+            if delay > Duration::from_secs(86_400) {
+                return Err(ConfigError::new("mode.delay", delay, "must be ≤ 1 day"));
+            }
         }
         Ok(())
     }

@@ -116,7 +116,9 @@ where
                 }
                 if let (Some(delay), true) = (delay, started < total) {
                     if timer.is_none() {
-                        timer.set(Some(tokio::time::sleep_until(Instant::now() + delay)));
+                        timer.set(Some(tokio::time::sleep_until(
+                            crate::clock::deadline_after(Instant::now(), delay),
+                        )));
                     }
                     if let Some(sleep) = timer.as_mut().as_pin_mut() {
                         if sleep.poll(cx).is_ready() {

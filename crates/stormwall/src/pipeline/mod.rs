@@ -97,6 +97,20 @@ impl<S> Pipeline<S> {
     {
         let user_op = &op;
         if !self.telemetry.is_enabled() {
+            // A span per execution and per attempt whenever a subscriber wants them (one
+            // relaxed load to find out when none does).
+            #[cfg(feature = "tracing")]
+            {
+                let span = trace::execution_span(&self.telemetry);
+                if !span.is_disabled() {
+                    let traced = move |ctx: Context| {
+                        let attempt = trace::attempt(user_op, ctx);
+                        async move { attempt.await.map_err(Error::Inner) }
+                    };
+                    let execution = self.strategy.execute(ctx, traced);
+                    return tracing::Instrument::instrument(execution, span).await;
+                }
+            }
             // Without a listener: the operation as it is, nothing timed, nothing held.
             let plain = move |ctx| {
                 let attempt = user_op(ctx);
@@ -110,13 +124,14 @@ impl<S> Pipeline<S> {
                 number: ctx.attempt(),
                 started: telemetry.mark(),
                 telemetry: telemetry.clone(),
-                inner: user_op(ctx),
+                inner: trace::attempt(user_op, ctx),
                 output: std::marker::PhantomData,
             })
         };
         let started = telemetry.mark();
         // A span per observed execution: events and logs inside carry the pipeline's name.
-        let span = tracing::debug_span!("stormwall.execute", pipeline = telemetry.pipeline());
+        #[cfg(feature = "tracing")]
+        let span = trace::execution_span(telemetry);
         // The strategies share one clock reading per poll; the first is the start mark's.
         let seed = match started {
             Some(crate::clock::Mark::Tokio(at)) => Some(at),
@@ -129,7 +144,45 @@ impl<S> Pipeline<S> {
             started,
             seed,
         };
-        tracing::Instrument::instrument(execution, span).await
+        #[cfg(feature = "tracing")]
+        return tracing::Instrument::instrument(execution, span).await;
+        #[cfg(not(feature = "tracing"))]
+        return execution.await;
+    }
+}
+
+/// The spans of an execution (`stormwall.execute`, with the pipeline's name) and of each
+/// attempt inside it (`stormwall.attempt`, with its number), at `DEBUG`; with the
+/// `tracing` feature off, nothing.
+mod trace {
+    use super::Context;
+    use std::future::Future;
+
+    #[cfg(feature = "tracing")]
+    pub(super) fn execution_span(telemetry: &crate::telemetry::Telemetry) -> tracing::Span {
+        tracing::debug_span!("stormwall.execute", pipeline = telemetry.pipeline())
+    }
+
+    /// The operation's attempt, inside its span.
+    #[cfg(feature = "tracing")]
+    #[inline]
+    pub(super) fn attempt<F, Fut>(op: &F, ctx: Context) -> tracing::instrument::Instrumented<Fut>
+    where
+        F: Fn(Context) -> Fut,
+        Fut: Future,
+    {
+        let span = tracing::debug_span!("stormwall.attempt", attempt = ctx.attempt());
+        tracing::Instrument::instrument(op(ctx), span)
+    }
+
+    #[cfg(not(feature = "tracing"))]
+    #[inline]
+    pub(super) fn attempt<F, Fut>(op: &F, ctx: Context) -> Fut
+    where
+        F: Fn(Context) -> Fut,
+        Fut: Future,
+    {
+        op(ctx)
     }
 }
 

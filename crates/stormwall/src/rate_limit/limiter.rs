@@ -58,7 +58,7 @@ fn gcra(tat: &AtomicU64, interval: u64, tolerance: u64, now: u64) -> Result<(), 
         }
         match tat.compare_exchange_weak(
             current,
-            start + interval,
+            start.saturating_add(interval),
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
@@ -66,6 +66,15 @@ fn gcra(tat: &AtomicU64, interval: u64, tolerance: u64, now: u64) -> Result<(), 
             Err(actual) => current = actual,
         }
     }
+}
+
+/// Ticks from `now` to the end of window `index` of `width` ticks (saturating: with a
+/// period of a day in raw counter ticks, the boundary may lie beyond `u64`).
+fn next_boundary(index: u64, width: u64, now: u64) -> u64 {
+    index
+        .saturating_add(1)
+        .saturating_mul(width)
+        .saturating_sub(now)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -88,7 +97,7 @@ impl Limiter {
                 Kind::Gcra {
                     tat: AtomicU64::new(0),
                     interval,
-                    tolerance: interval * (burst - 1),
+                    tolerance: interval.saturating_mul(burst - 1),
                 }
             }
             RateLimitAlgorithm::TokenBucket => Kind::TokenBucket {
@@ -161,7 +170,7 @@ impl Limiter {
                     s.0 = index;
                 }
                 if s.1 == 0 {
-                    return Err((index + 1) * period - now);
+                    return Err(next_boundary(index, *period, now));
                 }
                 s.1 -= 1;
                 Ok(())
@@ -177,7 +186,7 @@ impl Limiter {
                     *s = (index, 0);
                 }
                 if s.1 >= *permits {
-                    return Err((index + 1) * period - now);
+                    return Err(next_boundary(index, *period, now));
                 }
                 s.1 += 1;
                 Ok(())
@@ -197,7 +206,7 @@ impl Limiter {
                 if taken >= *permits {
                     // A permit frees when the oldest non-empty segment leaves the window.
                     let oldest = q.front().map_or(index, |&(i, _)| i);
-                    return Err((oldest + count) * width - now);
+                    return Err(next_boundary(oldest + count - 1, *width, now));
                 }
                 match q.back_mut() {
                     Some((i, n)) if *i == index => *n += 1,
@@ -220,7 +229,8 @@ impl Limiter {
                 burst,
             } => {
                 let s = lock(state);
-                let refilled = s.1 + (now / period - s.0).saturating_mul(*permits);
+                let refilled =
+                    s.1.saturating_add((now / period).saturating_sub(s.0).saturating_mul(*permits));
                 refilled >= *burst
             }
             Kind::FixedWindow { state, period, .. } => {

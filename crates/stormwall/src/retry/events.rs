@@ -9,8 +9,8 @@ pub struct RetryScheduled {
     pub delay: Duration,
 }
 
-/// Raised when a retry was due but the retry budget had none left: the last outcome is
-/// returned instead.
+/// Raised when a retry was due but the retry budget had none left: the execution fails
+/// with [`Error::BudgetExhausted`](crate::Error::BudgetExhausted) instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryBudgetExhausted {
     /// The retry that was refused: 1 for the first retry.

@@ -34,7 +34,9 @@ pub struct RetryOptions<P = OnTransientError, G = NoDelayGenerator> {
     /// `Retry-After`. Default: [`NoDelayGenerator`] (always the computed delay).
     pub delay_generator: G,
     /// A retry budget shared with other retry strategies: each execution deposits, each
-    /// retry withdraws; with the budget empty the last outcome is returned at once.
+    /// retry withdraws; with the budget empty the execution fails at once with
+    /// [`Error::BudgetExhausted`](crate::Error::BudgetExhausted) (an `Ok` outcome the
+    /// predicate wanted retried is returned as it is).
     /// Default: `None` (no budget).
     pub budget: Option<RetryBudget>,
 }

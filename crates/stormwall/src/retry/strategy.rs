@@ -32,11 +32,24 @@ where
     }
 }
 
+/// What a retry refused by its budget returns: [`Error::BudgetExhausted`] in place of a
+/// failure, so that retries around this one in the pipeline (which do not retry
+/// rejections) stop too; an `Ok` the predicate wanted retried (an HTTP 503 response, say)
+/// is still an answer, and is returned as it is.
+fn budget_refused<T, E>(outcome: Result<T, Error<E>>) -> Result<T, Error<E>> {
+    match outcome {
+        Ok(answer) => Ok(answer),
+        Err(_) => Err(Error::BudgetExhausted),
+    }
+}
+
 /// Runs the operation again after a delay while the outcome is one to retry, up to
 /// `max_retries` times.
 ///
 /// A retry never sleeps past the context's deadline: when the next delay would end at or
 /// after an enclosing timeout's deadline, the last outcome is returned at once instead.
+/// When a retry budget refuses a retry, the execution fails with
+/// [`Error::BudgetExhausted`] (an `Ok` outcome is returned as it is).
 #[derive(Debug, Clone)]
 pub struct Retry<P = OnTransientError, G = NoDelayGenerator> {
     options: RetryOptions<P, G>,
@@ -115,7 +128,8 @@ where
                 let generated = self.options.delay_generator.delay(&outcome, attempt);
                 let delay = self.next_delay(generated, attempt, &mut state);
                 if let Some(deadline) = ctx.deadline() {
-                    if Instant::now() + delay >= deadline {
+                    // Compared as durations: `now + delay` may overflow `Instant`.
+                    if delay >= deadline.saturating_duration_since(Instant::now()) {
                         // The enclosing timeout would fire mid-sleep: the real outcome says more.
                         return outcome;
                     }
@@ -125,7 +139,7 @@ where
                     self.telemetry.emit("retry", || {
                         Event::RetryBudgetExhausted(RetryBudgetExhausted { attempt })
                     });
-                    return outcome;
+                    return budget_refused(outcome);
                 }
                 attempt += 1;
                 self.telemetry

@@ -33,10 +33,14 @@
 //! # }
 //! ```
 
+#[cfg(feature = "metrics")]
 mod metrics_listener;
+#[cfg(feature = "tracing")]
 mod tracing_listener;
 
+#[cfg(feature = "metrics")]
 pub use metrics_listener::MetricsListener;
+#[cfg(feature = "tracing")]
 pub use tracing_listener::TracingListener;
 
 use crate::bulkhead::BulkheadRejected;

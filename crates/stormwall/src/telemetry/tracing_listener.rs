@@ -1,7 +1,18 @@
 use super::{Event, EventListener, EventSource};
 
-/// Logs every event through `tracing`: transitions and rejections at `warn`, retries,
-/// timeouts and fallbacks at `info`, completed executions at `debug`.
+/// Logs every event through `tracing`, at a level by how often it happens and how much it
+/// matters:
+///
+/// | level | events |
+/// |---|---|
+/// | `WARN` | circuit transitions (rare, and each one changes what callers see) |
+/// | `INFO` | retries, timeouts, fallbacks, exhausted retry budgets, stale values served, feature switches |
+/// | `DEBUG` | rejections (circuit open, bulkhead full, rate limited, throttled — one per rejected call, so a flood while a dependency is down), chaos injections, hedges, completed executions |
+/// | `TRACE` | completed attempts |
+///
+/// Every record carries the pipeline's name and the strategy's; with the `tracing` feature
+/// (default) each execution runs in a `stormwall.execute` span and each attempt in a
+/// `stormwall.attempt` span, with or without this listener.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracingListener;
 

@@ -52,7 +52,7 @@ impl<T, E> Strategy<T, E> for Timeout {
     {
         let timeout = self.options.timeout;
         let now = crate::clock::poll_now();
-        let deadline = now + timeout;
+        let deadline = crate::clock::deadline_after(now, timeout);
         let armed = ctx.tighten_deadline(deadline);
         TimeoutFuture::new(op(ctx), now, deadline, armed, timeout, &self.telemetry)
     }
