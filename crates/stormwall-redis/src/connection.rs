@@ -1,15 +1,29 @@
 //! A lazily (re)connected multiplexed connection: every use bounded by a timeout, a failed
-//! one dropped so the next use reconnects.
+//! one dropped so the next use reconnects. Callers never queue behind a connection being
+//! made: while one caller connects, the others get `None` at once (and decide locally).
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::Mutex;
 
 pub(crate) struct Lazy {
     client: Client,
     timeout: Duration,
+    /// Held only to clone or swap the connection, never across an await.
     connection: Mutex<Option<MultiplexedConnection>>,
+    /// Set while one caller is connecting.
+    connecting: AtomicBool,
+}
+
+/// Clears `connecting` however the connecting caller ends (a cancelled future included).
+struct Connecting<'a>(&'a AtomicBool);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Lazy {
@@ -18,6 +32,7 @@ impl Lazy {
             client,
             timeout,
             connection: Mutex::new(None),
+            connecting: AtomicBool::new(false),
         }
     }
 
@@ -25,12 +40,20 @@ impl Lazy {
         self.timeout
     }
 
-    /// A connection, connecting within the timeout if there is none.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.connection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection, connecting within the timeout if there is none; `None` at once if
+    /// another caller is connecting.
     pub(crate) async fn get(&self) -> Option<MultiplexedConnection> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
+        if let Some(connection) = self.slot().as_ref() {
             return Some(connection.clone());
         }
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let _connecting = Connecting(&self.connecting);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout);
@@ -41,12 +64,12 @@ impl Lazy {
             .await
             .ok()?
             .ok()?;
-        *slot = Some(connection.clone());
+        *self.slot() = Some(connection.clone());
         Some(connection)
     }
 
     /// Forgets the connection after a failure.
     pub(crate) async fn reset(&self) {
-        *self.connection.lock().await = None;
+        *self.slot() = None;
     }
 }

@@ -265,15 +265,27 @@ return reply(1, 'manual')
 "#
 );
 
-/// Starts a new epoch from the current state, if it is still the one the replica read
-/// (`ARGV[6]` epoch, `ARGV[7]` version): a replica that finds Redis behind what it has seen
-/// (a failover to a lagging replica) calls it so that every replica adopts one state.
+/// Starts a new epoch, if the state is still the one the replica read (`ARGV[6]` epoch,
+/// `ARGV[7]` version), from the newer state the replica has seen (`ARGV[8]` the state,
+/// `ARGV[9]` the rest of its break in ms): a replica that finds Redis behind what it has
+/// seen (a failover to a lagging replica) calls it, so that every replica adopts one state
+/// and the fleet goes on from the newest it knew.
 pub const REBASE: &str = script!(
     r#"
-if created == 0 and epoch == ARGV[6] and tostring(version) == ARGV[7] then
+if created == 0 and epoch == ARGV[6] and tostring(version) == ARGV[7] and valid[ARGV[8]] then
   from = st
+  st = ARGV[8]
+  if st == 'half_open' then st = 'open' end
   epoch = ARGV[4]
   version = version + 1
+  gen = gen + 1
+  probes_ok = 0
+  if st == 'open' then until_at = now + tonumber(ARGV[9]) end
+  if st == 'closed' then
+    opens = 0
+    consec = 0
+    redis.call('DEL', window_key, ring_key)
+  end
   save()
   publish('rebased')
   return reply(1, 'rebased')

@@ -38,7 +38,7 @@ pub use options::RedisStoreOptions;
 
 use crate::RedisStoreError;
 use protocol::ProbeResult;
-use shared::{HeldLease, Job, Shared};
+use shared::{Job, Shared};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -255,6 +255,7 @@ impl StateStore for RedisStateStore {
                 generation,
                 lease: Some(lease),
             } => {
+                shared.unclaim(lease);
                 let result = if shared.controller.probe_failed(outcome) {
                     ProbeResult::Failed
                 } else {
@@ -306,11 +307,12 @@ impl StateStore for RedisStateStore {
             } => {
                 // Kept for the replica's next call (a worker that asks before it leases a
                 // job); given back by the task if no call claims it within `lease_claim`.
-                self.shared.leases().push_front(HeldLease {
-                    lease,
-                    generation,
-                    idle_since: Instant::now(),
-                });
+                let shared = &*self.shared;
+                if let Some(mut held) = shared.unclaim(lease) {
+                    held.idle_since = Instant::now();
+                    debug_assert_eq!(held.generation, generation);
+                    shared.leases().push_front(held);
+                }
             }
             _ => self.shared.local.release(ticket),
         }
@@ -360,10 +362,11 @@ impl RedisStateStore {
         let current = shared.view().generation;
         let held = {
             let mut leases = shared.leases();
-            leases.retain(|l| l.generation == current);
+            leases.retain(|l| l.usable(current, shared.options.probe_lease));
             leases.pop_front()
         };
         if let Some(held) = held {
+            shared.claimed().push(held);
             return Acquired {
                 result: Ok(Ticket::Probe {
                     generation: held.generation,

@@ -38,6 +38,18 @@ pub(crate) struct HeldLease {
     pub generation: u64,
     /// Since when it waits for a call; given back after `lease_claim`.
     pub idle_since: Instant,
+    /// When Redis lets it expire, at the latest (measured from before it was asked for):
+    /// an expired lease is never used.
+    pub expires: Instant,
+}
+
+impl HeldLease {
+    /// Still usable for a call starting now: of the current half-open period, and not
+    /// within a tenth of its lifetime (at most 50 ms) of expiring.
+    pub fn usable(&self, generation: u64, lifetime: Duration) -> bool {
+        let margin = (lifetime / 10).min(Duration::from_millis(50));
+        self.generation == generation && Instant::now() + margin < self.expires
+    }
 }
 
 /// The adopted state's identity: changed only by the task, under the lock.
@@ -92,6 +104,8 @@ pub(crate) struct Shared {
     pub view: Mutex<View>,
     /// Leases this replica took for the current half-open period, not yet claimed.
     pub leases: Mutex<VecDeque<HeldLease>>,
+    /// Leases claimed by calls still running (a cancelled one comes back to `leases`).
+    claimed: Mutex<Vec<HeldLease>>,
     pub want_probe: AtomicBool,
     /// A manual command not yet acknowledged by Redis (the latest wins), with its state.
     pub pending_command: Mutex<Option<Command>>,
@@ -126,6 +140,7 @@ impl Shared {
             successes: AtomicU64::new(0),
             view: Mutex::new(View::default()),
             leases: Mutex::new(VecDeque::new()),
+            claimed: Mutex::new(Vec::new()),
             want_probe: AtomicBool::new(false),
             pending_command: Mutex::new(None),
             jobs,
@@ -164,6 +179,17 @@ impl Shared {
 
     pub fn leases(&self) -> MutexGuard<'_, VecDeque<HeldLease>> {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn claimed(&self) -> MutexGuard<'_, Vec<HeldLease>> {
+        self.claimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a claimed lease back from its call; `None` if it is not (or no longer) ours.
+    pub fn unclaim(&self, lease: ProbeLease) -> Option<HeldLease> {
+        let mut claimed = self.claimed();
+        let at = claimed.iter().position(|h| h.lease == lease)?;
+        Some(claimed.swap_remove(at))
     }
 
     pub fn view(&self) -> MutexGuard<'_, View> {
@@ -230,6 +256,7 @@ impl Shared {
         if before != snapshot.state {
             // Leases belong to the half-open period that just ended (or has not started).
             self.leases().clear();
+            self.claimed().clear();
             let remaining = Duration::from_millis(snapshot.remaining_ms);
             self.local.follow(snapshot.state, Some(remaining));
         }

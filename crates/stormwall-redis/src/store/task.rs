@@ -317,8 +317,16 @@ impl Task {
             shared.set_generation(&again);
             return true;
         }
+        // Redis is behind: a new epoch from the newest state this replica has seen.
         let version = again.snapshot.version.to_string();
-        let args = [again.snapshot.epoch.as_str(), version.as_str()];
+        let seen = shared.cached();
+        let remaining = shared.remaining_ms().to_string();
+        let args = [
+            again.snapshot.epoch.as_str(),
+            version.as_str(),
+            seen.as_str(),
+            remaining.as_str(),
+        ];
         let Some(rebased) = self
             .script(shared, connection, &self.scripts.rebase, &args)
             .await
@@ -543,6 +551,7 @@ impl Task {
 
     async fn acquire_lease(&self, shared: &Shared, conn: &mut Connection) -> bool {
         let token = random_id();
+        let expires = Instant::now() + shared.options.probe_lease;
         let (permitted, ttl, token_arg) = (
             shared.controller.permitted_calls_in_half_open().to_string(),
             shared.options.probe_lease.as_millis().to_string(),
@@ -564,6 +573,7 @@ impl Task {
                 lease: ProbeLease { slot, token },
                 generation,
                 idle_since: Instant::now(),
+                expires,
             });
         }
         true
