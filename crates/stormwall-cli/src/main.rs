@@ -200,12 +200,14 @@ async fn proxy(path: PathBuf) -> Result<(), String> {
             proxy.reload(&text).map_err(|e| e.to_string())
         })
     };
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .map_err(|e| format!("server.listen {listen}: {e}"))?;
+    let listener = stormwall_proxy::bind(&proxy.server_config())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let admin_listener = tokio::net::TcpListener::bind(&admin)
         .await
         .map_err(|e| format!("server.admin {admin}: {e}"))?;
+    let listen = listener
+        .local_addr()
+        .map_or(listen, |addr| addr.to_string());
     tracing::info!(%listen, %admin, "stormwall proxy listening");
     let admin_router = stormwall_proxy::admin_router(proxy.clone(), reload.clone());
     tokio::spawn(async move { axum::serve(admin_listener, admin_router).await });

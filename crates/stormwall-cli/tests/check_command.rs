@@ -3,10 +3,12 @@
 use std::process::Command;
 
 fn check(text: &str) -> (bool, String, String) {
+    // One file per call: tests run in parallel.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!(
-        "stormwall-check-{}-{}.toml",
+        "stormwall-check-{}-{call}.toml",
         std::process::id(),
-        text.len()
     ));
     std::fs::write(&path, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_stormwall"))
@@ -48,4 +50,53 @@ fn a_good_file_passes_and_a_bad_one_names_the_key() {
     let (ok, _, stderr) = check(&GOOD.replace("retry =", "retries ="));
     assert!(!ok);
     assert!(stderr.contains("retries"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_each_bad_config_naming_the_key() {
+    let cases = [
+        (
+            GOOD.replace("http://127.0.0.1:7001", "http://user:secret@127.0.0.1:7001"),
+            "route[payment].upstream",
+        ),
+        (
+            GOOD.replace("127.0.0.1:8080", "not an address"),
+            "server.listen",
+        ),
+        (
+            GOOD.replace("127.0.0.1:8080", "127.0.0.1:99999"),
+            "server.listen",
+        ),
+        (
+            GOOD.replace(
+                "listen = \"127.0.0.1:8080\"",
+                "listen = \"127.0.0.1:8080\"\nadmin = \"127.0.0.1:8080\"",
+            ),
+            "server.admin",
+        ),
+        (
+            GOOD.replace("retry =", "timeout = { total = \"-1s\" }\nretry ="),
+            "route[payment].timeout.total",
+        ),
+        (
+            GOOD.replace("retry =", "timeout = { total = \"0s\" }\nretry ="),
+            "route[payment].timeout.total",
+        ),
+        (
+            GOOD.replace(
+                "listen = \"127.0.0.1:8080\"",
+                "listen = \"127.0.0.1:8080\"\nidle_timeout = \"soon\"",
+            ),
+            "server.idle_timeout",
+        ),
+    ];
+    for (text, key) in cases {
+        let (ok, _, stderr) = check(&text);
+        assert!(!ok, "{key} passed");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+    // An upstream with a path is a prefix (documented), not an error.
+    let (ok, _, stderr) =
+        check(&GOOD.replace("http://127.0.0.1:7001", "http://127.0.0.1:7001/v2/api"));
+    assert!(ok, "{stderr}");
 }

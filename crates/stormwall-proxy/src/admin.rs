@@ -123,7 +123,8 @@ fn circuits(proxy: &Proxy) -> serde_json::Value {
     json!({ "circuits": routes })
 }
 
-/// `Authorization: Bearer <token>` on `/admin/*` when a token is set.
+/// `Authorization: Bearer <token>` on `/admin/*` when a token is set (the scheme in any
+/// case, RFC 9110 §11.1; the token compared in constant time).
 async fn authorise(State(proxy): State<Arc<Proxy>>, request: Request, next: Next) -> Response {
     let token = proxy
         .config()
@@ -136,8 +137,10 @@ async fn authorise(State(proxy): State<Arc<Proxy>>, request: Request, next: Next
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, given)| given.trim_start());
+        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
             return (
                 StatusCode::UNAUTHORIZED,
                 Json(json!({"error": "admin token required"})),
@@ -146,6 +149,15 @@ async fn authorise(State(proxy): State<Arc<Proxy>>, request: Request, next: Next
         }
     }
     next.run(request).await
+}
+
+/// Compares in a time that depends on the lengths only, not on where the bytes differ.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    let mut differ = u8::from(given.len() != secret.len());
+    for (i, byte) in given.iter().enumerate() {
+        differ |= byte ^ secret.get(i % secret.len().max(1)).copied().unwrap_or(0);
+    }
+    std::hint::black_box(differ) == 0
 }
 
 /// The admin router; `reload` reads the configuration file again.
@@ -159,8 +171,12 @@ pub fn router(
             "/admin/config",
             get(|State(p): State<Arc<Proxy>>| async move {
                 let config = p.config();
+                let mut server = serde_json::to_value(&config.server).unwrap_or_default();
+                server["admin_token_set"] = json!(config.server.admin_token.is_some());
+                // What the proxy listens on now (the port chosen for port 0).
+                server["listening"] = json!(p.local_addr().map(|a| a.to_string()));
                 Json(json!({
-                    "server": { "listen": config.server.listen, "admin": config.server.admin },
+                    "server": server,
                     "routes": config.route.iter().map(|r| json!({
                         "name": r.name, "upstream": r.upstream,
                         "path_prefix": r.matches.path_prefix, "host": r.matches.host,

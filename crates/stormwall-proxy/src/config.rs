@@ -17,34 +17,77 @@ pub struct Config {
     pub route: Vec<RouteConfig>,
 }
 
-/// `[server]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `[server]`. Every key can change on reload: those marked "new connections" apply to
+/// connections accepted after it, the others at once; `listen` and `backlog` rebind.
+/// `admin` cannot change on reload (the reload is refused naming it).
+#[derive(Debug, Clone, Deserialize, PartialEq, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// The proxy's address. Example: `127.0.0.1:8080`.
+    /// The proxy's address, `ip:port` (port 0: any free port). Example: `127.0.0.1:8080`.
     pub listen: String,
-    /// The admin API's address (metrics, health, admin, dashboard). Default loopback:
-    /// `127.0.0.1:9901`.
+    /// The admin API's address (metrics, health, admin, dashboard), `ip:port`, not the
+    /// same as `listen`. Default loopback: `127.0.0.1:9901`.
     #[serde(default = "default_admin")]
     pub admin: String,
     /// When set, `/admin/*` needs `Authorization: Bearer <token>`. Also from the
     /// `STORMWALL_ADMIN_TOKEN` environment variable.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub admin_token: Option<String>,
-    /// Largest request body accepted (413 beyond). Default 10 MiB.
+    /// Largest request body accepted: 413 as soon as it is exceeded (at once when
+    /// `Content-Length` says so, else when the streamed body passes it). Default 10 MiB.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Requests in flight across all routes (503 with Retry-After beyond). Default 10,000.
+    /// The part of a request body kept so that a retry can send it again (Envoy's
+    /// per-request buffer limit). A body that fits is retried like any request; a larger
+    /// one streams to the upstream once, without retry, and is never stored for `defer`.
+    /// Default 64 KiB; 0 never retries a request with a body.
+    #[serde(default = "default_retry_buffer")]
+    pub retry_buffer_bytes: usize,
+    /// Requests in flight across all routes (503 with Retry-After beyond). Default 10,000;
+    /// at least 1.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
     /// Largest request head (request line and headers) accepted: 431 beyond. At least
-    /// 8192. Default 64 KiB.
+    /// 8192. Default 64 KiB. New connections.
     #[serde(default = "default_max_header")]
     pub max_header_bytes: usize,
-    /// Client connections open at once; more wait in the listen backlog (memory stays
-    /// bounded). Default 10,000.
+    /// Most header fields in a request head (HTTP/1.1): 431 beyond. Default 100; at least
+    /// 1. New connections.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Client connections open at once. At the bound, a new client makes the connection
+    /// idle the longest (a keep-alive connection between requests, or one whose request
+    /// head has not arrived) close; when none is idle, it waits in the listen backlog.
+    /// Default 10,000; at least 1.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Connections the kernel queues for the proxy to accept (`listen(2)`'s backlog,
+    /// capped by `net.core.somaxconn`). Default 4096; at least 1.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// From the first byte of a request head to its end: a slower client is disconnected
+    /// (slowloris). Default 10 s; at least 1 ms. New connections.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a connection may wait for its next request (keep-alive) before it is
+    /// closed. Default 60 s; at least 1 ms. New connections.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Longest wait for the next part of a request body; after this long in all, the body
+    /// must also have arrived at `body_min_rate` on average (time spent waiting for the
+    /// client, not for the upstream). A client too slow gets 408. Default 30 s; at least
+    /// 1 ms.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// The slowest average rate a request body may arrive at, in bytes per second, once
+    /// `body_timeout` has been spent waiting for it (Kestrel's `MinRequestBodyDataRate`).
+    /// Default 240; 0 turns the rate rule off.
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_rate: u64,
+    /// How long connecting to an upstream may take (then the attempt fails as a connection
+    /// error). Default 5 s; at least 1 ms.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub upstream_connect_timeout: Duration,
     /// On SIGTERM, how long requests in flight may take to finish. Default 10 s.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -60,14 +103,55 @@ fn default_admin() -> String {
 fn default_max_body() -> usize {
     10 * 1024 * 1024
 }
+fn default_retry_buffer() -> usize {
+    64 * 1024
+}
 fn default_max_in_flight() -> u32 {
     10_000
 }
 fn default_max_header() -> usize {
     64 * 1024
 }
+fn default_max_headers() -> usize {
+    100
+}
 fn default_max_connections() -> u32 {
     10_000
+}
+fn default_backlog() -> u32 {
+    4096
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_body_min_rate() -> u64 {
+    240
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl ServerConfig {
+    /// `listen`, parsed (checked by [`Config::parse`]).
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        socket_addr("server.listen", &self.listen)
+    }
+
+    /// `admin`, parsed (checked by [`Config::parse`]).
+    pub fn admin_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        socket_addr("server.admin", &self.admin)
+    }
+}
+
+fn socket_addr(key: &str, text: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| ConfigError::new(key, text, "an ip:port address with a port of 0-65535"))
 }
 
 /// `[[route]]`.
@@ -299,24 +383,105 @@ fn default_content_type() -> String {
     "application/json".into()
 }
 
+/// The key a deserialisation error is at, routes named as elsewhere (`route[payment]`,
+/// or `route[2]` when the route has no readable name).
+fn key_path(path: &serde_path_to_error::Path, text: &str) -> String {
+    use serde_path_to_error::Segment;
+    let names = toml::from_str::<toml::Table>(text).ok();
+    let mut key = String::new();
+    let mut parent = "";
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key: name } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+                parent = name;
+            }
+            Segment::Seq { index } => {
+                let name = names
+                    .as_ref()
+                    .and_then(|t| {
+                        t.get(parent)?
+                            .get(*index)?
+                            .get("name")?
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| index.to_string());
+                key.push_str(&format!("[{name}]"));
+            }
+            Segment::Enum { variant } => key.push_str(&format!("::{variant}")),
+            Segment::Unknown => {}
+        }
+    }
+    if key.is_empty() {
+        "config".to_owned()
+    } else {
+        key
+    }
+}
+
+/// A route's `upstream`, checked: `http://host:port` with an optional path prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    /// `host:port`.
+    pub(crate) authority: http::uri::Authority,
+    /// The path prefix put before every request's path (no trailing `/`); empty for none.
+    pub(crate) prefix: String,
+}
+
+impl Upstream {
+    /// `http://host[:port][/prefix]`; refused: other schemes, `user:password@`, a query or
+    /// a fragment (they would be dropped silently).
+    pub(crate) fn parse(text: &str) -> Result<Upstream, &'static str> {
+        const EXPECTED: &str = "http://host:port, optionally with a path prefix";
+        if text.contains('#') {
+            return Err("http://host:port[/prefix] without a #fragment");
+        }
+        let uri: http::Uri = text.parse().map_err(|_| EXPECTED)?;
+        if uri.scheme_str() != Some("http") {
+            return Err(EXPECTED);
+        }
+        let authority = uri.authority().ok_or(EXPECTED)?;
+        if authority.as_str().contains('@') {
+            return Err("http://host:port without user:password@ (credentials in the upstream URL are not sent)");
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(EXPECTED);
+        }
+        if uri.query().is_some() {
+            return Err("http://host:port[/prefix] without a ?query");
+        }
+        Ok(Upstream {
+            authority: authority.clone(),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
 impl Config {
-    /// Parses and checks a configuration file's text.
+    /// Parses and checks a configuration file's text. Errors name the key
+    /// (`route[payment].timeout.total`), the value and the line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let key = e.span().map_or_else(String::new, |span| {
-                let line = text[..span.start.min(text.len())].lines().count();
-                format!("line {line}")
-            });
-            ConfigError::new(
-                if key.is_empty() {
-                    "config".to_string()
-                } else {
-                    format!("config ({key})")
-                },
-                e.message(),
-                "valid stormwall proxy configuration",
-            )
-        })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let key = key_path(e.path(), text);
+                let e = e.into_inner();
+                let (value, line) = match e.span() {
+                    Some(span) => (
+                        text.get(span.clone()).unwrap_or("").trim().to_owned(),
+                        Some(text[..span.start.min(text.len())].lines().count().max(1)),
+                    ),
+                    None => (String::new(), None),
+                };
+                let reason = match line {
+                    Some(line) => format!("{} (line {line})", e.message().trim()),
+                    None => e.message().trim().to_owned(),
+                };
+                ConfigError::new(key, value, reason)
+            })?;
         config.check()?;
         Ok(config)
     }
@@ -333,10 +498,41 @@ impl Config {
         for (key, value) in [
             ("server.max_connections", server.max_connections),
             ("server.max_in_flight", server.max_in_flight),
+            ("server.backlog", server.backlog),
+            (
+                "server.max_headers",
+                u32::try_from(server.max_headers).unwrap_or(u32::MAX),
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, value, "at least 1"));
             }
+        }
+        for (key, value) in [
+            ("server.header_read_timeout", server.header_read_timeout),
+            ("server.idle_timeout", server.idle_timeout),
+            ("server.body_timeout", server.body_timeout),
+            (
+                "server.upstream_connect_timeout",
+                server.upstream_connect_timeout,
+            ),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(ConfigError::new(key, value, "at least 1ms"));
+            }
+        }
+        let (listen, admin) = (server.listen_addr()?, server.admin_addr()?);
+        let overlap = listen.port() != 0
+            && listen.port() == admin.port()
+            && (listen.ip() == admin.ip()
+                || listen.ip().is_unspecified()
+                || admin.ip().is_unspecified());
+        if overlap {
+            return Err(ConfigError::new(
+                "server.admin",
+                &server.admin,
+                format!("an address other than server.listen ({})", server.listen),
+            ));
         }
         let mut seen: Vec<(&str, Option<&str>, &str)> = Vec::new();
         for route in &self.route {
@@ -367,16 +563,8 @@ impl Config {
                     "starting with /",
                 ));
             }
-            let uri: http::Uri = route.upstream.parse().map_err(|_| {
-                ConfigError::new(at("upstream"), &route.upstream, "http://host:port")
-            })?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                return Err(ConfigError::new(
-                    at("upstream"),
-                    &route.upstream,
-                    "http://host:port",
-                ));
-            }
+            Upstream::parse(&route.upstream)
+                .map_err(|why| ConfigError::new(at("upstream"), &route.upstream, why))?;
             if let Some(f) = &route.fallback {
                 if http::StatusCode::from_u16(f.status).is_err() {
                     return Err(ConfigError::new(
@@ -436,7 +624,22 @@ fallback = { status = 503, body = '{"status":"queued"}' }
         let cases = [
             (GOOD.replace("max_retries = 3", "max_retires = 3"), "max_retires"),
             (GOOD.replace("\"200ms\"", "\"soon\""), "soon"),
-            (GOOD.replace("max_concurrency = 100", "max_concurrency = \"many\""), "config"),
+            (
+                GOOD.replace("max_concurrency = 100", "max_concurrency = \"many\""),
+                "route[payment].bulkhead.max_concurrency",
+            ),
+            (GOOD.replace("\"30s\", attempt", "\"-3s\", attempt"), "route[payment].timeout.total"),
+            (GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nidle_timeout = 5"), "server.idle_timeout"),
+            (GOOD.replace("127.0.0.1:8080", "not an address"), "server.listen"),
+            (GOOD.replace("127.0.0.1:8080", "127.0.0.1:99999"), "server.listen"),
+            (
+                GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:9901\""),
+                "server.admin",
+            ),
+            (GOOD.replace("http://127.0.0.1:7001", "http://user:secret@127.0.0.1:7001"), "route[payment].upstream"),
+            (GOOD.replace("http://127.0.0.1:7001", "http://127.0.0.1:7001/v2?x=1"), "route[payment].upstream"),
+            (GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nbacklog = 0"), "server.backlog"),
+            (GOOD.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nheader_read_timeout = \"0s\""), "server.header_read_timeout"),
             (GOOD.replace("http://127.0.0.1:7001", "ftp://x"), "route[payment].upstream"),
             (GOOD.replace("status = 503", "status = 1000"), "route[payment].fallback.status"),
             (
@@ -455,5 +658,26 @@ fallback = { status = 503, body = '{"status":"queued"}' }
                 "{key}: {e}"
             );
         }
+        // Type and duration errors name the key, the value and the line.
+        let e = Config::parse(&GOOD.replace("\"30s\", attempt", "\"-3s\", attempt")).unwrap_err();
+        assert_eq!(e.field, "route[payment].timeout.total");
+        assert!(
+            e.to_string().contains("-3s") && e.to_string().contains("line 9"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_upstream_path_is_a_prefix_for_every_request() {
+        let upstream = Upstream::parse("http://127.0.0.1:7001/v2/api/").unwrap();
+        assert_eq!(
+            (upstream.authority.as_str(), upstream.prefix.as_str()),
+            ("127.0.0.1:7001", "/v2/api")
+        );
+        assert_eq!(Upstream::parse("http://127.0.0.1:7001").unwrap().prefix, "");
+        assert_eq!(
+            Upstream::parse("http://127.0.0.1:7001/").unwrap().prefix,
+            ""
+        );
     }
 }

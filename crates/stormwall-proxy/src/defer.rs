@@ -1,12 +1,12 @@
 //! Store-and-forward for a route: requests with an `Idempotency-Key` that cannot reach the
 //! upstream now are kept in a durable queue (answered 202) and replayed when it is back.
 
+use crate::body::UpstreamBody;
 use crate::route::Route;
+use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use http_body_util::BodyExt;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use stormwall_durable::{DurableQueue, Job, QueueOptions, Worker, WorkerOptions};
@@ -36,17 +36,13 @@ pub(crate) fn encode(
 }
 
 /// The stored request, rebuilt toward `upstream`; `None` when the job is not one of ours.
-fn decode(payload: &[u8], upstream: &http::uri::Authority) -> Option<Request<Full<Bytes>>> {
+fn decode(payload: &[u8], route: &Route) -> Option<Request<UpstreamBody>> {
     let length = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?) as usize;
     let meta: serde_json::Value = serde_json::from_slice(payload.get(4..4 + length)?).ok()?;
     let body = Bytes::copy_from_slice(payload.get(4 + length..)?);
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(upstream.clone())
-        .path_and_query(meta["path"].as_str()?)
-        .build()
-        .ok()?;
-    let mut request = Request::new(Full::new(body));
+    let path = http::uri::PathAndQuery::try_from(meta["path"].as_str()?).ok()?;
+    let uri = route.upstream_uri(&path).ok()?;
+    let mut request = Request::new(UpstreamBody::full(body));
     *request.method_mut() = Method::from_bytes(meta["method"].as_str()?.as_bytes()).ok()?;
     *request.uri_mut() = uri;
     for pair in meta["headers"].as_array()? {
@@ -69,7 +65,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// Opens a route's queue and starts its replay worker (ending when the route is dropped).
 pub(crate) fn start(
     route: &Arc<Route>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: UpstreamClient,
 ) -> Result<Option<DurableQueue>, stormwall::ConfigError> {
     let Some(defer) = route.config.defer.clone() else {
         return Ok(None);
@@ -106,7 +102,7 @@ pub(crate) fn start(
                 let Some(route) = weak.upgrade() else {
                     return Err("route removed".to_string());
                 };
-                let Some(request) = decode(&job.payload, &route.upstream) else {
+                let Some(request) = decode(&job.payload, &route) else {
                     return Err("unreadable deferred request".to_string());
                 };
                 match client.request(request).await {

@@ -11,11 +11,15 @@
 //! `/admin/*` (config, circuits, isolate/close/reset, reload; bearer token when set).
 
 mod admin;
+mod body;
 mod config;
+mod connection;
 pub mod dashboard;
 mod defer;
+mod path;
 mod route;
 mod server;
+mod upstream;
 
 pub use admin::{install_metrics, router as admin_router, UPKEEP_THREAD};
 pub use config::{
@@ -23,4 +27,4 @@ pub use config::{
     MatchConfig, RateLimitConfig, RetryConfig, RouteConfig, ServerConfig, TimeoutConfig,
 };
 pub use route::Route;
-pub use server::{Peer, Proxy, ProxyBody};
+pub use server::{bind, Peer, Proxy, ProxyBody};

@@ -93,11 +93,29 @@ impl StateStore for BreakerStore {
     }
 }
 
+/// Where a route's per-client key comes from (`client_key`), resolved when it is built.
+#[derive(Debug, Clone)]
+pub(crate) enum ClientKey {
+    /// No per-client key.
+    None,
+    /// The client's IP address (`client_key = "ip"`).
+    Ip,
+    /// A request header.
+    Header(http::HeaderName),
+}
+
 /// One configured route, ready to serve.
 pub struct Route {
     pub(crate) config: RouteConfig,
-    /// `http://host:port` of the upstream, parsed.
+    /// `host:port` of the upstream, parsed.
     pub(crate) upstream: http::uri::Authority,
+    /// The upstream's path prefix (no trailing `/`), put before every request's path.
+    pub(crate) upstream_prefix: String,
+    pub(crate) client_key: ClientKey,
+    /// The fallback's status, body and content type, made once.
+    fallback: Option<(http::StatusCode, bytes::Bytes, http::HeaderValue)>,
+    /// The answer's status when a request is deferred.
+    pub(crate) defer_status: http::StatusCode,
     pub(crate) breaker: Option<CircuitBreaker<Transient, BreakerStore>>,
     /// For requests that may be retried (idempotent, or with an `Idempotency-Key`).
     pub(crate) retrying: Pipeline<Strategies>,
@@ -149,20 +167,47 @@ impl Route {
     ) -> Result<Route, ConfigError> {
         let prefix = format!("route[{}]", config.name);
         let within = |e: ConfigError| e.within(&prefix);
-        let upstream: http::Uri = config.upstream.parse().map_err(|_| {
-            ConfigError::new(
-                format!("{prefix}.upstream"),
-                &config.upstream,
-                "http://host:port",
-            )
-        })?;
-        let upstream = upstream.authority().cloned().ok_or_else(|| {
-            ConfigError::new(
-                format!("{prefix}.upstream"),
-                &config.upstream,
-                "http://host:port",
-            )
-        })?;
+        let upstream = crate::config::Upstream::parse(&config.upstream)
+            .map_err(|why| ConfigError::new(format!("{prefix}.upstream"), &config.upstream, why))?;
+        let client_key = match config.client_key.as_deref() {
+            None => ClientKey::None,
+            Some("ip") => ClientKey::Ip,
+            Some(name) => {
+                ClientKey::Header(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    ConfigError::new(format!("{prefix}.client_key"), name, "ip or a header name")
+                })?)
+            }
+        };
+        let fallback = match &config.fallback {
+            None => None,
+            Some(f) => Some((
+                http::StatusCode::from_u16(f.status).map_err(|_| {
+                    ConfigError::new(
+                        format!("{prefix}.fallback.status"),
+                        f.status,
+                        "an HTTP status (100-999)",
+                    )
+                })?,
+                bytes::Bytes::from(f.body.clone()),
+                http::HeaderValue::from_str(&f.content_type).map_err(|_| {
+                    ConfigError::new(
+                        format!("{prefix}.fallback.content_type"),
+                        &f.content_type,
+                        "a valid header value",
+                    )
+                })?,
+            )),
+        };
+        let defer_status = match &config.defer {
+            None => http::StatusCode::ACCEPTED,
+            Some(d) => http::StatusCode::from_u16(d.status).map_err(|_| {
+                ConfigError::new(
+                    format!("{prefix}.defer.status"),
+                    d.status,
+                    "an HTTP status (100-999)",
+                )
+            })?,
+        };
         let transient = Transient::default();
         let limiter = match &config.rate_limit {
             None => None,
@@ -256,8 +301,14 @@ impl Route {
                 Some(Retry::new(options).map_err(within)?)
             }
         };
-        let timeout = |d: Option<Duration>| d.map(Timeout::new).transpose().map_err(within);
-        let (total, attempt) = (timeout(total)?, timeout(attempt)?);
+        // Named by the key the file uses (`route[pay].timeout.total`).
+        let timeout = |d: Option<Duration>, key: &str| {
+            d.map(Timeout::new).transpose().map_err(|mut e| {
+                e.field = format!("{prefix}.timeout.{key}");
+                e
+            })
+        };
+        let (total, attempt) = (timeout(total, "total")?, timeout(attempt, "attempt")?);
         let pipeline = |retry: Option<Retry<Transient, RetryAfter>>| {
             let mut builder = Pipeline::builder().name(config.name.clone());
             if let Some(listener) = &listener {
@@ -284,7 +335,11 @@ impl Route {
             retrying: pipeline(retry)?,
             single: pipeline(None)?,
             config: config.clone(),
-            upstream,
+            upstream: upstream.authority,
+            upstream_prefix: upstream.prefix,
+            client_key,
+            fallback,
+            defer_status,
             breaker,
         })
     }
@@ -305,6 +360,49 @@ impl Route {
         self.breaker.as_ref().is_some_and(|b| b.store().is_shared())
     }
 
+    /// The upstream's URI for a request's path and query: the upstream's prefix, then the
+    /// request's path.
+    pub(crate) fn upstream_uri(
+        &self,
+        path_and_query: &http::uri::PathAndQuery,
+    ) -> Result<http::Uri, http::Error> {
+        let path_and_query = if self.upstream_prefix.is_empty() {
+            path_and_query.clone()
+        } else {
+            http::uri::PathAndQuery::try_from(format!(
+                "{}{}",
+                self.upstream_prefix, path_and_query
+            ))?
+        };
+        // From parts: no formatting, no re-parsing.
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(http::uri::Scheme::HTTP);
+        target.authority = Some(self.upstream.clone());
+        target.path_and_query = Some(path_and_query);
+        Ok(http::Uri::from_parts(target)?)
+    }
+
+    /// The route's fallback answer, saying why in `x-stormwall-fallback`.
+    pub(crate) fn fallback_response(
+        &self,
+        why: &str,
+    ) -> Option<http::Response<crate::server::ProxyBody>> {
+        use http_body_util::BodyExt as _;
+        let (status, body, content_type) = self.fallback.as_ref()?;
+        let mut response = http::Response::new(
+            http_body_util::Full::new(body.clone())
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *response.status_mut() = *status;
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+        if let Ok(why) = http::HeaderValue::from_str(why) {
+            headers.insert(http::HeaderName::from_static("x-stormwall-fallback"), why);
+        }
+        Some(response)
+    }
+
     /// Whether the route serves a request for `host` and `path`.
     pub(crate) fn matches(&self, host: Option<&str>, path: &str) -> bool {
         let host_ok = match (&self.config.matches.host, host) {
@@ -319,28 +417,21 @@ impl Route {
 impl Route {
     /// Runs the route's active upstream check until the route is dropped (replaced by a
     /// reload): a task holding only a weak reference.
-    pub(crate) fn start_health_check(
-        self: &Arc<Self>,
-        client: hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            http_body_util::Full<bytes::Bytes>,
-        >,
-    ) {
+    pub(crate) fn start_health_check(self: &Arc<Self>, client: crate::upstream::UpstreamClient) {
         let Some(check) = self.config.health_check.clone() else {
             return;
         };
-        let Ok(uri) = http::Uri::builder()
-            .scheme("http")
-            .authority(self.upstream.clone())
-            .path_and_query(check.path.as_str())
-            .build()
-        else {
+        let Ok(path) = http::uri::PathAndQuery::try_from(check.path.as_str()) else {
+            return;
+        };
+        let Ok(uri) = self.upstream_uri(&path) else {
             return;
         };
         let route = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                let request = http::Request::get(uri.clone()).body(http_body_util::Full::default());
+                let request =
+                    http::Request::get(uri.clone()).body(crate::body::UpstreamBody::empty());
                 let finding = match request {
                     Err(e) => Some(e.to_string()),
                     Ok(request) => {

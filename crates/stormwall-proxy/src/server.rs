@@ -1,25 +1,26 @@
 //! The reverse proxy: routes a request, runs it through its route's pipeline to the
 //! upstream, answers the fallback (or a status that says why) when the pipeline gives up.
 
-use crate::config::Config;
-use crate::route::Route;
+use crate::body::{BodyFailure, BodyLimits, ClientBody, Prepared, UpstreamBody};
+use crate::config::{Config, ServerConfig};
+use crate::connection::{Connections, Ended, Slot, Timeouts, Tracked, Watched};
+use crate::route::{ClientKey, Route};
+use crate::upstream::{Attempt, UpstreamClient};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 use stormwall::telemetry::{EventListener, MetricsListener};
 use stormwall::{ConfigError, Context, Error};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 /// The body of every response the proxy sends.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -30,8 +31,18 @@ pub struct Proxy {
     pub(crate) dashboard: Arc<crate::dashboard::Dashboard>,
     pub(crate) config: RwLock<Arc<Config>>,
     pub(crate) routes: RwLock<Arc<Vec<Arc<Route>>>>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    in_flight: Semaphore,
+    client: UpstreamClient,
+    /// `server.upstream_connect_timeout` in ms, read by the client at every connect.
+    connect_timeout: Arc<AtomicU64>,
+    /// Requests in flight now (bounded by `server.max_in_flight`).
+    in_flight: AtomicUsize,
+    /// Client connections, bounded by `server.max_connections`.
+    connections: Arc<Connections>,
+    /// The listener serving now (set by [`serve`](Self::serve)); a reload that changes
+    /// `listen` puts the new one in `rebound` and wakes the accept loop.
+    listening: Mutex<Option<Arc<TcpListener>>>,
+    rebound: Mutex<Option<Arc<TcpListener>>>,
+    rebind: Notify,
     pub(crate) draining: AtomicBool,
     pub(crate) listener: Arc<dyn EventListener>,
 }
@@ -121,6 +132,21 @@ fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     )
 }
 
+/// The answer to a request whose body failed: 413, 408 or 400, closing the connection
+/// (the rest of the body is not read).
+fn body_failed(why: BodyFailure) -> Response<ProxyBody> {
+    let status = match why {
+        BodyFailure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyFailure::TooSlow => StatusCode::REQUEST_TIMEOUT,
+        BodyFailure::Malformed => StatusCode::BAD_REQUEST,
+    };
+    let mut response = json_error(status, &why.to_string());
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// The routes of `config`: unchanged ones taken from `previous` (they keep their breaker's
 /// state), the others built; `true` marks those built now.
 fn build_routes(
@@ -140,15 +166,48 @@ fn build_routes(
 
 /// Starts what a newly built route runs in the background: its upstream check and its
 /// store-and-forward replay.
-fn start_route(
-    route: Arc<Route>,
-    client: &Client<HttpConnector, Full<Bytes>>,
-) -> Result<Arc<Route>, ConfigError> {
+fn start_route(route: Arc<Route>, client: &UpstreamClient) -> Result<Arc<Route>, ConfigError> {
     route.start_health_check(client.clone());
     if let Some(queue) = crate::defer::start(&route, client.clone())? {
         let _ = route.deferred.set(queue);
     }
     Ok(route)
+}
+
+/// A listener on `server.listen` with `server.backlog` (the kernel caps it at
+/// `net.core.somaxconn`).
+pub fn bind(server: &ServerConfig) -> Result<TcpListener, ConfigError> {
+    let addr = server.listen_addr()?;
+    let bound = (|| {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(server.backlog)
+    })();
+    bound.map_err(|e| {
+        ConfigError::new(
+            "server.listen",
+            &server.listen,
+            format!("an address this process can listen on ({e})"),
+        )
+    })
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Holds one of `server.max_in_flight` until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Proxy {
@@ -163,32 +222,59 @@ impl Proxy {
             Arc::clone(&dashboard) as Arc<dyn EventListener>,
         ]));
         let routes = build_routes(&config, &[], &listener)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .http1_writev(false)
-            .build(connector);
+        let connect_timeout = Arc::new(AtomicU64::new(millis(
+            config.server.upstream_connect_timeout,
+        )));
+        let client = crate::upstream::client(Arc::clone(&connect_timeout));
         let routes = routes
             .into_iter()
             .map(|(route, _)| start_route(route, &client))
             .collect::<Result<_, _>>()?;
         Ok(Arc::new(Proxy {
             dashboard,
-            in_flight: Semaphore::new(config.server.max_in_flight as usize),
+            connections: Connections::new(config.server.max_connections as usize),
+            in_flight: AtomicUsize::new(0),
             config: RwLock::new(Arc::new(config)),
             routes: RwLock::new(Arc::new(routes)),
             client,
+            connect_timeout,
+            listening: Mutex::new(None),
+            rebound: Mutex::new(None),
+            rebind: Notify::new(),
             draining: AtomicBool::new(false),
             listener,
         }))
     }
 
-    /// Replaces the configuration: every route is built first, so a bad file changes
-    /// nothing (the old one keeps serving); unchanged routes keep their breakers.
+    /// Replaces the configuration: everything is built first, so a bad file changes
+    /// nothing (the old one keeps serving); unchanged routes keep their breakers. Every
+    /// `server.*` key is applied (see [`ServerConfig`]: `listen` rebinds, `backlog`
+    /// re-listens, limits and timeouts change) except `admin`, whose change refuses the
+    /// reload.
     pub fn reload(&self, text: &str) -> Result<(), ConfigError> {
         let config = Config::parse(text)?;
+        let old = self.config();
+        if config.server.admin != old.server.admin {
+            return Err(ConfigError::new(
+                "server.admin",
+                &config.server.admin,
+                format!(
+                    "unchanged ({}): the admin listener cannot move on reload, restart the proxy to move it",
+                    old.server.admin
+                ),
+            ));
+        }
         let previous = self.routes();
-        let routes = build_routes(&config, &previous, &self.listener)?
+        let routes = build_routes(&config, &previous, &self.listener)?;
+        let rebound = if config.server.listen != old.server.listen {
+            Some(Arc::new(bind(&config.server)?))
+        } else {
+            if config.server.backlog != old.server.backlog {
+                self.relisten(config.server.backlog)?;
+            }
+            None
+        };
+        let routes = routes
             .into_iter()
             .map(|(route, new)| {
                 if new {
@@ -198,17 +284,52 @@ impl Proxy {
                 }
             })
             .collect::<Result<_, _>>()?;
+        let server = &config.server;
+        self.connections.set_limit(server.max_connections as usize);
+        self.connect_timeout
+            .store(millis(server.upstream_connect_timeout), Ordering::Relaxed);
         *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        if let Some(listener) = rebound {
+            tracing::info!(listen = ?listener.local_addr().ok(), "stormwall proxy: listening on the new address");
+            *self.rebound.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+            self.rebind.notify_one();
+        }
         tracing::info!("stormwall proxy: configuration reloaded");
         Ok(())
+    }
+
+    /// Calls `listen(2)` again on the listener serving now, with a new backlog.
+    fn relisten(&self, backlog: u32) -> Result<(), ConfigError> {
+        let listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(listener) = listening.as_ref() else {
+            return Ok(());
+        };
+        let backlog_int = i32::try_from(backlog).unwrap_or(i32::MAX);
+        socket2::SockRef::from(listener.as_ref())
+            .listen(backlog_int)
+            .map_err(|e| {
+                ConfigError::new(
+                    "server.backlog",
+                    backlog,
+                    format!("a backlog the listener accepts ({e})"),
+                )
+            })
+    }
+
+    /// The address the proxy listens on now (`None` before [`serve`](Self::serve)).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Starts draining: readiness goes false at once (so load balancers stop sending);
     /// requests in flight go on. Then wait with [`drained`](Self::drained).
     pub fn start_draining(&self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.draining.store(true, Ordering::Release);
     }
 
     /// How long a drain may wait (`server.drain_timeout`).
@@ -218,8 +339,12 @@ impl Proxy {
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
-        let max = self.config().server.max_in_flight as usize;
-        max.saturating_sub(self.in_flight.available_permits())
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Client connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.open()
     }
 
     /// Waits until no request is in flight, or `deadline` has passed; true when drained.
@@ -239,188 +364,267 @@ impl Proxy {
         Arc::clone(&self.routes.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The `[server]` settings running now.
+    pub fn server_config(&self) -> ServerConfig {
+        self.config().server.clone()
+    }
+
     pub(crate) fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Serves the proxy on `listener` until the task is dropped.
+    /// Serves the proxy on `listener` (and on the listeners reloads bind) until the task
+    /// is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
-        let (max_connections, max_header) = {
-            let config = self.config();
-            (
-                config.server.max_connections as usize,
-                config.server.max_header_bytes,
-            )
-        };
-        // A connection over the bound waits in the listen backlog: memory stays bounded.
-        let connections = Arc::new(Semaphore::new(max_connections));
+        let mut listener = Arc::new(listener);
+        *self.listening.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&listener));
         loop {
-            let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
-                return Ok(());
-            };
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "stormwall proxy: accept failed");
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = self.rebind.notified() => {
+                    let next = self.rebound.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(next) = next {
+                        // The old listener closes here: clients not yet accepted on it
+                        // are refused, connections already open go on.
+                        *self.listening.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Arc::clone(&next));
+                        listener = next;
+                    }
                     continue;
                 }
             };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, most likely: let some close.
+                    tracing::warn!(error = %e, "stormwall proxy: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            // At max_connections the connection idle the longest is closed for this one;
+            // when none is idle, this one waits and the next wait in the listen backlog.
+            let slot = self.connections.slot().await;
             let _ = stream.set_nodelay(true);
-            let proxy = Arc::clone(&self);
+            self.spawn_connection(stream, peer, slot);
+        }
+    }
+
+    fn spawn_connection(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        slot: Slot,
+    ) {
+        let config = self.config();
+        let server = &config.server;
+        let timeouts = Timeouts {
+            header_read: server.header_read_timeout,
+            idle: server.idle_timeout,
+        };
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // A head over the limits: hyper answers 431. Its header timer stays off (it
+        // would also cut keep-alive connections): `connection::watch` keeps the time.
+        builder
+            .http1()
+            .max_buf_size(server.max_header_bytes)
+            .max_headers(server.max_headers)
+            .header_read_timeout(None)
+            .writev(false);
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+        let proxy = Arc::clone(self);
+        tokio::spawn(async move {
+            let connection = Arc::clone(&slot.connection);
+            let io = TokioIo::new(Watched::new(stream, Arc::clone(&connection)));
             let peer = Arc::new(Peer::new(peer));
-            tokio::spawn(async move {
-                let _permit = permit;
-                let service = hyper::service::service_fn(move |request| {
-                    let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &peer).await) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                // A head over the limit: hyper answers 431.
-                builder.http1().max_buf_size(max_header).writev(false);
-                builder
-                    .http2()
-                    .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
-                if let Err(e) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "stormwall proxy: connection ended");
+            let serving = Arc::clone(&connection);
+            let service = hyper::service::service_fn(move |request| {
+                let serving = serving.serving();
+                let (proxy, peer) = (Arc::clone(&proxy), Arc::clone(&peer));
+                async move {
+                    let response = proxy.handle(request, &peer).await;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| Tracked::new(body, serving)),
+                    )
                 }
             });
-        }
+            let conn = builder.serve_connection(io, service);
+            let ended = crate::connection::watch(conn, &connection, timeouts).await;
+            if ended != Ended::Closed {
+                tracing::debug!(?ended, "stormwall proxy: connection closed");
+            }
+            drop(slot);
+        });
     }
 
     /// One request, start to finish.
     pub async fn handle(&self, request: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let started = Instant::now();
         let routes = self.routes();
+        let (mut parts, body) = request.into_parts();
+        // Routing sees the path without dot segments, and so does the upstream.
+        if let Some(normal) = crate::path::normalise(&parts.uri) {
+            match normal {
+                Ok(uri) => parts.uri = uri,
+                Err(why) => return json_error(StatusCode::BAD_REQUEST, why),
+            }
+        }
         let route = {
-            let host = request
-                .headers()
+            // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
+            let host = parts
+                .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(|h| h.split(':').next().unwrap_or(h));
-            let path = request.uri().path();
-            routes.iter().find(|r| r.matches(host, path))
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host));
+            routes.iter().find(|r| r.matches(host, parts.uri.path()))
         };
         let Some(route) = route else {
             return json_error(StatusCode::NOT_FOUND, "no route matches");
         };
-        let response = self.forward(route, request, peer).await;
+        let response = self.forward(route, parts, body, peer).await;
         let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         route.requests[class].increment(1);
         route.duration.record(started.elapsed().as_secs_f64());
         response
     }
 
+    /// Sends the request through the route's pipeline and answers what came of it.
     async fn forward(
         &self,
         route: &Route,
-        request: Request<Incoming>,
+        parts: http::request::Parts,
+        body: Incoming,
         peer: &Peer,
     ) -> Response<ProxyBody> {
-        let Ok(_slot) = self.in_flight.try_acquire() else {
+        let config = self.config();
+        let server = &config.server;
+        let Some(_slot) = self.admit(server.max_in_flight as usize) else {
             return full(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 &[(header::RETRY_AFTER, "1".into())],
             );
         };
-        let (mut parts, body) = request.into_parts();
-        // Most requests (GET, HEAD, DELETE) have no body: nothing to collect.
-        let body = if body.is_end_stream() {
-            Bytes::new()
-        } else {
-            let max_body = self.config().server.max_body_bytes;
-            match Limited::new(body, max_body).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e)
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() =>
-                {
-                    return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-                }
-                Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed request body"),
-            }
+        let Ok(request) = UpstreamRequest::new(route, parts, peer) else {
+            return json_error(StatusCode::BAD_REQUEST, "malformed request target");
         };
-        let mut headers = std::mem::take(&mut parts.headers);
-        strip_hop_by_hop(&mut headers);
-        forwarded(&mut headers, peer);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        // The upstream's URI from parts: no formatting, no re-parsing.
-        let mut target = http::uri::Parts::default();
-        target.scheme = Some(http::uri::Scheme::HTTP);
-        target.authority = Some(route.upstream.clone());
-        target.path_and_query = Some(path_and_query.clone());
-        let uri = match http::Uri::from_parts(target) {
-            Ok(uri) => uri,
-            Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed request target"),
+        let body = ClientBody::new(
+            body,
+            BodyLimits {
+                max_bytes: server.max_body_bytes as u64,
+                timeout: server.body_timeout,
+                min_rate: server.body_min_rate,
+            },
+        );
+        let failure = body.failure();
+        let body = match crate::body::prepare(body, server.retry_buffer_bytes, request.retry).await
+        {
+            Ok(body) => body,
+            Err(why) => return body_failed(why),
         };
-        let key = match route.config.client_key.as_deref() {
-            None => None,
-            Some("ip") => Some(peer.ip.clone()),
-            Some(name) => headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+        let (outcome, replay) = self.send(route, &request, body, &failure).await;
+        self.answer(route, &request, outcome, replay).await
+    }
+
+    /// One of `max_in_flight`, if any is free.
+    fn admit(&self, max: usize) -> Option<InFlight<'_>> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(&self.in_flight))
+    }
+
+    /// Runs the attempts: a replayable body goes to every attempt (retries allowed), a
+    /// body sent once to the first only (no retry). Gives back the replayable body (for
+    /// `defer`).
+    async fn send(
+        &self,
+        route: &Route,
+        request: &UpstreamRequest,
+        body: Prepared,
+        failure: &OnceLock<BodyFailure>,
+    ) -> (Outcome, Option<Bytes>) {
+        let (replay, once) = match body {
+            Prepared::Replayable(bytes) => (Some(bytes), None),
+            Prepared::Once(body) => (None, Some(body)),
         };
-        let ctx = match key {
-            Some(key) => Context::new().with_key(key),
-            None => Context::new(),
-        };
-        let retry = stormwall_http::may_retry(&parts.method, &headers, false);
-        let pipeline = if retry {
+        let pipeline = if replay.is_some() && request.retry {
             &route.retrying
         } else {
             &route.single
         };
-        let (method, client) = (&parts.method, &self.client);
-        let (uri, headers, body) = (&uri, &headers, &body);
+        // Taken by the first attempt.
+        let once = Mutex::new(once);
+        let (client, replay_ref) = (&self.client, &replay);
         let outcome = pipeline
-            .execute_with(ctx, |_| {
-                let mut attempt = Request::new(Full::new(body.clone()));
-                *attempt.method_mut() = method.clone();
-                *attempt.uri_mut() = uri.clone();
-                *attempt.headers_mut() = headers.clone();
-                client.request(attempt)
+            .execute_with(request.context(), |_| {
+                let body = match replay_ref {
+                    Some(bytes) => Some(UpstreamBody::full(bytes.clone())),
+                    None => once.lock().unwrap_or_else(|e| e.into_inner()).take(),
+                };
+                let attempt = body.map(|body| client.request(request.build(body)));
+                async move {
+                    let Some(attempt) = attempt else {
+                        // A second attempt at a body sent once is not made (the single
+                        // pipeline has no retry, so this does not happen).
+                        return Ok(Attempt::ClientBody(BodyFailure::Malformed));
+                    };
+                    match attempt.await {
+                        Ok(response) => Ok(Attempt::Upstream(response)),
+                        // The client's body failed on the way: the client's doing.
+                        Err(e) => match failure.get() {
+                            Some(why) => Ok(Attempt::ClientBody(*why)),
+                            None => Err(e),
+                        },
+                    }
+                }
             })
             .await;
+        (outcome, replay)
+    }
+
+    /// Answers what the attempts came to, classified once: a success or a client error
+    /// passes through; a failure is deferred (when the route defers and the body was
+    /// kept), else answered by the fallback, else by a status that says why.
+    async fn answer(
+        &self,
+        route: &Route,
+        request: &UpstreamRequest,
+        outcome: Outcome,
+        replay: Option<Bytes>,
+    ) -> Response<ProxyBody> {
         let failed = match &outcome {
-            Ok(response) => stormwall_http::is_transient(stormwall_http::AttemptOutcome::Status(
-                response.status(),
-            )),
+            Ok(Attempt::ClientBody(why)) => return body_failed(*why),
+            Ok(Attempt::Upstream(response)) => stormwall_http::is_transient(
+                stormwall_http::AttemptOutcome::Status(response.status()),
+            ),
             Err(_) => true,
         };
-        if failed {
-            if let Some(response) = self
-                .defer(route, &parts.method, path_and_query.as_str(), headers, body)
-                .await
-            {
+        if !failed {
+            if let Ok(Attempt::Upstream(response)) = outcome {
+                return pass(response);
+            }
+        }
+        if let Some(body) = &replay {
+            if let Some(response) = self.defer(route, request, body).await {
                 return response;
             }
         }
         match outcome {
-            // A transient failure that outlasted the retries is replaced by the fallback too.
-            Ok(response)
-                if route.config.fallback.is_some()
-                    && stormwall_http::is_transient(stormwall_http::AttemptOutcome::Status(
-                        response.status(),
-                    )) =>
-            {
-                let status = response.status().as_u16();
-                self.fallback(route, &format!("upstream_status_{status}"))
-                    .unwrap_or_else(|| json_error(StatusCode::BAD_GATEWAY, "upstream failed"))
+            Ok(Attempt::Upstream(response)) => {
+                // A transient failure that outlasted the retries: the fallback, if any.
+                let why = format!("upstream_status_{}", response.status().as_u16());
+                match route.fallback_response(&why) {
+                    Some(fallback) => fallback,
+                    None => pass(response),
+                }
             }
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
-            }
+            Ok(Attempt::ClientBody(why)) => body_failed(why),
             Err(e) => self.give_up(route, &e),
         }
     }
@@ -430,31 +634,29 @@ impl Proxy {
     async fn defer(
         &self,
         route: &Route,
-        method: &http::Method,
-        path_and_query: &str,
-        headers: &HeaderMap,
+        request: &UpstreamRequest,
         body: &Bytes,
     ) -> Option<Response<ProxyBody>> {
         let queue = route.deferred.get()?;
-        let key = headers
+        let key = request
+            .headers
             .get(stormwall_http::IDEMPOTENCY_KEY)?
             .to_str()
             .ok()?;
-        let payload = crate::defer::encode(method, path_and_query, headers, body);
+        let payload = crate::defer::encode(
+            &request.method,
+            request.path_and_query.as_str(),
+            &request.headers,
+            body,
+        );
         match queue.enqueue(route.name(), payload, Some(key)).await {
             Ok(enqueued) => {
-                let status = route
-                    .config
-                    .defer
-                    .as_ref()
-                    .and_then(|d| StatusCode::from_u16(d.status).ok())
-                    .unwrap_or(StatusCode::ACCEPTED);
                 let body = serde_json::json!({
                     "status": "accepted", "job": enqueued.id, "duplicate": enqueued.duplicate,
                 })
                 .to_string();
                 Some(full(
-                    status,
+                    route.defer_status,
                     body,
                     &[(header::CONTENT_TYPE, "application/json".into())],
                 ))
@@ -466,30 +668,12 @@ impl Proxy {
         }
     }
 
-    /// The route's fallback answer, saying why in `x-stormwall-fallback`.
-    fn fallback(&self, route: &Route, why: &str) -> Option<Response<ProxyBody>> {
-        let fallback = route.config.fallback.as_ref()?;
-        let status =
-            StatusCode::from_u16(fallback.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        Some(full(
-            status,
-            fallback.body.clone(),
-            &[
-                (header::CONTENT_TYPE, fallback.content_type.clone()),
-                (
-                    HeaderName::from_static("x-stormwall-fallback"),
-                    why.to_owned(),
-                ),
-            ],
-        ))
-    }
-
     fn give_up<E: std::fmt::Display>(
         &self,
         route: &Route,
         error: &Error<E>,
     ) -> Response<ProxyBody> {
-        if let Some(response) = self.fallback(route, error.kind()) {
+        if let Some(response) = route.fallback_response(error.kind()) {
             return response;
         }
         let retry_after = error
@@ -507,6 +691,81 @@ impl Proxy {
         let mut headers = retry_after;
         headers.push((header::CONTENT_TYPE, "application/json".into()));
         full(status, body, &headers)
+    }
+}
+
+/// What the attempts came to.
+type Outcome = Result<Attempt, Error<hyper_util::client::legacy::Error>>;
+
+/// The upstream's response, on its way to the client (streamed).
+fn pass(response: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// What every attempt of one request sends, made once.
+struct UpstreamRequest {
+    method: http::Method,
+    /// The client's path and query (normalised).
+    path_and_query: http::uri::PathAndQuery,
+    uri: http::Uri,
+    /// The client's headers less hop-by-hop ones, plus `X-Forwarded-*`.
+    headers: HeaderMap,
+    /// The client key for per-client limits.
+    key: Option<String>,
+    /// Whether the request may be retried (idempotent, or with an `Idempotency-Key`).
+    retry: bool,
+}
+
+impl UpstreamRequest {
+    fn new(
+        route: &Route,
+        mut parts: http::request::Parts,
+        peer: &Peer,
+    ) -> Result<Self, http::Error> {
+        let mut headers = std::mem::take(&mut parts.headers);
+        strip_hop_by_hop(&mut headers);
+        forwarded(&mut headers, peer);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let uri = route.upstream_uri(&path_and_query)?;
+        let key = match &route.client_key {
+            ClientKey::None => None,
+            ClientKey::Ip => Some(peer.ip.clone()),
+            ClientKey::Header(name) => headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let retry = stormwall_http::may_retry(&parts.method, &headers, false);
+        Ok(UpstreamRequest {
+            method: parts.method,
+            path_and_query,
+            uri,
+            headers,
+            key,
+            retry,
+        })
+    }
+
+    fn context(&self) -> Context {
+        match &self.key {
+            Some(key) => Context::new().with_key(key.clone()),
+            None => Context::new(),
+        }
+    }
+
+    /// One attempt's request.
+    fn build(&self, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut attempt = Request::new(body);
+        *attempt.method_mut() = self.method.clone();
+        *attempt.uri_mut() = self.uri.clone();
+        *attempt.headers_mut() = self.headers.clone();
+        attempt
     }
 }
 
