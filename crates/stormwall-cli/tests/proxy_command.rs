@@ -716,13 +716,12 @@ async fn a_reload_applies_every_server_key_or_refuses_naming_it_and_sigterm_then
     held.write_all(b"POST /plain/held HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nx")
         .await
         .unwrap();
-    eventually("the held request is in flight", || async {
-        request(sidecar.listen, "GET /plain/probe HTTP/1.1", b"")
-            .await
-            .0
-            == 503
+    eventually("the held request reaches the upstream", || async {
+        upstream.bytes.load(Ordering::Relaxed) >= 1
     })
     .await;
+    let (status, _, _) = request(sidecar.listen, "GET /plain/probe HTTP/1.1", b"").await;
+    assert_eq!(status, 503, "max_in_flight = 1 with one request in flight");
 
     // SIGHUP: a new address, a larger max_in_flight, a shorter header timeout.
     let moved: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
