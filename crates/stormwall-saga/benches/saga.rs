@@ -99,6 +99,7 @@ fn benches(c: &mut Criterion) {
     let request = || {
         http::Request::post("/orders")
             .header("idempotency-key", "k-1")
+            .header("authorization", "Bearer client-1")
             .body(axum::body::Body::from("2 lamps"))
             .unwrap()
     };

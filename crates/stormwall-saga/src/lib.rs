@@ -17,7 +17,10 @@ pub mod store;
 
 pub use error::{ExpectedVersion, SagaError};
 pub use events::{Aggregate, EventStore, Projection};
-pub use idempotency::{Clock, IdempotencyLayer, IdempotencyOptions, IdempotencyService};
+pub use idempotency::{
+    Clock, IdempotencyBody, IdempotencyLayer, IdempotencyOptions, IdempotencyScope,
+    IdempotencyService, ScopeFn,
+};
 pub use saga::{
     Orchestrator, OrchestratorOptions, SagaDefinition, SagaEvent, SagaState, SagaStatus,
     StepContext, StepFuture,

@@ -14,6 +14,9 @@ async fn connect(url: &str) -> PostgresStore {
 async fn the_suite_passes_on_postgres() {
     let server = PostgresServer::start();
     common::idempotency_keys(connect(&server.database("idempotency")).await).await;
+    common::keys_are_scoped_per_client(connect(&server.database("scoped")).await).await;
+    common::a_response_too_large_to_keep_runs_once(connect(&server.database("too_large")).await)
+        .await;
     common::event_store(connect(&server.database("events")).await).await;
     common::sagas(connect(&server.database("sagas")).await).await;
     common::parked_sagas(connect(&server.database("parked")).await).await;
@@ -24,6 +27,35 @@ async fn the_suite_passes_on_postgres() {
             .psql("purge", "SELECT COUNT(*) FROM stormwall_idempotency")
             .trim()
             .parse()
+            .unwrap()
+    })
+    .await;
+}
+
+/// The child of the claim crash test (a no-op when the harness runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_child() {
+    let (Ok(url), Ok(log)) = (
+        std::env::var("STORMWALL_CLAIM_URL"),
+        std::env::var("STORMWALL_CLAIM_LOG"),
+    ) else {
+        return;
+    };
+    common::hang_inside_the_handler(connect(&url).await, log.into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_holder_died_is_taken_over() {
+    let server = PostgresServer::start();
+    let url = server.database("claim_crash");
+    let log = server.dir().join("claim-crash.entered");
+    common::a_claim_whose_holder_died_is_taken_over(connect(&url).await, log.clone(), || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "claim_child", "--nocapture", "--test-threads=1"])
+            .env("STORMWALL_CLAIM_URL", &url)
+            .env("STORMWALL_CLAIM_LOG", &log)
+            .stdout(std::process::Stdio::null())
+            .spawn()
             .unwrap()
     })
     .await;

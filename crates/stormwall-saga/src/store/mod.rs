@@ -14,8 +14,9 @@ mod sqlite;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// The schema version this build writes (the number of migrations).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (the number of migrations). Version 2 scoped
+/// idempotency keys per client and gave claims a lease.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Checks a stored schema version: the migrations still to apply (`0..` for a new
 /// database).
@@ -40,14 +41,40 @@ pub(crate) fn pending_migrations(found: Option<String>) -> Result<i64, SagaError
 /// What [`Store::idempotency_begin`] found for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {
-    /// The key is new (or its record expired): this request runs.
+    /// The key is new (or its record expired, or the claim on it ran out: its holder
+    /// died): this request runs.
     Started,
-    /// A request with this key and payload is running.
+    /// A request with this key and payload is running (its claim is held).
     InProgress,
     /// A request with this key and payload finished: its stored response.
     Completed(Vec<u8>),
+    /// A request with this key and payload finished, but its response was too large to
+    /// keep: its status and headers only (empty body).
+    CompletedUnstored(Vec<u8>),
     /// The key was used with a different payload.
     Mismatch,
+}
+
+/// An idempotency key as stored: the client's scope (an opaque id; empty for keys shared
+/// by every client) and the key it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScopedKey<'a> {
+    /// The client's scope.
+    pub scope: &'a str,
+    /// The key.
+    pub key: &'a str,
+}
+
+/// A request's claim on a key: who holds it (a token unique to the request) and for how
+/// long from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimLease<'a> {
+    /// The claim's holder.
+    pub owner: &'a str,
+    /// The time now, milliseconds since the epoch.
+    pub now_ms: i64,
+    /// How long the claim lasts unless renewed.
+    pub lease_ms: i64,
 }
 
 /// A saga as stored: its definition's name, status, and its state (JSON).
@@ -92,24 +119,43 @@ pub struct RecordedEvent {
 /// Where idempotency records, sagas and events are kept. Every method is one
 /// transaction: a change is all there or not at all.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Claims `key` for a request with `fingerprint` (atomically: of concurrent callers,
-    /// one gets [`Begin::Started`]); a record past its expiry counts as absent.
+    /// Claims `key` for a request with `fingerprint` until `claim.now_ms +
+    /// claim.lease_ms`, the record kept until `now_ms + ttl_ms` (atomically: of concurrent
+    /// callers, one gets [`Begin::Started`]). A record past its expiry counts as absent; a
+    /// running one whose claim ran out is taken over.
     fn idempotency_begin(
         &self,
-        key: &str,
+        key: ScopedKey<'_>,
         fingerprint: &str,
-        now_ms: i64,
+        claim: ClaimLease<'_>,
         ttl_ms: i64,
     ) -> impl Future<Output = Result<Begin, SagaError>> + Send;
-    /// Stores the response of the request that holds `key`.
+    /// Extends `claim.owner`'s claim on `key` to `claim.now_ms + claim.lease_ms`: whether
+    /// it still held it.
+    fn idempotency_renew(
+        &self,
+        key: ScopedKey<'_>,
+        claim: ClaimLease<'_>,
+    ) -> impl Future<Output = Result<bool, SagaError>> + Send;
+    /// Stores the response of the request that holds `key` (`replayable`: the whole
+    /// response; otherwise its status and headers only, see [`Begin::CompletedUnstored`]):
+    /// whether `owner` still held the claim.
     fn idempotency_complete(
         &self,
-        key: &str,
+        key: ScopedKey<'_>,
+        owner: &str,
         response: Vec<u8>,
+        replayable: bool,
+    ) -> impl Future<Output = Result<bool, SagaError>> + Send;
+    /// Forgets `key` if `owner` still holds its claim (the request failed in a way worth
+    /// retrying).
+    fn idempotency_abandon(
+        &self,
+        key: ScopedKey<'_>,
+        owner: &str,
     ) -> impl Future<Output = Result<(), SagaError>> + Send;
-    /// Forgets `key` (the request failed in a way worth retrying).
-    fn idempotency_abandon(&self, key: &str) -> impl Future<Output = Result<(), SagaError>> + Send;
-    /// Deletes every key whose expiry is at or before `now_ms` (finished or not); how many.
+    /// Deletes every key whose expiry is at or before `now_ms` (finished or not, of every
+    /// scope); how many.
     fn idempotency_purge_expired(
         &self,
         now_ms: i64,

@@ -2,7 +2,10 @@
 //! one advisory lock so that global positions commit in order (a projection never skips
 //! an event that commits late).
 
-use super::{pending_migrations, Begin, NewEvent, RecordedEvent, SagaRow, Store, SCHEMA_VERSION};
+use super::{
+    pending_migrations, Begin, ClaimLease, NewEvent, RecordedEvent, SagaRow, ScopedKey, Store,
+    SCHEMA_VERSION,
+};
 use crate::{ExpectedVersion, SagaError};
 use stormwall_durable::storage::PgPool;
 
@@ -35,6 +38,13 @@ CREATE TABLE stormwall_events (
 );
 CREATE TABLE stormwall_snapshots (stream TEXT PRIMARY KEY, version BIGINT NOT NULL, state TEXT NOT NULL);
 CREATE TABLE stormwall_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL);
+", "
+ALTER TABLE stormwall_idempotency ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+ALTER TABLE stormwall_idempotency ADD COLUMN owner TEXT;
+ALTER TABLE stormwall_idempotency ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE stormwall_idempotency DROP CONSTRAINT stormwall_idempotency_pkey;
+ALTER TABLE stormwall_idempotency ADD PRIMARY KEY (scope, key);
+CREATE INDEX stormwall_idempotency_expiry ON stormwall_idempotency (expires_at);
 "];
 
 /// Arbitrary constants: the advisory locks for migrations and for appends.
@@ -107,24 +117,42 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn idempotency_begin(
         &self,
-        key: &str,
+        key: ScopedKey<'_>,
         fingerprint: &str,
-        now_ms: i64,
+        claim: ClaimLease<'_>,
         ttl_ms: i64,
     ) -> Result<Begin, SagaError> {
         let client = self.pool.client().await?;
-        // Insert, or take over an expired record; a concurrent insert of the same key
-        // makes this one wait for its commit and then do nothing.
+        let (expires_at, lease_until) = (
+            claim.now_ms.saturating_add(ttl_ms),
+            claim.now_ms.saturating_add(claim.lease_ms),
+        );
+        // Insert, or take over an expired record or a running one whose claim ran out (its
+        // holder died); a concurrent insert of the same key makes this one wait for its
+        // commit and then do nothing.
         let started = client
             .query_opt(
-                "INSERT INTO stormwall_idempotency (key, fingerprint, status, response, expires_at)
-                 VALUES ($1, $2, 'running', NULL, $3::BIGINT + $4::BIGINT)
-                 ON CONFLICT (key) DO UPDATE
+                "INSERT INTO stormwall_idempotency
+                     (scope, key, fingerprint, status, response, expires_at, owner, lease_until)
+                 VALUES ($1, $2, $3, 'running', NULL, $5, $6, $7)
+                 ON CONFLICT (scope, key) DO UPDATE
                     SET fingerprint = EXCLUDED.fingerprint, status = 'running', response = NULL,
-                        expires_at = EXCLUDED.expires_at
-                  WHERE stormwall_idempotency.expires_at <= $3
+                        expires_at = EXCLUDED.expires_at, owner = EXCLUDED.owner,
+                        lease_until = EXCLUDED.lease_until
+                  WHERE stormwall_idempotency.expires_at <= $4
+                     OR (stormwall_idempotency.status = 'running'
+                         AND stormwall_idempotency.fingerprint = $3
+                         AND stormwall_idempotency.lease_until <= $4)
                  RETURNING key",
-                &[&key, &fingerprint, &now_ms, &ttl_ms],
+                &[
+                    &key.scope,
+                    &key.key,
+                    &fingerprint,
+                    &claim.now_ms,
+                    &expires_at,
+                    &claim.owner,
+                    &lease_until,
+                ],
             )
             .await?;
         if started.is_some() {
@@ -133,8 +161,9 @@ impl Store for PostgresStore {
         // A separate statement: its snapshot sees the record the insert waited for.
         let Some(row) = client
             .query_opt(
-                "SELECT fingerprint, status, response FROM stormwall_idempotency WHERE key = $1",
-                &[&key],
+                "SELECT fingerprint, status, response FROM stormwall_idempotency
+                  WHERE scope = $1 AND key = $2",
+                &[&key.scope, &key.key],
             )
             .await?
         else {
@@ -147,26 +176,59 @@ impl Store for PostgresStore {
             Begin::Mismatch
         } else if status == "done" {
             Begin::Completed(response.unwrap_or_default())
+        } else if status == "unstored" {
+            Begin::CompletedUnstored(response.unwrap_or_default())
         } else {
             Begin::InProgress
         })
     }
 
-    async fn idempotency_complete(&self, key: &str, response: Vec<u8>) -> Result<(), SagaError> {
-        self.pool
+    async fn idempotency_renew(
+        &self,
+        key: ScopedKey<'_>,
+        claim: ClaimLease<'_>,
+    ) -> Result<bool, SagaError> {
+        let renewed = self
+            .pool
             .execute(
-                "UPDATE stormwall_idempotency SET status = 'done', response = $2 WHERE key = $1",
-                &[&key, &response],
+                "UPDATE stormwall_idempotency SET lease_until = $4
+                  WHERE scope = $1 AND key = $2 AND owner = $3 AND status = 'running'",
+                &[
+                    &key.scope,
+                    &key.key,
+                    &claim.owner,
+                    &claim.now_ms.saturating_add(claim.lease_ms),
+                ],
             )
             .await?;
-        Ok(())
+        Ok(renewed == 1)
     }
 
-    async fn idempotency_abandon(&self, key: &str) -> Result<(), SagaError> {
+    async fn idempotency_complete(
+        &self,
+        key: ScopedKey<'_>,
+        owner: &str,
+        response: Vec<u8>,
+        replayable: bool,
+    ) -> Result<bool, SagaError> {
+        let status = if replayable { "done" } else { "unstored" };
+        let stored = self
+            .pool
+            .execute(
+                "UPDATE stormwall_idempotency SET status = $4, response = $5, owner = NULL
+                  WHERE scope = $1 AND key = $2 AND owner = $3 AND status = 'running'",
+                &[&key.scope, &key.key, &owner, &status, &response],
+            )
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn idempotency_abandon(&self, key: ScopedKey<'_>, owner: &str) -> Result<(), SagaError> {
         self.pool
             .execute(
-                "DELETE FROM stormwall_idempotency WHERE key = $1 AND status = 'running'",
-                &[&key],
+                "DELETE FROM stormwall_idempotency
+                  WHERE scope = $1 AND key = $2 AND owner = $3 AND status = 'running'",
+                &[&key.scope, &key.key, &owner],
             )
             .await?;
         Ok(())

@@ -1,7 +1,10 @@
 //! The SQLite backend: one file (WAL, `synchronous = FULL`), one connection used from
 //! blocking tasks; SQLite serialises writers, so every method's transaction is atomic.
 
-use super::{pending_migrations, Begin, NewEvent, RecordedEvent, SagaRow, Store, SCHEMA_VERSION};
+use super::{
+    pending_migrations, Begin, ClaimLease, NewEvent, RecordedEvent, SagaRow, ScopedKey, Store,
+    SCHEMA_VERSION,
+};
 use crate::{ExpectedVersion, SagaError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -36,6 +39,23 @@ CREATE TABLE stormwall_events (
 );
 CREATE TABLE stormwall_snapshots (stream TEXT PRIMARY KEY, version INTEGER NOT NULL, state TEXT NOT NULL);
 CREATE TABLE stormwall_checkpoints (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+", "
+CREATE TABLE stormwall_idempotency_scoped (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    response BLOB,
+    expires_at INTEGER NOT NULL,
+    owner TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, key)
+);
+INSERT INTO stormwall_idempotency_scoped (scope, key, fingerprint, status, response, expires_at)
+    SELECT '', key, fingerprint, status, response, expires_at FROM stormwall_idempotency;
+DROP TABLE stormwall_idempotency;
+ALTER TABLE stormwall_idempotency_scoped RENAME TO stormwall_idempotency;
+CREATE INDEX stormwall_idempotency_expiry ON stormwall_idempotency (expires_at);
 "];
 
 /// Sagas, idempotency records and events in one SQLite file. Clones share it.
@@ -106,36 +126,53 @@ fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
 impl Store for SqliteStore {
     async fn idempotency_begin(
         &self,
-        key: &str,
+        key: ScopedKey<'_>,
         fingerprint: &str,
-        now_ms: i64,
+        claim: ClaimLease<'_>,
         ttl_ms: i64,
     ) -> Result<Begin, SagaError> {
-        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
+        let (scope, key) = (key.scope.to_owned(), key.key.to_owned());
+        let (fingerprint, owner) = (fingerprint.to_owned(), claim.owner.to_owned());
+        let now_ms = claim.now_ms;
+        let lease_until = now_ms.saturating_add(claim.lease_ms);
         self.run(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let found: Option<(String, String, Option<Vec<u8>>, i64)> = tx
+            // fingerprint, status, response, expires_at, lease_until
+            type Found = (String, String, Option<Vec<u8>>, i64, i64);
+            let found: Option<Found> = tx
                 .query_row(
-                    "SELECT fingerprint, status, response, expires_at FROM stormwall_idempotency WHERE key = ?1",
-                    params![key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    "SELECT fingerprint, status, response, expires_at, lease_until
+                       FROM stormwall_idempotency WHERE scope = ?1 AND key = ?2",
+                    params![scope, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
             let begin = match found {
-                Some((stored, status, response, expires)) if expires > now_ms => {
+                Some((stored, status, response, expires, leased)) if expires > now_ms => {
                     if stored != fingerprint {
                         Begin::Mismatch
                     } else if status == "done" {
                         Begin::Completed(response.unwrap_or_default())
-                    } else {
+                    } else if status == "unstored" {
+                        Begin::CompletedUnstored(response.unwrap_or_default())
+                    } else if leased > now_ms {
                         Begin::InProgress
+                    } else {
+                        // Its holder died (or hung past its lease): this request takes over.
+                        tx.execute(
+                            "UPDATE stormwall_idempotency SET owner = ?3, lease_until = ?4
+                              WHERE scope = ?1 AND key = ?2",
+                            params![scope, key, owner, lease_until],
+                        )?;
+                        Begin::Started
                     }
                 }
                 _ => {
                     tx.execute(
-                        "INSERT OR REPLACE INTO stormwall_idempotency (key, fingerprint, status, response, expires_at)
-                         VALUES (?1, ?2, 'running', NULL, ?3)",
-                        params![key, fingerprint, now_ms + ttl_ms],
+                        "INSERT OR REPLACE INTO stormwall_idempotency
+                             (scope, key, fingerprint, status, response, expires_at, owner, lease_until)
+                         VALUES (?1, ?2, ?3, 'running', NULL, ?4, ?5, ?6)",
+                        params![scope, key, fingerprint, now_ms.saturating_add(ttl_ms), owner, lease_until],
                     )?;
                     Begin::Started
                 }
@@ -146,24 +183,53 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn idempotency_complete(&self, key: &str, response: Vec<u8>) -> Result<(), SagaError> {
-        let key = key.to_owned();
+    async fn idempotency_renew(
+        &self,
+        key: ScopedKey<'_>,
+        claim: ClaimLease<'_>,
+    ) -> Result<bool, SagaError> {
+        let (scope, key, owner) = (
+            key.scope.to_owned(),
+            key.key.to_owned(),
+            claim.owner.to_owned(),
+        );
+        let lease_until = claim.now_ms.saturating_add(claim.lease_ms);
         self.run(move |c| {
-            c.execute(
-                "UPDATE stormwall_idempotency SET status = 'done', response = ?2 WHERE key = ?1",
-                params![key, response],
-            )?;
-            Ok(())
+            Ok(c.execute(
+                "UPDATE stormwall_idempotency SET lease_until = ?4
+                  WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND status = 'running'",
+                params![scope, key, owner, lease_until],
+            )? == 1)
         })
         .await
     }
 
-    async fn idempotency_abandon(&self, key: &str) -> Result<(), SagaError> {
-        let key = key.to_owned();
+    async fn idempotency_complete(
+        &self,
+        key: ScopedKey<'_>,
+        owner: &str,
+        response: Vec<u8>,
+        replayable: bool,
+    ) -> Result<bool, SagaError> {
+        let (scope, key, owner) = (key.scope.to_owned(), key.key.to_owned(), owner.to_owned());
+        let status = if replayable { "done" } else { "unstored" };
+        self.run(move |c| {
+            Ok(c.execute(
+                "UPDATE stormwall_idempotency SET status = ?4, response = ?5, owner = NULL
+                  WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND status = 'running'",
+                params![scope, key, owner, status, response],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn idempotency_abandon(&self, key: ScopedKey<'_>, owner: &str) -> Result<(), SagaError> {
+        let (scope, key, owner) = (key.scope.to_owned(), key.key.to_owned(), owner.to_owned());
         self.run(move |c| {
             c.execute(
-                "DELETE FROM stormwall_idempotency WHERE key = ?1 AND status = 'running'",
-                params![key],
+                "DELETE FROM stormwall_idempotency
+                  WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND status = 'running'",
+                params![scope, key, owner],
             )?;
             Ok(())
         })

@@ -14,9 +14,9 @@ use std::time::Duration;
 use stormwall::retry::RetryOptions;
 use stormwall::Pipeline;
 use stormwall_saga::{
-    Aggregate, EventStore, ExpectedVersion, IdempotencyLayer, IdempotencyOptions, Orchestrator,
-    OrchestratorOptions, Projection, RecordedEvent, SagaDefinition, SagaError, SagaEvent,
-    SagaStatus, Store,
+    Aggregate, EventStore, ExpectedVersion, IdempotencyLayer, IdempotencyOptions, IdempotencyScope,
+    Orchestrator, OrchestratorOptions, Projection, RecordedEvent, SagaDefinition, SagaError,
+    SagaEvent, SagaStatus, Store,
 };
 use tower::ServiceExt;
 
@@ -37,10 +37,21 @@ fn order_app<S: Store>(store: S, options: IdempotencyOptions, calls: Arc<AtomicU
 }
 
 async fn send(app: &Router, key: &str, body: &str) -> (StatusCode, String, bool) {
+    send_as(app, "Bearer client-a", key, body).await
+}
+
+/// A request from the client whose `Authorization` is `client`.
+async fn send_as(app: &Router, client: &str, key: &str, body: &str) -> (StatusCode, String, bool) {
     let request = Request::post("/orders")
         .header("idempotency-key", key)
+        .header("authorization", client)
         .body(Body::from(body.to_owned()))
         .unwrap();
+    answer(app, request).await
+}
+
+/// The status, body and whether it was a replay.
+async fn answer(app: &Router, request: Request<Body>) -> (StatusCode, String, bool) {
     let response = app.clone().oneshot(request).await.unwrap();
     let replayed = response.headers().contains_key("idempotent-replayed");
     let status = response.status();
@@ -132,6 +143,238 @@ pub async fn idempotency_keys(store: impl Store) {
         retry = send(&eager, "k-3", "a desk").await;
     }
     assert_eq!(retry.0, StatusCode::CREATED, "{retry:?}");
+}
+
+/// Two clients that pick the same key (and payload) each run their own request and get
+/// their own response — never the other's, nor a 422 for a key they never used; a request
+/// without the scope's header is refused; scoping by a request extension (the
+/// authenticated principal) works the same; the global scope collides, as documented.
+pub async fn keys_are_scoped_per_client(store: impl Store) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = order_app(store.clone(), IdempotencyOptions::default(), calls.clone());
+    let alice = send_as(&app, "Bearer alice", "order-1", "2 lamps").await;
+    let bob = send_as(&app, "Bearer bob", "order-1", "2 lamps").await;
+    assert_eq!(
+        alice,
+        (StatusCode::CREATED, "order #1 for 2 lamps".into(), false)
+    );
+    assert_eq!(
+        bob,
+        (StatusCode::CREATED, "order #2 for 2 lamps".into(), false)
+    );
+    // Each replay is the client's own response.
+    assert_eq!(
+        send_as(&app, "Bearer alice", "order-1", "2 lamps").await,
+        (StatusCode::CREATED, "order #1 for 2 lamps".into(), true)
+    );
+    assert_eq!(
+        send_as(&app, "Bearer bob", "order-1", "2 lamps").await,
+        (StatusCode::CREATED, "order #2 for 2 lamps".into(), true)
+    );
+    // Another payload under another client's key is a new request, not a 422.
+    let carol = send_as(&app, "Bearer carol", "order-1", "a sofa").await;
+    assert_eq!(
+        carol,
+        (StatusCode::CREATED, "order #3 for a sofa".into(), false)
+    );
+    assert_eq!(
+        send_as(&app, "Bearer carol", "order-1", "a chair").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // No Authorization: refused, saying what is missing; the handler did not run.
+    let request = Request::post("/orders")
+        .header("idempotency-key", "order-1")
+        .body(Body::from("2 lamps"))
+        .unwrap();
+    let (status, body, _) = answer(&app, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("authorization"), "{body}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // Scoped by the principal an authentication layer put in the request's extensions.
+    #[derive(Clone)]
+    struct Principal(String);
+    let principal = order_app(
+        store.clone(),
+        IdempotencyOptions {
+            scope: IdempotencyScope::Custom(Arc::new(|parts: &http::request::Parts| {
+                parts.extensions.get::<Principal>().map(|p| p.0.clone())
+            })),
+            ..Default::default()
+        },
+        calls.clone(),
+    );
+    let as_principal = |who: &str| {
+        let mut request = Request::post("/orders")
+            .header("idempotency-key", "order-9")
+            .body(Body::from("a desk"))
+            .unwrap();
+        request.extensions_mut().insert(Principal(who.into()));
+        request
+    };
+    assert!(!answer(&principal, as_principal("dave")).await.2);
+    assert!(!answer(&principal, as_principal("erin")).await.2);
+    assert!(answer(&principal, as_principal("erin")).await.2);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+
+    // The global scope: the second client gets the first one's response.
+    let global = order_app(
+        store.clone(),
+        IdempotencyOptions {
+            scope: IdempotencyScope::Global,
+            ..Default::default()
+        },
+        calls.clone(),
+    );
+    send_as(&global, "Bearer alice", "g-1", "a lamp").await;
+    let (_, body, replayed) = send_as(&global, "Bearer bob", "g-1", "a lamp").await;
+    assert!(replayed && body == "order #6 for a lamp", "{body}");
+}
+
+/// A response over `max_body_bytes` reaches its client whole; it is not kept, and its
+/// repeats are told so (409) — the handler never runs twice.
+pub async fn a_response_too_large_to_keep_runs_once(store: impl Store) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let app = Router::new()
+        .route(
+            "/orders",
+            post(move || {
+                let calls = counted.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    // Streamed in 10 chunks of 100 bytes.
+                    let chunks = (0..10u8)
+                        .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a' + i; 100])));
+                    (
+                        StatusCode::CREATED,
+                        [("x-order", "7")],
+                        Body::from_stream(futures_util::stream::iter(chunks)),
+                    )
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(
+            store,
+            IdempotencyOptions {
+                max_body_bytes: 250,
+                ..Default::default()
+            },
+        ));
+    let (status, body, replayed) = send(&app, "big-1", "report").await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false));
+    let expected: String = (0..10u8)
+        .map(|i| String::from_utf8(vec![b'a' + i; 100]).unwrap())
+        .collect();
+    assert_eq!(
+        body, expected,
+        "the first client got all 1000 bytes, in order"
+    );
+    for _ in 0..2 {
+        let (status, body, _) = send(&app, "big-1", "report").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            body.contains("completed (201 Created)") && body.contains("max_body_bytes (250 bytes)"),
+            "{body}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    // A different payload under that key is still a mismatch.
+    assert_eq!(
+        send(&app, "big-1", "another").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+/// The child of the crash test: sends one request whose handler logs `<clock ms>` and then
+/// hangs until the process is killed; its claim lasts 1 s unless renewed.
+pub async fn hang_inside_the_handler(store: impl Store, log: std::path::PathBuf) {
+    let app = Router::new()
+        .route(
+            "/orders",
+            post(move || {
+                let log = log.clone();
+                async move {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis();
+                    std::fs::write(&log, now.to_string()).unwrap();
+                    std::future::pending::<()>().await;
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(
+            store,
+            IdempotencyOptions {
+                claim_lease: Duration::from_secs(1),
+                ..Default::default()
+            },
+        ));
+    send(&app, "crash-1", "2 lamps").await;
+    unreachable!("the handler hangs until the process is killed");
+}
+
+/// A process killed inside the handler: its key is not blocked for a day. While the dead
+/// process's claim lasts, a retry is told 409; 2 s later a retry runs the request (once)
+/// and its repeats are replays. `start_child` starts [`hang_inside_the_handler`] in a
+/// child process writing `log`.
+pub async fn a_claim_whose_holder_died_is_taken_over(
+    store: impl Store,
+    log: std::path::PathBuf,
+    start_child: impl FnOnce() -> std::process::Child,
+) {
+    let _ = std::fs::remove_file(&log);
+    let mut child = start_child();
+    let started = std::time::Instant::now();
+    let entered: i64 = loop {
+        if let Some(at) = std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break at;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the child died early");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the child reached the handler"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let now = Arc::new(AtomicI64::new(entered + 200));
+    let clock = now.clone();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = order_app(
+        store,
+        IdempotencyOptions {
+            claim_lease: Duration::from_secs(1),
+            clock: Arc::new(move || clock.load(Ordering::SeqCst)),
+            ..Default::default()
+        },
+        calls.clone(),
+    );
+    // 200 ms into the dead process's request its claim (1 s from its start) still holds.
+    let (status, _, _) = send(&app, "crash-1", "2 lamps").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // 2 s after it died: the claim ran out; the retry runs the request.
+    let real_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    now.store(real_now + 2000, Ordering::SeqCst);
+    let retry = send(&app, "crash-1", "2 lamps").await;
+    assert_eq!(
+        retry,
+        (StatusCode::CREATED, "order #1 for 2 lamps".into(), false)
+    );
+    assert_eq!(
+        send(&app, "crash-1", "2 lamps").await,
+        (StatusCode::CREATED, "order #1 for 2 lamps".into(), true)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the retry ran it once");
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
