@@ -26,4 +26,5 @@ mod worker;
 
 pub use later::{Deferred, QueueForLater};
 pub use queue::{DeadLetter, DurableQueue, Enqueued, Job, QueueDepth, QueueError, QueueOptions};
+pub use storage::{StorageTimeouts, TimedOut};
 pub use worker::{Worker, WorkerOptions};

@@ -3,7 +3,7 @@
 //! times come from the database's clock, so replicas with skewed clocks agree on leases.
 
 use crate::queue::{DeadLetter, Enqueued, Job, QueueError, StateCount, SCHEMA_VERSION};
-use crate::storage::PgPool;
+use crate::storage::{PgPool, StorageTimeouts};
 use std::time::Duration;
 
 /// Milliseconds since the epoch on the database's clock.
@@ -43,42 +43,49 @@ pub(crate) struct Postgres {
 }
 
 impl Postgres {
-    pub(crate) async fn connect(url: &str, connections: usize) -> Result<Self, QueueError> {
-        let pool = PgPool::new(url, connections)?;
+    pub(crate) async fn connect(
+        url: &str,
+        connections: usize,
+        timeouts: StorageTimeouts,
+    ) -> Result<Self, QueueError> {
+        let pool = PgPool::new(url, connections, timeouts)?;
         let postgres = Postgres { pool };
         postgres.migrate().await?;
         Ok(postgres)
     }
 
     async fn migrate(&self) -> Result<(), QueueError> {
-        let mut client = self.pool.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        tx.batch_execute(SCHEMA).await?;
-        let found = tx
-            .query_opt(
-                "SELECT value FROM stormwall_meta WHERE key = 'schema_version'",
-                &[],
-            )
-            .await?
-            .map(|row| row.get::<_, String>(0));
-        let found = crate::queue::check_schema(found)?;
-        if found != Some(SCHEMA_VERSION) {
-            // Version 1: the table was there before `expired_leases`.
-            tx.batch_execute(
-                "ALTER TABLE stormwall_jobs ADD COLUMN IF NOT EXISTS expired_leases INTEGER NOT NULL DEFAULT 0",
-            )
-            .await?;
-            tx.execute(
-                "INSERT INTO stormwall_meta (key, value) VALUES ('schema_version', $1)
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[&SCHEMA_VERSION.to_string()],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.pool
+            .run(async |client| {
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            tx.batch_execute(SCHEMA).await?;
+            let found = tx
+                .query_opt(
+                    "SELECT value FROM stormwall_meta WHERE key = 'schema_version'",
+                    &[],
+                )
+                .await?
+                .map(|row| row.get::<_, String>(0));
+            let found = crate::queue::check_schema(found)?;
+            if found != Some(SCHEMA_VERSION) {
+                // Version 1: the table was there before `expired_leases`.
+                tx.batch_execute(
+                    "ALTER TABLE stormwall_jobs ADD COLUMN IF NOT EXISTS expired_leases INTEGER NOT NULL DEFAULT 0",
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO stormwall_meta (key, value) VALUES ('schema_version', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&SCHEMA_VERSION.to_string()],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+            })
+            .await
     }
 
     pub(crate) async fn enqueue(
@@ -88,46 +95,49 @@ impl Postgres {
         key: Option<&str>,
         delay: Duration,
     ) -> Result<Enqueued, QueueError> {
-        let client = self.pool.client().await?;
-        let insert = client
-            .prepare_cached(concat!(
-                "INSERT INTO stormwall_jobs (queue, payload, idempotency_key, run_at, created_at)
-                 VALUES ($1, $2, $3, ",
-                now_ms!(),
-                " + $4, ",
-                now_ms!(),
-                ") ON CONFLICT (queue, idempotency_key) DO NOTHING RETURNING id"
-            ))
-            .await?;
-        let existing = client
-            .prepare_cached(
-                "SELECT id FROM stormwall_jobs WHERE queue = $1 AND idempotency_key = $2",
-            )
-            .await?;
-        let delay_ms = delay.as_millis() as i64;
-        // The insert waits for a concurrent one with the same key to commit; the lookup
-        // is a separate statement so that it sees that commit. A purge in between (the
-        // row gone) sends it round again.
-        for _ in 0..3 {
-            if let Some(row) = client
-                .query_opt(&insert, &[&queue, &payload, &key, &delay_ms])
-                .await?
-            {
-                return Ok(Enqueued {
-                    id: row.get(0),
-                    duplicate: false,
-                });
+        self.pool
+            .run(async |client| {
+            let insert = client
+                .prepare_cached(concat!(
+                    "INSERT INTO stormwall_jobs (queue, payload, idempotency_key, run_at, created_at)
+                     VALUES ($1, $2, $3, ",
+                    now_ms!(),
+                    " + $4, ",
+                    now_ms!(),
+                    ") ON CONFLICT (queue, idempotency_key) DO NOTHING RETURNING id"
+                ))
+                .await?;
+            let existing = client
+                .prepare_cached(
+                    "SELECT id FROM stormwall_jobs WHERE queue = $1 AND idempotency_key = $2",
+                )
+                .await?;
+            let delay_ms = delay.as_millis() as i64;
+            // The insert waits for a concurrent one with the same key to commit; the lookup
+            // is a separate statement so that it sees that commit. A purge in between (the
+            // row gone) sends it round again.
+            for _ in 0..3 {
+                if let Some(row) = client
+                    .query_opt(&insert, &[&queue, &payload, &key, &delay_ms])
+                    .await?
+                {
+                    return Ok(Enqueued {
+                        id: row.get(0),
+                        duplicate: false,
+                    });
+                }
+                if let Some(row) = client.query_opt(&existing, &[&queue, &key]).await? {
+                    return Ok(Enqueued {
+                        id: row.get(0),
+                        duplicate: true,
+                    });
+                }
             }
-            if let Some(row) = client.query_opt(&existing, &[&queue, &key]).await? {
-                return Ok(Enqueued {
-                    id: row.get(0),
-                    duplicate: true,
-                });
-            }
-        }
-        Err(QueueError::Commit(format!(
-            "idempotency key {key:?} of queue {queue:?} kept changing under the enqueue"
-        )))
+            Err(QueueError::Commit(format!(
+                "idempotency key {key:?} of queue {queue:?} kept changing under the enqueue"
+            )))
+            })
+            .await
     }
 
     pub(crate) async fn lease(
@@ -138,96 +148,106 @@ impl Postgres {
         visibility: Duration,
         max_attempts: i64,
     ) -> Result<Vec<Job>, QueueError> {
-        let mut client = self.pool.client().await?;
-        let tx = client.transaction().await?;
-        // Jobs whose last allowed lease ran out: a worker died on them every time.
-        let dead = tx
-            .query(
-                concat!(
+        // A job at its last allowed attempt whose lease ran out is a dead letter, never
+        // leased again (also when its lease runs out between the two statements).
+        let limit = max_attempts.min(i64::from(i32::MAX)) as i32;
+        self.pool
+            .run(async |client| {
+            let tx = client.transaction().await?;
+            // Jobs whose last allowed lease ran out: a worker died on them every time.
+            let dead = tx
+                .query(
+                    concat!(
+                        "UPDATE stormwall_jobs
+                            SET state = 'dead', lease_until = NULL, expired_leases = expired_leases + 1
+                          WHERE id IN (SELECT id FROM stormwall_jobs
+                                        WHERE queue = $1 AND state = 'leased' AND attempts >= $2
+                                          AND lease_until < ",
+                        now_ms!(),
+                        " FOR UPDATE SKIP LOCKED)
+                      RETURNING id, expired_leases, attempts, COALESCE(leased_by, '')"
+                    ),
+                    &[&queue, &limit],
+                )
+                .await?;
+            for row in dead {
+                let (id, expired, attempts, holder): (i64, i32, i32, String) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                let error = crate::queue::lease_expired_error(expired.into(), attempts.into(), &holder);
+                tracing::warn!(job = id, %queue, %error, "stormwall-durable: job moved to dead letters");
+                tx.execute(
+                    "UPDATE stormwall_jobs SET last_error = $1 WHERE id = $2",
+                    &[&error, &id],
+                )
+                .await?;
+            }
+            let statement = tx
+                .prepare_cached(concat!(
                     "UPDATE stormwall_jobs
-                        SET state = 'dead', lease_until = NULL, expired_leases = expired_leases + 1
-                      WHERE id IN (SELECT id FROM stormwall_jobs
-                                    WHERE queue = $1 AND state = 'leased' AND attempts >= $2
-                                      AND lease_until < ",
+                        SET expired_leases = expired_leases + CASE WHEN state = 'leased' THEN 1 ELSE 0 END,
+                            last_error = CASE WHEN state = 'leased'
+                                THEN 'lease expired: worker ' || quote_literal(leased_by) || ' neither acked nor failed it'
+                                ELSE last_error END,
+                            state = 'leased', lease_until = ",
                     now_ms!(),
-                    " FOR UPDATE SKIP LOCKED)
-                  RETURNING id, expired_leases, attempts, COALESCE(leased_by, '')"
-                ),
-                &[&queue, &(max_attempts.min(i64::from(i32::MAX)) as i32)],
-            )
-            .await?;
-        for row in dead {
-            let (id, expired, attempts, holder): (i64, i32, i32, String) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            let error = crate::queue::lease_expired_error(expired.into(), attempts.into(), &holder);
-            tracing::warn!(job = id, %queue, %error, "stormwall-durable: job moved to dead letters");
-            tx.execute(
-                "UPDATE stormwall_jobs SET last_error = $1 WHERE id = $2",
-                &[&error, &id],
-            )
-            .await?;
-        }
-        let statement = tx
-            .prepare_cached(concat!(
-                "UPDATE stormwall_jobs
-                    SET expired_leases = expired_leases + CASE WHEN state = 'leased' THEN 1 ELSE 0 END,
-                        last_error = CASE WHEN state = 'leased'
-                            THEN 'lease expired: worker ' || quote_literal(leased_by) || ' neither acked nor failed it'
-                            ELSE last_error END,
-                        state = 'leased', lease_until = ",
-                now_ms!(),
-                " + $1, leased_by = $2, attempts = attempts + 1
-                  WHERE id IN (SELECT id FROM stormwall_jobs
-                                WHERE queue = $3
-                                  AND ((state = 'ready' AND run_at <= ",
-                now_ms!(),
-                ") OR (state = 'leased' AND lease_until < ",
-                now_ms!(),
-                "))
-                                ORDER BY id LIMIT $4
-                                FOR UPDATE SKIP LOCKED)
-              RETURNING id, payload, idempotency_key, attempts"
-            ))
-            .await?;
-        let rows = tx
-            .query(
-                &statement,
-                &[
-                    &(visibility.as_millis() as i64),
-                    &worker,
-                    &queue,
-                    &(max as i64),
-                ],
-            )
-            .await?;
-        let mut jobs: Vec<Job> = rows
-            .iter()
-            .map(|r| Job {
-                id: r.get(0),
-                queue: queue.to_owned(),
-                payload: r.get(1),
-                idempotency_key: r.get(2),
-                attempts: r.get::<_, i32>(3) as u32,
-                worker: worker.to_owned(),
+                    " + $1, leased_by = $2, attempts = attempts + 1
+                      WHERE id IN (SELECT id FROM stormwall_jobs
+                                    WHERE queue = $3
+                                      AND ((state = 'ready' AND run_at <= ",
+                    now_ms!(),
+                    ") OR (state = 'leased' AND attempts < $5 AND lease_until < ",
+                    now_ms!(),
+                    "))
+                                    ORDER BY id LIMIT $4
+                                    FOR UPDATE SKIP LOCKED)
+                  RETURNING id, payload, idempotency_key, attempts"
+                ))
+                .await?;
+            let rows = tx
+                .query(
+                    &statement,
+                    &[
+                        &(visibility.as_millis() as i64),
+                        &worker,
+                        &queue,
+                        &(max as i64),
+                        &limit,
+                    ],
+                )
+                .await?;
+            let mut jobs: Vec<Job> = rows
+                .iter()
+                .map(|r| Job {
+                    id: r.get(0),
+                    queue: queue.to_owned(),
+                    payload: r.get(1),
+                    idempotency_key: r.get(2),
+                    attempts: r.get::<_, i32>(3) as u32,
+                    worker: worker.to_owned(),
+                })
+                .collect();
+            tx.commit().await?;
+            jobs.sort_by_key(|j| j.id);
+            Ok(jobs)
             })
-            .collect();
-        tx.commit().await?;
-        jobs.sort_by_key(|j| j.id);
-        Ok(jobs)
+            .await
     }
 
     pub(crate) async fn ack_all(&self, jobs: Vec<(i64, String)>) -> Result<usize, QueueError> {
-        let client = self.pool.client().await?;
-        let (ids, workers): (Vec<i64>, Vec<String>) = jobs.into_iter().unzip();
-        let acked = client
-            .execute(
-                "UPDATE stormwall_jobs SET state = 'done', lease_until = NULL
-                  WHERE state = 'leased'
-                    AND (id, leased_by) IN (SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[]))",
-                &[&ids, &workers],
-            )
-            .await?;
-        Ok(acked as usize)
+        self.pool
+            .run(async |client| {
+                let (ids, workers): (Vec<i64>, Vec<String>) = jobs.into_iter().unzip();
+                let acked = client
+                    .execute(
+                        "UPDATE stormwall_jobs SET state = 'done', lease_until = NULL
+                      WHERE state = 'leased'
+                        AND (id, leased_by) IN (SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[]))",
+                        &[&ids, &workers],
+                    )
+                    .await?;
+                Ok(acked as usize)
+            })
+            .await
     }
 
     pub(crate) async fn release(&self, id: i64, worker: String) -> Result<usize, QueueError> {

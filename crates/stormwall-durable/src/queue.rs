@@ -52,9 +52,19 @@ pub enum QueueError {
     #[cfg(feature = "postgres")]
     #[error("queue database (PostgreSQL): {}", crate::storage::postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    /// The database server could not be reached (connection refused, timed out).
+    /// The database server could not be reached (connection refused, closed).
     #[error("queue database unreachable: {0}")]
     Unreachable(String),
+    /// One of [`QueueOptions::timeouts`] fired: the database did not answer in time. The
+    /// operation may still have taken effect (an enqueue committed as the bound fired);
+    /// enqueue with an idempotency key to make retrying it safe.
+    #[error("queue database: no {what} within {after:?} (QueueOptions::timeouts.{what})")]
+    Timeout {
+        /// Which bound.
+        what: crate::storage::TimedOut,
+        /// Its value.
+        after: Duration,
+    },
     /// A connection URL that does not parse.
     #[error("invalid queue database URL {url:?}: {reason}")]
     InvalidUrl {
@@ -112,6 +122,10 @@ pub struct QueueOptions {
     /// [`Worker`]: crate::Worker
     /// [`WorkerOptions::max_attempts`]: crate::WorkerOptions::max_attempts
     pub max_attempts: u32,
+    /// Bounds on every database operation (connect, pool wait, statement): a database
+    /// that does not answer makes callers fail with [`QueueError::Timeout`] instead of
+    /// hanging. Defaults 5 s, 5 s, 10 s.
+    pub timeouts: crate::storage::StorageTimeouts,
 }
 
 impl Default for QueueOptions {
@@ -121,6 +135,7 @@ impl Default for QueueOptions {
             max_batch: 512,
             connections: 8,
             max_attempts: 5,
+            timeouts: crate::storage::StorageTimeouts::default(),
         }
     }
 }
@@ -211,6 +226,7 @@ impl DurableQueue {
         let backend = Backend::Sqlite(crate::sqlite::Sqlite::open(
             path.as_ref(),
             options.max_batch,
+            options.timeouts,
         )?);
         Ok(DurableQueue { backend, options })
     }
@@ -219,8 +235,9 @@ impl DurableQueue {
     /// creating the tables if missing, so that many replicas can drain one queue.
     #[cfg(feature = "postgres")]
     pub async fn connect_postgres(url: &str, options: QueueOptions) -> Result<Self, QueueError> {
-        let backend =
-            Backend::Postgres(crate::postgres::Postgres::connect(url, options.connections).await?);
+        let backend = Backend::Postgres(
+            crate::postgres::Postgres::connect(url, options.connections, options.timeouts).await?,
+        );
         Ok(DurableQueue { backend, options })
     }
 
@@ -392,6 +409,7 @@ impl From<crate::storage::PgError> for QueueError {
         match e {
             crate::storage::PgError::Unreachable(why) => QueueError::Unreachable(why),
             crate::storage::PgError::Statement(e) => QueueError::Postgres(e),
+            crate::storage::PgError::Timeout { what, after } => QueueError::Timeout { what, after },
         }
     }
 }

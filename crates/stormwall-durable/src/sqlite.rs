@@ -2,6 +2,7 @@
 //! together (group commit), `synchronous = FULL` so a commit is on disk when it returns.
 
 use crate::queue::{DeadLetter, Enqueued, Job, QueueError, StateCount, SCHEMA_VERSION};
+use crate::storage::{SqliteDeadline, StorageTimeouts};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -31,6 +32,9 @@ CREATE INDEX IF NOT EXISTS stormwall_jobs_due ON stormwall_jobs (queue, state, r
 
 type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
+/// One operation for the writer thread, run within the connection's deadline.
+type Work = Box<dyn FnOnce(&mut Connection, &SqliteDeadline) + Send>;
+
 enum Command {
     Enqueue {
         queue: String,
@@ -39,13 +43,14 @@ enum Command {
         delay_ms: i64,
         reply: Reply<Enqueued>,
     },
-    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+    Run(Work),
 }
 
 /// The SQLite queue: clones share the database and its writer thread.
 #[derive(Clone)]
 pub(crate) struct Sqlite {
     commands: std_mpsc::Sender<Command>,
+    timeouts: StorageTimeouts,
 }
 
 fn now_ms() -> i64 {
@@ -54,9 +59,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn open(path: &Path) -> Result<Connection, QueueError> {
+fn open(
+    path: &Path,
+    timeouts: &StorageTimeouts,
+) -> Result<(Connection, SqliteDeadline), QueueError> {
     // synchronous = FULL: an Ok enqueue survives a crash.
-    let connection = crate::storage::open_sqlite(path)?;
+    let (connection, deadline) = crate::storage::open_sqlite(path, timeouts)?;
     connection.execute_batch(SCHEMA)?;
     let found: Option<String> = connection
         .query_row(
@@ -66,7 +74,7 @@ fn open(path: &Path) -> Result<Connection, QueueError> {
         )
         .optional()?;
     match crate::queue::check_schema(found)? {
-        Some(SCHEMA_VERSION) => return Ok(connection),
+        Some(SCHEMA_VERSION) => return Ok((connection, deadline)),
         // Version 1: the table was there before `expired_leases`.
         Some(1) => connection.execute_batch(
             "ALTER TABLE stormwall_jobs ADD COLUMN expired_leases INTEGER NOT NULL DEFAULT 0",
@@ -77,12 +85,26 @@ fn open(path: &Path) -> Result<Connection, QueueError> {
         "INSERT OR REPLACE INTO stormwall_meta (key, value) VALUES ('schema_version', ?1)",
         params![SCHEMA_VERSION.to_string()],
     )?;
-    Ok(connection)
+    Ok((connection, deadline))
 }
 
 /// The writer thread: takes the commands waiting, commits all enqueues among them in one
 /// transaction, answers each.
-fn writer(mut connection: Connection, commands: std_mpsc::Receiver<Command>, max_batch: usize) {
+/// What a SQLite error means to the caller: one of the timeouts, typed, or the error.
+fn typed(e: rusqlite::Error, deadline: &SqliteDeadline, timeouts: &StorageTimeouts) -> QueueError {
+    match deadline.timed_out(&e, timeouts.wait) {
+        Some((what, after)) => QueueError::Timeout { what, after },
+        None => QueueError::Database(e),
+    }
+}
+
+fn writer(
+    mut connection: Connection,
+    deadline: SqliteDeadline,
+    commands: std_mpsc::Receiver<Command>,
+    max_batch: usize,
+    timeouts: StorageTimeouts,
+) {
     while let Ok(first) = commands.recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -94,7 +116,7 @@ fn writer(mut connection: Connection, commands: std_mpsc::Receiver<Command>, max
         let mut enqueues = Vec::new();
         for command in batch {
             match command {
-                Command::Run(run) => run(&mut connection),
+                Command::Run(run) => deadline.bound(|| run(&mut connection, &deadline)),
                 Command::Enqueue {
                     queue,
                     payload,
@@ -107,7 +129,7 @@ fn writer(mut connection: Connection, commands: std_mpsc::Receiver<Command>, max
         if enqueues.is_empty() {
             continue;
         }
-        let result = (|| -> Result<Vec<Enqueued>, rusqlite::Error> {
+        let result = deadline.bound(|| -> Result<Vec<Enqueued>, rusqlite::Error> {
             let tx =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut ids = Vec::with_capacity(enqueues.len());
@@ -139,7 +161,7 @@ fn writer(mut connection: Connection, commands: std_mpsc::Receiver<Command>, max
             }
             tx.commit()?;
             Ok(ids)
-        })();
+        });
         match result {
             Ok(ids) => {
                 for ((.., reply), id) in enqueues.into_iter().zip(ids) {
@@ -147,9 +169,13 @@ fn writer(mut connection: Connection, commands: std_mpsc::Receiver<Command>, max
                 }
             }
             Err(e) => {
+                let timed_out = deadline.timed_out(&e, timeouts.wait);
                 let message = e.to_string();
                 for (.., reply) in enqueues {
-                    let _ = reply.send(Err(QueueError::Commit(message.clone())));
+                    let _ = reply.send(Err(match timed_out {
+                        Some((what, after)) => QueueError::Timeout { what, after },
+                        None => QueueError::Commit(message.clone()),
+                    }));
                 }
             }
         }
@@ -157,15 +183,19 @@ fn writer(mut connection: Connection, commands: std_mpsc::Receiver<Command>, max
 }
 
 impl Sqlite {
-    pub(crate) fn open(path: &Path, max_batch: usize) -> Result<Self, QueueError> {
-        let connection = open(path)?;
+    pub(crate) fn open(
+        path: &Path,
+        max_batch: usize,
+        timeouts: StorageTimeouts,
+    ) -> Result<Self, QueueError> {
+        let (connection, deadline) = open(path, &timeouts)?;
         let (commands, receiver) = std_mpsc::channel();
         let max_batch = max_batch.max(1);
         std::thread::Builder::new()
             .name("stormwall-durable-writer".into())
-            .spawn(move || writer(connection, receiver, max_batch))
+            .spawn(move || writer(connection, deadline, receiver, max_batch, timeouts))
             .map_err(|_| QueueError::Closed)?;
-        Ok(Sqlite { commands })
+        Ok(Sqlite { commands, timeouts })
     }
 
     async fn run<T: Send + 'static>(
@@ -173,9 +203,13 @@ impl Sqlite {
         work: impl FnOnce(&mut Connection) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
         let (reply, answer) = oneshot::channel();
+        let timeouts = self.timeouts;
         self.commands
-            .send(Command::Run(Box::new(move |c| {
-                let _ = reply.send(work(c));
+            .send(Command::Run(Box::new(move |c, deadline| {
+                let _ = reply.send(work(c).map_err(|e| match e {
+                    QueueError::Database(e) => typed(e, deadline, &timeouts),
+                    other => other,
+                }));
             })))
             .map_err(|_| QueueError::Closed)?;
         answer.await.map_err(|_| QueueError::Closed)?
@@ -244,12 +278,12 @@ impl Sqlite {
                             state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
                       WHERE id IN (SELECT id FROM stormwall_jobs
                                     WHERE queue = ?3
-                                      AND ((state = 'ready' AND run_at <= ?4) OR (state = 'leased' AND lease_until < ?4))
+                                      AND ((state = 'ready' AND run_at <= ?4) OR (state = 'leased' AND attempts < ?6 AND lease_until < ?4))
                                     ORDER BY id LIMIT ?5)
                   RETURNING id, payload, idempotency_key, attempts",
                 )?;
                 let rows = statement.query_map(
-                    params![now + visibility.as_millis() as i64, worker, queue, now, max as i64],
+                    params![now + visibility.as_millis() as i64, worker, queue, now, max as i64, max_attempts],
                     |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?, r.get::<_, Value>(2)?, r.get::<_, Value>(3)?)),
                 )?;
                 rows.collect::<Result<Vec<_>, _>>()?

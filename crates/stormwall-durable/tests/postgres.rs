@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use stormwall_durable::{DurableQueue, Job, QueueError, QueueOptions, Worker, WorkerOptions};
+use stormwall_durable::{
+    DurableQueue, Job, QueueError, QueueOptions, StorageTimeouts, TimedOut, Worker, WorkerOptions,
+};
 use stormwall_testkit::PostgresServer;
 
 mod common;
@@ -247,4 +249,128 @@ async fn bad_input_and_an_unreachable_database_are_typed_errors() {
         matches!(&corrupt, Err(QueueError::CorruptSchema(v)) if v == "x"),
         "{corrupt:?}"
     );
+}
+
+/// A listener that accepts connections and never answers: a blackholed server.
+async fn blackhole() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// Whether `result` is the timeout `what` of `after`, reached within `after` plus a
+/// margin for a loaded machine.
+fn timed_out<T: std::fmt::Debug>(
+    result: Result<T, QueueError>,
+    what: TimedOut,
+    after: Duration,
+    elapsed: Duration,
+) {
+    match result {
+        Err(QueueError::Timeout { what: w, after: a }) if w == what && a == after => {}
+        other => panic!("expected a {what} timeout of {after:?}, got {other:?}"),
+    }
+    assert!(
+        elapsed >= after && elapsed < after + Duration::from_millis(1500),
+        "the {what} timeout of {after:?} fired after {elapsed:?}"
+    );
+}
+
+/// A database that stops answering makes callers fail with a typed timeout within the
+/// configured bound — connecting, waiting for the pool, running a statement — instead of
+/// hanging; when it answers again, the same queue works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_database_fails_callers_within_the_configured_bounds() {
+    let timeouts = StorageTimeouts {
+        connect: Duration::from_secs(1),
+        wait: Duration::from_millis(400),
+        statement: Duration::from_secs(2),
+    };
+    let options = QueueOptions {
+        connections: 1,
+        timeouts,
+        ..Default::default()
+    };
+    // A server that accepts the connection and never answers its startup.
+    let silent = blackhole().await;
+    let started = std::time::Instant::now();
+    let connected =
+        DurableQueue::connect_postgres(&format!("postgres://postgres@{silent}/x"), options.clone())
+            .await;
+    timed_out(
+        connected,
+        TimedOut::Connect,
+        timeouts.connect,
+        started.elapsed(),
+    );
+
+    // A real server behind `stormwall chaos`, then a `timeout` toxic: nothing passes.
+    let server = PostgresServer::start();
+    let chaos = stormwall_chaos::ChaosServer::new();
+    let proxy = chaos
+        .create(stormwall_chaos::ProxySpec::new(
+            "postgres",
+            format!("127.0.0.1:{}", server.port()),
+        ))
+        .await
+        .unwrap();
+    server.database("blackholed");
+    let url = format!("postgres://postgres@{}/blackholed", proxy.listen);
+    let queue = DurableQueue::connect_postgres(&url, options).await.unwrap();
+    queue
+        .enqueue("q", b"before".to_vec(), Some("a"))
+        .await
+        .unwrap();
+    let toxic = chaos
+        .add_toxic(
+            "postgres",
+            stormwall_chaos::Toxic::new(stormwall_chaos::ToxicKind::Timeout { timeout: 0 }),
+        )
+        .unwrap();
+
+    // One connection in the pool: the first enqueue holds it, waiting for an answer that
+    // never comes; the second waits for the pool.
+    let started = std::time::Instant::now();
+    let (first, second) = tokio::join!(
+        async {
+            let r = queue.enqueue("q", b"held".to_vec(), Some("b")).await;
+            (r, started.elapsed())
+        },
+        async {
+            tokio::task::yield_now().await;
+            let r = queue.enqueue("q", b"waits".to_vec(), Some("c")).await;
+            (r, started.elapsed())
+        }
+    );
+    timed_out(first.0, TimedOut::Statement, timeouts.statement, first.1);
+    timed_out(second.0, TimedOut::Wait, timeouts.wait, second.1);
+    // The connection that timed out is closed, not reused: the next call opens a new one
+    // through the blackhole, and gives up connecting.
+    let started = std::time::Instant::now();
+    let leased = queue.lease("q", "w", 10, Duration::from_secs(30)).await;
+    timed_out(
+        leased,
+        TimedOut::Connect,
+        timeouts.connect,
+        started.elapsed(),
+    );
+
+    // The database answers again: the same queue works, and holds what was acknowledged.
+    chaos.remove_toxic("postgres", &toxic.name).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let leased = loop {
+        match queue.lease("q", "w", 10, Duration::from_secs(30)).await {
+            Ok(jobs) => break jobs,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+    };
+    let payloads: HashSet<Vec<u8>> = leased.into_iter().map(|j| j.payload).collect();
+    assert!(payloads.contains(b"before".as_slice()), "{payloads:?}");
+    assert!(!payloads.contains(b"waits".as_slice()), "never sent");
 }

@@ -442,6 +442,52 @@ async fn a_version_1_database_is_upgraded_in_place() {
     );
 }
 
+/// Another connection holding the write lock (another process, on a shared file) makes
+/// callers fail with the typed wait timeout within its bound, not hang; once it lets go,
+/// the queue works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_elsewhere_fails_callers_within_the_wait_timeout() {
+    use stormwall_durable::{StorageTimeouts, TimedOut};
+    let path = db("locked");
+    let wait = Duration::from_millis(300);
+    let queue = DurableQueue::open(
+        &path,
+        QueueOptions {
+            timeouts: StorageTimeouts {
+                wait,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    queue.enqueue("q", b"before".to_vec(), None).await.unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for attempt in ["enqueue", "lease"] {
+        let started = Instant::now();
+        let result = match attempt {
+            "enqueue" => queue.enqueue("q", b"x".to_vec(), None).await.map(|_| ()),
+            _ => queue
+                .lease("q", "w", 10, Duration::from_secs(30))
+                .await
+                .map(|_| ()),
+        };
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(result, Err(QueueError::Timeout { what: TimedOut::Wait, after }) if after == wait),
+            "{attempt}: {result:?}"
+        );
+        assert!(
+            elapsed >= wait && elapsed < wait + Duration::from_millis(1500),
+            "{attempt}: {elapsed:?}"
+        );
+    }
+    other.execute_batch("COMMIT").unwrap();
+    queue.enqueue("q", b"after".to_vec(), None).await.unwrap();
+    assert_eq!(queue.depth("q").await.unwrap().ready, 2);
+}
+
 /// The gauges a dashboard reads: `stormwall_queue_depth{queue,state}`.
 fn ready_gauge(snapshotter: &metrics_util::debugging::Snapshotter) -> Option<f64> {
     use metrics_util::debugging::DebugValue;

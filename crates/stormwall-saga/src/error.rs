@@ -14,6 +14,17 @@ pub enum SagaError {
     /// The database server could not be reached.
     #[error("saga database unreachable: {0}")]
     Unreachable(String),
+    /// One of the store's [`StorageTimeouts`] fired: the database did not answer in time
+    /// (the operation may still have taken effect).
+    ///
+    /// [`StorageTimeouts`]: stormwall_durable::storage::StorageTimeouts
+    #[error("saga database: no {what} within {after:?} (StorageTimeouts::{what})")]
+    Timeout {
+        /// Which bound.
+        what: stormwall_durable::storage::TimedOut,
+        /// Its value.
+        after: std::time::Duration,
+    },
     /// A connection URL that does not parse.
     #[error("invalid saga database URL {url:?}: {reason}")]
     InvalidUrl {
@@ -108,6 +119,9 @@ impl From<stormwall_durable::storage::PgError> for SagaError {
         match e {
             stormwall_durable::storage::PgError::Unreachable(why) => SagaError::Unreachable(why),
             stormwall_durable::storage::PgError::Statement(e) => SagaError::Postgres(e),
+            stormwall_durable::storage::PgError::Timeout { what, after } => {
+                SagaError::Timeout { what, after }
+            }
         }
     }
 }

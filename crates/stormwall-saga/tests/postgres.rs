@@ -119,3 +119,95 @@ async fn bad_input_is_a_typed_error() {
         Err(SagaError::NewerSchema { found: 9, .. })
     ));
 }
+
+/// The idempotency layer on a database that stops answering: requests get 503 naming the
+/// timeout within the configured bound, not a hang; connecting to a server that never
+/// answers fails within `connect`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_database_answers_503_within_the_statement_timeout() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use std::time::{Duration, Instant};
+    use stormwall_durable::{StorageTimeouts, TimedOut};
+    use stormwall_saga::{IdempotencyLayer, IdempotencyOptions};
+    use tower::ServiceExt;
+    let timeouts = StorageTimeouts {
+        connect: Duration::from_secs(1),
+        wait: Duration::from_millis(400),
+        statement: Duration::from_secs(2),
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let started = Instant::now();
+    let connected = PostgresStore::connect_with_timeouts(
+        &format!("postgres://postgres@{silent_addr}/x"),
+        2,
+        timeouts,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            connected,
+            Err(SagaError::Timeout {
+                what: TimedOut::Connect,
+                ..
+            })
+        ),
+        "{connected:?}"
+    );
+    assert!(
+        elapsed >= timeouts.connect && elapsed < timeouts.connect + Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+
+    let server = PostgresServer::start();
+    let chaos = stormwall_chaos::ChaosServer::new();
+    let proxy = chaos
+        .create(stormwall_chaos::ProxySpec::new(
+            "postgres",
+            format!("127.0.0.1:{}", server.port()),
+        ))
+        .await
+        .unwrap();
+    server.database("blackholed");
+    let url = format!("postgres://postgres@{}/blackholed", proxy.listen);
+    let store = PostgresStore::connect_with_timeouts(&url, 2, timeouts)
+        .await
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/orders", axum::routing::post(|| async { "created" }))
+        .layer(IdempotencyLayer::new(store, IdempotencyOptions::default()));
+    let send = || {
+        let request = http::Request::post("/orders")
+            .header("idempotency-key", "k-1")
+            .header("authorization", "Bearer a")
+            .body(Body::from("x"))
+            .unwrap();
+        app.clone().oneshot(request)
+    };
+    assert_eq!(send().await.unwrap().status(), http::StatusCode::OK);
+    chaos
+        .add_toxic(
+            "postgres",
+            stormwall_chaos::Toxic::new(stormwall_chaos::ToxicKind::Timeout { timeout: 0 }),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let response = send().await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("no statement within 2s"), "{body}");
+    assert!(
+        elapsed >= timeouts.statement && elapsed < timeouts.statement + Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+}

@@ -7,7 +7,7 @@ use super::{
     SCHEMA_VERSION,
 };
 use crate::{ExpectedVersion, SagaError};
-use stormwall_durable::storage::PgPool;
+use stormwall_durable::storage::{PgPool, StorageTimeouts};
 
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
 CREATE TABLE stormwall_idempotency (
@@ -75,42 +75,56 @@ fn event(r: &tokio_postgres::Row) -> RecordedEvent {
 
 impl PostgresStore {
     /// Connects (`postgres://user@host:port/db`), with up to `connections` in the pool,
-    /// and applies pending migrations.
+    /// and applies pending migrations; every operation bounded by the default
+    /// [`StorageTimeouts`] (connect 5 s, pool wait 5 s, statement 10 s).
     pub async fn connect(url: &str, connections: usize) -> Result<Self, SagaError> {
-        let pool = PgPool::new(url, connections)?;
+        Self::connect_with_timeouts(url, connections, StorageTimeouts::default()).await
+    }
+
+    /// [`connect`](Self::connect) with these bounds: a database that does not answer
+    /// makes callers fail with [`SagaError::Timeout`] instead of hanging.
+    pub async fn connect_with_timeouts(
+        url: &str,
+        connections: usize,
+        timeouts: StorageTimeouts,
+    ) -> Result<Self, SagaError> {
+        let pool = PgPool::new(url, connections, timeouts)?;
         let store = PostgresStore { pool };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<(), SagaError> {
-        let mut client = self.pool.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS stormwall_saga_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        )
-        .await?;
-        let found = tx
-            .query_opt(
-                "SELECT value FROM stormwall_saga_meta WHERE key = 'schema_version'",
-                &[],
+        self.pool
+            .run(async |client| {
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS stormwall_saga_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
             )
-            .await?
-            .map(|r| r.get::<_, String>(0));
-        let applied = pending_migrations(found)?;
-        for migration in &MIGRATIONS[applied as usize..] {
-            tx.batch_execute(migration).await?;
-        }
-        tx.execute(
-            "INSERT INTO stormwall_saga_meta (key, value) VALUES ('schema_version', $1)
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-            &[&SCHEMA_VERSION.to_string()],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            .await?;
+            let found = tx
+                .query_opt(
+                    "SELECT value FROM stormwall_saga_meta WHERE key = 'schema_version'",
+                    &[],
+                )
+                .await?
+                .map(|r| r.get::<_, String>(0));
+            let applied = pending_migrations(found)?;
+            for migration in &MIGRATIONS[applied as usize..] {
+                tx.batch_execute(migration).await?;
+            }
+            tx.execute(
+                "INSERT INTO stormwall_saga_meta (key, value) VALUES ('schema_version', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&SCHEMA_VERSION.to_string()],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+            })
+            .await
     }
 }
 
@@ -122,65 +136,68 @@ impl Store for PostgresStore {
         claim: ClaimLease<'_>,
         ttl_ms: i64,
     ) -> Result<Begin, SagaError> {
-        let client = self.pool.client().await?;
-        let (expires_at, lease_until) = (
-            claim.now_ms.saturating_add(ttl_ms),
-            claim.now_ms.saturating_add(claim.lease_ms),
-        );
-        // Insert, or take over an expired record or a running one whose claim ran out (its
-        // holder died); a concurrent insert of the same key makes this one wait for its
-        // commit and then do nothing.
-        let started = client
-            .query_opt(
-                "INSERT INTO stormwall_idempotency
-                     (scope, key, fingerprint, status, response, expires_at, owner, lease_until)
-                 VALUES ($1, $2, $3, 'running', NULL, $5, $6, $7)
-                 ON CONFLICT (scope, key) DO UPDATE
-                    SET fingerprint = EXCLUDED.fingerprint, status = 'running', response = NULL,
-                        expires_at = EXCLUDED.expires_at, owner = EXCLUDED.owner,
-                        lease_until = EXCLUDED.lease_until
-                  WHERE stormwall_idempotency.expires_at <= $4
-                     OR (stormwall_idempotency.status = 'running'
-                         AND stormwall_idempotency.fingerprint = $3
-                         AND stormwall_idempotency.lease_until <= $4)
-                 RETURNING key",
-                &[
-                    &key.scope,
-                    &key.key,
-                    &fingerprint,
-                    &claim.now_ms,
-                    &expires_at,
-                    &claim.owner,
-                    &lease_until,
-                ],
-            )
-            .await?;
-        if started.is_some() {
-            return Ok(Begin::Started);
-        }
-        // A separate statement: its snapshot sees the record the insert waited for.
-        let Some(row) = client
-            .query_opt(
-                "SELECT fingerprint, status, response FROM stormwall_idempotency
-                  WHERE scope = $1 AND key = $2",
-                &[&key.scope, &key.key],
-            )
-            .await?
-        else {
-            // Abandoned in between: the caller may try again.
-            return Ok(Begin::InProgress);
-        };
-        let (stored, status, response): (String, String, Option<Vec<u8>>) =
-            (row.get(0), row.get(1), row.get(2));
-        Ok(if stored != fingerprint {
-            Begin::Mismatch
-        } else if status == "done" {
-            Begin::Completed(response.unwrap_or_default())
-        } else if status == "unstored" {
-            Begin::CompletedUnstored(response.unwrap_or_default())
-        } else {
-            Begin::InProgress
-        })
+        self.pool
+            .run(async |client| {
+                let (expires_at, lease_until) = (
+                    claim.now_ms.saturating_add(ttl_ms),
+                    claim.now_ms.saturating_add(claim.lease_ms),
+                );
+                // Insert, or take over an expired record or a running one whose claim ran out (its
+                // holder died); a concurrent insert of the same key makes this one wait for its
+                // commit and then do nothing.
+                let started = client
+                    .query_opt(
+                        "INSERT INTO stormwall_idempotency
+                         (scope, key, fingerprint, status, response, expires_at, owner, lease_until)
+                     VALUES ($1, $2, $3, 'running', NULL, $5, $6, $7)
+                     ON CONFLICT (scope, key) DO UPDATE
+                        SET fingerprint = EXCLUDED.fingerprint, status = 'running', response = NULL,
+                            expires_at = EXCLUDED.expires_at, owner = EXCLUDED.owner,
+                            lease_until = EXCLUDED.lease_until
+                      WHERE stormwall_idempotency.expires_at <= $4
+                         OR (stormwall_idempotency.status = 'running'
+                             AND stormwall_idempotency.fingerprint = $3
+                             AND stormwall_idempotency.lease_until <= $4)
+                     RETURNING key",
+                        &[
+                            &key.scope,
+                            &key.key,
+                            &fingerprint,
+                            &claim.now_ms,
+                            &expires_at,
+                            &claim.owner,
+                            &lease_until,
+                        ],
+                    )
+                    .await?;
+                if started.is_some() {
+                    return Ok(Begin::Started);
+                }
+                // A separate statement: its snapshot sees the record the insert waited for.
+                let Some(row) = client
+                    .query_opt(
+                        "SELECT fingerprint, status, response FROM stormwall_idempotency
+                      WHERE scope = $1 AND key = $2",
+                        &[&key.scope, &key.key],
+                    )
+                    .await?
+                else {
+                    // Abandoned in between: the caller may try again.
+                    return Ok(Begin::InProgress);
+                };
+                let (stored, status, response): (String, String, Option<Vec<u8>>) =
+                    (row.get(0), row.get(1), row.get(2));
+                Ok(if stored != fingerprint {
+                    Begin::Mismatch
+                } else if status == "done" {
+                    Begin::Completed(response.unwrap_or_default())
+                } else if status == "unstored" {
+                    Begin::CompletedUnstored(response.unwrap_or_default())
+                } else {
+                    Begin::InProgress
+                })
+            })
+            .await
     }
 
     async fn idempotency_renew(
@@ -344,36 +361,39 @@ impl Store for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<i64, SagaError> {
-        let mut client = self.pool.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
-            .await?;
-        let actual: i64 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM stormwall_events WHERE stream = $1",
-                &[&stream],
-            )
-            .await?
-            .get(0);
-        if !expected.admits(actual) {
-            return Err(SagaError::Conflict {
-                stream: stream.to_owned(),
-                expected,
-                actual,
-            });
-        }
-        let insert = tx
-            .prepare("INSERT INTO stormwall_events (stream, version, kind, data) VALUES ($1, $2, $3, $4)")
-            .await?;
-        for (i, e) in events.iter().enumerate() {
-            tx.execute(
-                &insert,
-                &[&stream, &(actual + 1 + i as i64), &e.kind, &e.data],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(actual + events.len() as i64)
+        self.pool
+            .run(async |client| {
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
+                .await?;
+            let actual: i64 = tx
+                .query_one(
+                    "SELECT COALESCE(MAX(version), 0)::BIGINT FROM stormwall_events WHERE stream = $1",
+                    &[&stream],
+                )
+                .await?
+                .get(0);
+            if !expected.admits(actual) {
+                return Err(SagaError::Conflict {
+                    stream: stream.to_owned(),
+                    expected,
+                    actual,
+                });
+            }
+            let insert = tx
+                .prepare("INSERT INTO stormwall_events (stream, version, kind, data) VALUES ($1, $2, $3, $4)")
+                .await?;
+            for (i, e) in events.iter().enumerate() {
+                tx.execute(
+                    &insert,
+                    &[&stream, &(actual + 1 + i as i64), &e.kind, &e.data],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(actual + events.len() as i64)
+            })
+            .await
     }
 
     async fn read_stream(&self, stream: &str, after: i64) -> Result<Vec<RecordedEvent>, SagaError> {

@@ -9,6 +9,7 @@ use crate::{ExpectedVersion, SagaError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use stormwall_durable::storage::{SqliteDeadline, StorageTimeouts};
 
 /// The migrations, in order; the schema version is how many have been applied.
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
@@ -62,6 +63,8 @@ CREATE INDEX stormwall_idempotency_expiry ON stormwall_idempotency (expires_at);
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
+    deadline: SqliteDeadline,
+    timeouts: StorageTimeouts,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -71,9 +74,21 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the database at `path` and applies pending migrations.
+    /// Opens (or creates) the database at `path` and applies pending migrations; every
+    /// operation bounded by the default [`StorageTimeouts`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, SagaError> {
-        let mut connection = stormwall_durable::storage::open_sqlite(path.as_ref())?;
+        Self::open_with_timeouts(path, StorageTimeouts::default())
+    }
+
+    /// [`open`](Self::open) with these bounds: another process holding the write lock
+    /// longer than `wait`, or an operation not done within `wait + statement`, fails with
+    /// [`SagaError::Timeout`].
+    pub fn open_with_timeouts(
+        path: impl AsRef<Path>,
+        timeouts: StorageTimeouts,
+    ) -> Result<Self, SagaError> {
+        let (mut connection, deadline) =
+            stormwall_durable::storage::open_sqlite(path.as_ref(), &timeouts)?;
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS stormwall_saga_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -96,6 +111,8 @@ impl SqliteStore {
         tx.commit()?;
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
+            deadline,
+            timeouts,
         })
     }
 
@@ -103,10 +120,22 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, SagaError> + Send + 'static,
     ) -> Result<T, SagaError> {
-        let connection = self.connection.clone();
+        let (connection, deadline, wait) = (
+            self.connection.clone(),
+            self.deadline.clone(),
+            self.timeouts.wait,
+        );
         tokio::task::spawn_blocking(move || {
             let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
-            work(&mut connection)
+            deadline
+                .bound(|| work(&mut connection))
+                .map_err(|e| match e {
+                    SagaError::Sqlite(e) => match deadline.timed_out(&e, wait) {
+                        Some((what, after)) => SagaError::Timeout { what, after },
+                        None => SagaError::Sqlite(e),
+                    },
+                    other => other,
+                })
         })
         .await
         .map_err(|e| SagaError::Unreachable(format!("the database task failed: {e}")))?
