@@ -34,7 +34,8 @@ pub struct Deferred {
 ///     .execute_with(Context::new().with_properties(Properties::new().with(work)), |_| async {
 ///         Err::<&str, _>("payment service down")
 ///     })
-///     .await?;
+///     .await
+///     .map_err(|e| e.to_string())?;
 /// assert_eq!(status, "PaymentPending");
 /// # Ok(()) }
 /// ```
