@@ -3,7 +3,9 @@
 //!
 //! Keys: `KEYS[1]` the state hash, `KEYS[2]` the time window hash, `KEYS[3]` the count
 //! window list, `KEYS[4..]` the probe leases — all under one hash tag, so a script touches
-//! one Redis Cluster slot. `ARGV[1]` the pub/sub channel, `ARGV[2]` the keys' TTL (ms),
+//! one Redis Cluster slot. `ARGV[1]` how to publish and where: `PUBLISH <channel>`, or
+//! `SPUBLISH <channel>` on a Redis Cluster (sharded pub/sub: the channel shares the keys'
+//! hash tag, so the message stays on the slot's shard), `ARGV[2]` the keys' TTL (ms),
 //! `ARGV[3]` the break durations (ms) for the 1st, 2nd, ... consecutive open, `ARGV[4]` a
 //! fresh random epoch (used only if the state must be created), `ARGV[5]` the calling
 //! replica's id. Script arguments start at `ARGV[6]`.
@@ -24,7 +26,8 @@ macro_rules! script {
         concat!(
             r#"
 local state_key, window_key, ring_key = KEYS[1], KEYS[2], KEYS[3]
-local channel, ttl, replica = ARGV[1], tonumber(ARGV[2]), ARGV[5]
+local publish_command, channel = string.match(ARGV[1], '^(%a+) (.*)$')
+local ttl, replica = tonumber(ARGV[2]), ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local corrupt = 0
@@ -63,7 +66,7 @@ local function save()
   redis.call('PEXPIRE', state_key, ttl)
 end
 local function publish(reason)
-  redis.call('PUBLISH', channel, epoch .. '|' .. version .. '|' .. st .. '|' .. math.max(until_at - now, 0) .. '|' .. reason .. '|' .. from .. '|' .. replica)
+  redis.call(publish_command, channel, epoch .. '|' .. version .. '|' .. st .. '|' .. math.max(until_at - now, 0) .. '|' .. reason .. '|' .. from .. '|' .. replica)
 end
 local created = 0
 if (not st) or (not valid[st]) or corrupt == 1 then

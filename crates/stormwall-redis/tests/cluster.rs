@@ -124,6 +124,30 @@ async fn replicas_share_a_breaker_through_a_redis_cluster() {
         assert!(store.is_connected());
         breakers.push(CircuitBreaker::with_store(options.clone(), store).unwrap());
     }
+    // Sharded pub/sub: the three replicas subscribe (SSUBSCRIBE) on the node that owns the
+    // breaker's slot, not through whichever node they were given first.
+    let channel = "stormwall:{orders}:events";
+    let subscribers = |port: u16, kind: &str| -> u32 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "PUBSUB", kind, channel])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let sharded: Vec<u32> = cluster
+        .ports
+        .iter()
+        .map(|&p| subscribers(p, "SHARDNUMSUB"))
+        .collect();
+    assert_eq!(sharded.iter().sum::<u32>(), 3, "{sharded:?}");
+    assert_eq!(sharded.iter().filter(|&&n| n > 0).count(), 1, "{sharded:?}");
+    for &p in &cluster.ports {
+        assert_eq!(subscribers(p, "NUMSUB"), 0, "no classic subscription");
+    }
     for b in &breakers {
         b.try_acquire().unwrap().record_failure();
     }

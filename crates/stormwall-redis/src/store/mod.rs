@@ -78,8 +78,12 @@ impl std::fmt::Debug for RedisStateStore {
     }
 }
 
+/// A cluster client, and the receiver of its connections' pushes.
 #[cfg(feature = "cluster")]
-pub(crate) type ClusterClient = redis::cluster::ClusterClient;
+pub(crate) type ClusterClient = (
+    redis::cluster::ClusterClient,
+    tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+);
 /// Stands in for the cluster client when the `cluster` feature is off.
 #[cfg(not(feature = "cluster"))]
 pub(crate) type ClusterClient = std::convert::Infallible;
@@ -151,15 +155,20 @@ impl RedisStateStore {
             .iter()
             .map(|n| open(n))
             .collect::<Result<Vec<_>, _>>()?;
+        // Sharded pub/sub (SSUBSCRIBE) needs RESP3; the pushes reach the task.
+        let (push_sender, pushes) = tokio::sync::mpsc::unbounded_channel();
         let cluster = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
             .connection_timeout(options.command_timeout)
             .response_timeout(options.command_timeout)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push_sender)
             .build()
             .map_err(|e| RedisStoreError::InvalidUrl {
                 url: nodes.join(","),
                 reason: e.to_string(),
             })?;
-        let (store, mut task) = Self::prepare(clients, Some(cluster), name, breaker, options)?;
+        let (store, mut task) =
+            Self::prepare(clients, Some((cluster, pushes)), name, breaker, options)?;
         let connection = task.connect().await;
         tokio::spawn(task.run(connection));
         Ok(store)
@@ -179,7 +188,7 @@ impl RedisStateStore {
             .validate()
             .map_err(|e| RedisStoreError::Config(e.within("redis")))?;
         let controller = Controller::new(breaker);
-        let keys = Keys::new(&options.key_prefix, name, &controller);
+        let keys = Keys::new(&options.key_prefix, name, &controller, cluster.is_some());
         let (jobs, receiver) = mpsc::channel(4096);
         let shared = Arc::new(Shared::new(
             name,
@@ -188,7 +197,21 @@ impl RedisStateStore {
             InMemoryStore::new(breaker),
             jobs,
         ));
-        let task = Task::new(Arc::downgrade(&shared), clients, cluster, keys, receiver);
+        #[cfg(feature = "cluster")]
+        let (cluster, pushes) = match cluster {
+            Some((client, pushes)) => (Some(client), Some(pushes)),
+            None => (None, None),
+        };
+        #[cfg(not(feature = "cluster"))]
+        let pushes = None;
+        let task = Task::new(
+            Arc::downgrade(&shared),
+            clients,
+            cluster,
+            keys,
+            receiver,
+            pushes,
+        );
         Ok((RedisStateStore { shared }, task))
     }
 

@@ -3,7 +3,16 @@
 
 use super::protocol::{parse_message, parse_reply, random_id, ProbeResult, Reply};
 use super::shared::{Adoption, HeldLease, Job, Shared, Source};
-use super::ClusterClient;
+/// The cluster client commands go through (feature `cluster`).
+#[cfg(feature = "cluster")]
+type Cluster = redis::cluster::ClusterClient;
+#[cfg(not(feature = "cluster"))]
+type Cluster = std::convert::Infallible;
+/// What a cluster connection pushes (nothing without the feature).
+#[cfg(feature = "cluster")]
+pub(crate) type Push = redis::PushInfo;
+#[cfg(not(feature = "cluster"))]
+pub(crate) type Push = ();
 use crate::scripts;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
@@ -22,6 +31,8 @@ pub(crate) struct Keys {
     /// State, time window, count window, then one per probe lease.
     keys: Vec<String>,
     channel: String,
+    /// `PUBLISH <channel>` or, on a cluster, `SPUBLISH <channel>` (see the scripts).
+    publish: String,
     /// Break durations (ms) for the 1st..8th consecutive open.
     breaks: String,
     /// The `RECORD` thresholds, as the script reads them (`ARGV[9..=14]`).
@@ -29,7 +40,7 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    pub fn new(prefix: &str, name: &str, controller: &Controller) -> Self {
+    pub fn new(prefix: &str, name: &str, controller: &Controller, sharded: bool) -> Self {
         let tag = format!("{prefix}:{{{name}}}");
         let mut keys = vec![
             format!("{tag}:state"),
@@ -56,9 +67,11 @@ impl Keys {
             ),
             SamplingWindow::Count(n) => (0, n),
         };
+        let channel = format!("{tag}:events");
         Keys {
             keys,
-            channel: format!("{tag}:events"),
+            publish: format!("{} {channel}", if sharded { "SPUBLISH" } else { "PUBLISH" }),
+            channel,
             breaks: breaks.join(","),
             thresholds: [
                 controller.consecutive_failures().unwrap_or(0).to_string(),
@@ -136,9 +149,17 @@ impl Commands {
     }
 }
 
+/// Where messages arrive: a subscription of its own, or (on a cluster) the cluster
+/// connection's pushes, which follow the slot's shard through failovers and slot moves.
+enum Events {
+    PubSub(redis::aio::PubSubStream),
+    #[cfg(feature = "cluster")]
+    Sharded,
+}
+
 pub(crate) struct Connection {
     commands: Commands,
-    events: redis::aio::PubSubStream,
+    events: Events,
     /// When a script last answered (a resync is due after `resync_interval` without one).
     last_answer: Instant,
 }
@@ -151,10 +172,13 @@ pub(crate) struct Task {
     clients: Vec<Client>,
     next_client: usize,
     #[cfg(feature = "cluster")]
-    cluster: Option<ClusterClient>,
+    cluster: Option<Cluster>,
     keys: Keys,
     scripts: Scripts,
     receiver: mpsc::Receiver<Job>,
+    /// On a cluster: the pushes of every cluster connection this task makes (sharded
+    /// messages), kept across reconnects.
+    pushes: Option<mpsc::UnboundedReceiver<Push>>,
 }
 
 impl Task {
@@ -162,11 +186,13 @@ impl Task {
     pub fn new(
         shared: Weak<Shared>,
         clients: Vec<Client>,
-        cluster: Option<ClusterClient>,
+        cluster: Option<Cluster>,
         keys: Keys,
         receiver: mpsc::Receiver<Job>,
+        pushes: Option<mpsc::UnboundedReceiver<Push>>,
     ) -> Self {
         Task {
+            pushes,
             shared,
             clients,
             next_client: 0,
@@ -207,11 +233,22 @@ impl Task {
                 .set_connection_timeout(timeout)
                 .set_response_timeout(timeout);
             let commands = self.commands(&client, &config).await?;
-            let mut pubsub = client.get_async_pubsub().await.ok()?;
-            pubsub.subscribe(&self.keys.channel).await.ok()?;
+            let events = match commands {
+                #[cfg(feature = "cluster")]
+                Commands::Cluster(ref c) => {
+                    let mut c = c.clone();
+                    c.ssubscribe(&self.keys.channel).await.ok()?;
+                    Events::Sharded
+                }
+                Commands::Single(_) => {
+                    let mut pubsub = client.get_async_pubsub().await.ok()?;
+                    pubsub.subscribe(&self.keys.channel).await.ok()?;
+                    Events::PubSub(pubsub.into_on_message())
+                }
+            };
             let mut connection = Connection {
                 commands,
-                events: pubsub.into_on_message(),
+                events,
                 last_answer: Instant::now(),
             };
             // Loaded up front, so the first decisions run by SHA.
@@ -266,7 +303,7 @@ impl Task {
             invocation.key(key);
         }
         invocation
-            .arg(&self.keys.channel)
+            .arg(&self.keys.publish)
             .arg(shared.options.ttl.as_millis() as u64)
             .arg(&self.keys.breaks)
             .arg(format!("{:016x}", random_id()))
@@ -379,9 +416,9 @@ impl Task {
                     Some(job) => self.handle(&shared, conn, job).await,
                     None => return,
                 },
-                message = conn.events.next() => match message {
-                    Some(message) => {
-                        self.on_message(&shared, &message);
+                message = next_message(&mut conn.events, self.pushes.as_mut()) => match message {
+                    Some(payload) => {
+                        self.on_message(&shared, &payload);
                         true
                     }
                     None => false,
@@ -396,9 +433,8 @@ impl Task {
         }
     }
 
-    fn on_message(&self, shared: &Shared, message: &redis::Msg) {
-        let payload: String = message.get_payload().unwrap_or_default();
-        match parse_message(&payload) {
+    fn on_message(&self, shared: &Shared, payload: &str) {
+        match parse_message(payload) {
             Some(m) => {
                 shared.adopt(&m.snapshot, Source::Message, m.replica == shared.replica);
             }
@@ -616,5 +652,50 @@ impl Task {
     /// Runs the task until the store is dropped.
     pub async fn run(self, connection: Option<Connection>) {
         self.run_loop(connection).await
+    }
+}
+
+/// The next message's payload; `None` when the subscription ended (the link is down).
+#[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
+async fn next_message<T: PushPayload>(
+    events: &mut Events,
+    pushes: Option<&mut mpsc::UnboundedReceiver<T>>,
+) -> Option<String> {
+    match events {
+        Events::PubSub(stream) => {
+            let message = stream.next().await?;
+            Some(message.get_payload().unwrap_or_default())
+        }
+        #[cfg(feature = "cluster")]
+        Events::Sharded => {
+            let pushes = pushes?;
+            loop {
+                if let Some(payload) = pushes.recv().await?.payload() {
+                    return Some(payload);
+                }
+            }
+        }
+    }
+}
+
+/// A push from a cluster connection; only sharded messages carry a payload.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+trait PushPayload {
+    fn payload(&self) -> Option<String>;
+}
+
+impl PushPayload for () {
+    fn payload(&self) -> Option<String> {
+        None
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl PushPayload for redis::PushInfo {
+    fn payload(&self) -> Option<String> {
+        if self.kind != redis::PushKind::SMessage {
+            return None;
+        }
+        redis::from_redis_value(self.data.get(1)?).ok()
     }
 }
