@@ -258,7 +258,14 @@ impl Route {
                             url,
                             &config.name,
                             &options,
-                            RedisStoreOptions::default(),
+                            // A probe's lease lives as long as the probe may run.
+                            RedisStoreOptions {
+                                probe_lease: attempt
+                                    .or(total)
+                                    .filter(|d| *d >= std::time::Duration::from_millis(1))
+                                    .unwrap_or(RedisStoreOptions::default().probe_lease),
+                                ..RedisStoreOptions::default()
+                            },
                         )
                         .map_err(|e| {
                             ConfigError::new(

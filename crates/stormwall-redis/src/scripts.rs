@@ -2,7 +2,7 @@
 //! clock (`TIME`), never a replica's. Each script starts with the same prelude.
 //!
 //! Keys: `KEYS[1]` the state hash, `KEYS[2]` the time window hash, `KEYS[3]` the count
-//! window list, `KEYS[4..]` the probe leases — all under one hash tag, so a script touches
+//! window list, `KEYS[4]` who last found every probe lease taken, `KEYS[5..]` the probe leases — all under one hash tag, so a script touches
 //! one Redis Cluster slot. `ARGV[1]` how to publish and where: `PUBLISH <channel>`, or
 //! `SPUBLISH <channel>` on a Redis Cluster (sharded pub/sub: the channel shares the keys'
 //! hash tag, so the message stays on the slot's shard), `ARGV[2]` the keys' TTL (ms),
@@ -41,11 +41,13 @@ end
 expect(state_key, 'hash')
 expect(window_key, 'hash')
 expect(ring_key, 'list')
-local raw = redis.call('HMGET', state_key, 's', 'v', 'u', 'o', 'c', 'g', 'p', 'e')
+local raw = redis.call('HMGET', state_key, 's', 'v', 'u', 'o', 'c', 'g', 'p', 'e', 'mt', 'ws')
 local valid = {closed = true, open = true, half_open = true, isolated = true, disabled = true}
+-- Integers below 1e14 only: Lua prints larger ones in exponent form, and a replica reads
+-- them as unsigned 64-bit integers.
 local function num(x)
   local n = tonumber(x)
-  if n == nil or n < 0 or n ~= math.floor(n) then
+  if n == nil or n < 0 or n ~= math.floor(n) or n >= 1e14 then
     if x then corrupt = 1 end
     return 0
   end
@@ -55,14 +57,20 @@ local st = raw[1]
 local version, until_at, opens = num(raw[2]), num(raw[3]), num(raw[4])
 local consec, gen, probes_ok = num(raw[5]), num(raw[6]), num(raw[7])
 local epoch = raw[8]
+local manual_at = num(raw[9])
+local window_since = num(raw[10])
 local from = st
 local function break_for(n)
   local list = {}
   for v in string.gmatch(ARGV[3], '[^,]+') do list[#list + 1] = tonumber(v) end
   return list[math.min(math.max(n, 1), #list)]
 end
+local longest = 0
+for v in string.gmatch(ARGV[3], '[^,]+') do longest = math.max(longest, tonumber(v)) end
+-- A break never lasts longer than the longest this breaker is configured for.
+if until_at > now + longest then until_at = now + longest end
 local function save()
-  redis.call('HSET', state_key, 's', st, 'v', version, 'u', until_at, 'o', opens, 'c', consec, 'g', gen, 'p', probes_ok, 'e', epoch)
+  redis.call('HSET', state_key, 's', st, 'v', version, 'u', until_at, 'o', opens, 'c', consec, 'g', gen, 'p', probes_ok, 'e', epoch, 'mt', manual_at, 'ws', window_since)
   redis.call('PEXPIRE', state_key, ttl)
 end
 local function publish(reason)
@@ -72,7 +80,7 @@ local created = 0
 if (not st) or (not valid[st]) or corrupt == 1 then
   -- Absent or unreadable: a new epoch, closed, with a fresh window.
   if st then corrupt = 1 end
-  st, from, version, until_at, opens, consec, gen, probes_ok = 'closed', 'closed', 0, 0, 0, 0, 0, 0
+  st, from, version, until_at, opens, consec, gen, probes_ok, manual_at, window_since = 'closed', 'closed', 0, 0, 0, 0, 0, 0, 0, 0
   epoch = ARGV[4]
   redis.call('DEL', window_key, ring_key)
   save()
@@ -97,6 +105,7 @@ local function move(to, break_ms, reason)
   if to == 'closed' then
     opens = 0
     consec = 0
+    window_since = 0
     redis.call('DEL', window_key, ring_key)
   end
   save()
@@ -120,13 +129,17 @@ pub const READ: &str = script!("return reply(0)");
 /// `age_ms:count,...`, `ARGV[9]` consecutive-failure threshold (0 = off), `ARGV[10]` failure
 /// ratio (-1 = off), `ARGV[11]` slow-call ratio (-1 = off), `ARGV[12]` minimum throughput,
 /// `ARGV[13]` time-bucket width in ms (0 = count window), `ARGV[14]` count-window size,
-/// `ARGV[15]` `1` when a success came before these failures (resets the consecutive count).
+/// `ARGV[15]` `1` when a success came before these failures (resets the consecutive count),
+/// `ARGV[17]` the replicas' flush interval (ms): the ratios decide only once the window has
+/// run that long, so every replica's successes are in it (failures are reported at once,
+/// successes within a flush interval).
 pub const RECORD: &str = script!(
     r#"
 if st ~= 'closed' then return reply(0) end
 local failed_only, slow_only, both = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[16])
 local failures, slow = failed_only + both, slow_only + both
 local calls = failed_only + slow_only + both
+if window_since == 0 then window_since = now end
 if ARGV[15] == '1' then consec = 0 end
 consec = consec + failures
 local total, fails, slows = 0, 0, 0
@@ -175,7 +188,7 @@ local reason = nil
 local threshold = tonumber(ARGV[9])
 if threshold > 0 and consec >= threshold then
   reason = 'consecutive_failures'
-elseif total > 0 and total >= tonumber(ARGV[12]) then
+elseif total > 0 and total >= tonumber(ARGV[12]) and now - window_since >= tonumber(ARGV[17]) then
   local fr, sr = tonumber(ARGV[10]), tonumber(ARGV[11])
   if fr >= 0 and fails / total >= fr then
     reason = 'failure_ratio'
@@ -196,7 +209,8 @@ return reply(0)
 /// Moves an open circuit whose break ended to half-open, and takes a probe lease for this
 /// generation if one is free. A lease's value is `generation:token`, the token unique per
 /// acquisition; a lease of an earlier generation counts as free. `ARGV[6]` permitted
-/// probes, `ARGV[7]` lease TTL (ms), `ARGV[8]` the token.
+/// probes, `ARGV[7]` lease TTL (ms), `ARGV[8]` the token, `ARGV[9]` how long a "wanted"
+/// mark lives (ms).
 pub const ACQUIRE: &str = script!(
     r#"
 local transitioned, reason = 0, nil
@@ -207,15 +221,34 @@ end
 if st == 'half_open' then
   local prefix = tostring(gen) .. ':'
   for i = 1, tonumber(ARGV[6]) do
-    local key = KEYS[3 + i]
+    local key = KEYS[4 + i]
     local holder = redis.call('GET', key)
     if (not holder) or string.sub(holder, 1, #prefix) ~= prefix then
       redis.call('SET', key, prefix .. ARGV[8], 'PX', tonumber(ARGV[7]))
       return reply(transitioned, reason, i)
     end
   end
+  -- Every lease is taken: say so, so that a holder with no call for its lease yields it.
+  redis.call('SET', KEYS[4], replica, 'PX', tonumber(ARGV[9]))
 end
 return reply(transitioned, reason)
+"#
+);
+
+/// A lease this replica holds but no call of its own has claimed: given back (by
+/// compare-and-delete) if another replica found every lease taken, kept otherwise (until it
+/// expires, so a replica whose calls are far apart still gets its probe). `ARGV[6]` the
+/// slot, `ARGV[7]` the token, `ARGV[8]` the generation. Answers lease `1` when given back.
+pub const YIELD: &str = script!(
+    r#"
+local wanted = redis.call('GET', KEYS[4])
+local key = KEYS[4 + tonumber(ARGV[6])]
+if wanted and wanted ~= replica and key and redis.call('GET', key) == ARGV[8] .. ':' .. ARGV[7] then
+  redis.call('DEL', key)
+  redis.call('DEL', KEYS[4])
+  return reply(0, nil, 1)
+end
+return reply(0)
 "#
 );
 
@@ -226,7 +259,7 @@ return reply(transitioned, reason)
 /// held; a failure reopens the circuit whenever its half-open period is current.
 pub const PROBE: &str = script!(
     r#"
-local key = KEYS[3 + tonumber(ARGV[6])]
+local key = KEYS[4 + tonumber(ARGV[6])]
 local held = false
 if key and redis.call('GET', key) == ARGV[8] .. ':' .. ARGV[7] then
   redis.call('DEL', key)
@@ -250,19 +283,28 @@ return reply(0)
 "#
 );
 
-/// Manual control from any replica: `ARGV[6]` `isolated`, `closed` or `disabled`. Applied
-/// whatever the state (automatic scripts never leave isolated or disabled, and only act on
-/// the state they expect, so a command is never undone by a decision made before it).
+/// Manual control from any replica: `ARGV[6]` `isolated`, `closed` or `disabled`, `ARGV[7]`
+/// when the operator gave it (ms since the Unix epoch, the replica's clock). The latest
+/// command by that time wins: one given before the last applied one (a command that waited
+/// out a partition) is dropped as `superseded`. Applied whatever the state otherwise
+/// (automatic scripts never leave isolated or disabled, and only act on the state they
+/// expect, so a command is never undone by a decision made before it).
 pub const COMMAND: &str = script!(
     r#"
-local to = ARGV[6]
+local to, at = ARGV[6], tonumber(ARGV[7])
+if at < manual_at then return reply(0, 'superseded') end
+manual_at = at
 if to == 'closed' and st == 'closed' then
   redis.call('DEL', window_key, ring_key)
+  window_since = 0
   consec = 0
   save()
   return reply(0)
 end
-if st == to then return reply(0) end
+if st == to then
+  save()
+  return reply(0)
+end
 move(to, 0, 'manual')
 return reply(1, 'manual')
 "#
@@ -287,6 +329,7 @@ if created == 0 and epoch == ARGV[6] and tostring(version) == ARGV[7] and valid[
   if st == 'closed' then
     opens = 0
     consec = 0
+    window_since = 0
     redis.call('DEL', window_key, ring_key)
   end
   save()

@@ -126,7 +126,7 @@ async fn replicas_share_a_breaker_through_a_redis_cluster() {
     }
     // Sharded pub/sub: the three replicas subscribe (SSUBSCRIBE) on the node that owns the
     // breaker's slot, not through whichever node they were given first.
-    let channel = "stormwall:{orders}:events";
+    let channel = "stormwall:{orders}:events:0";
     let subscribers = |port: u16, kind: &str| -> u32 {
         let out = Command::new("redis-cli")
             .args(["-p", &port.to_string(), "PUBSUB", kind, channel])

@@ -165,7 +165,15 @@ async fn one_sick_replica_among_ten_healthy_ones_does_not_open_the_shared_breake
             .sum()
     };
     let total: u32 = calls.iter().sum();
-    eventually(|| window(":t") == u64::from(total)).await;
+    let started = Instant::now();
+    while window(":t") != u64::from(total) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "window {} calls {total}",
+            window(":t")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     println!(
         "one sick replica: {} failures of {} calls in the shared window",
         window(":f"),
@@ -180,11 +188,16 @@ async fn one_sick_replica_among_ten_healthy_ones_does_not_open_the_shared_breake
         );
     }
     // The same sick replica alone (no healthy traffic in the window) does open it.
+    // (The ratio decides once the window has run a flush interval, 100 ms, so that every
+    // replica's successes are in it.)
     let alone = replicas(&redis, "alone", &options, 2).await;
-    for _ in 0..20 {
+    let started = Instant::now();
+    while alone[0].state() == CircuitState::Closed {
         if let Ok(permit) = alone[0].try_acquire() {
             permit.record_failure();
         }
+        assert!(started.elapsed() < Duration::from_secs(5), "never opened");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     eventually(|| alone.iter().all(|b| b.state() == CircuitState::Open)).await;
 }
@@ -348,7 +361,9 @@ proptest! {
                 // Never more unexpired leases than permitted, and every unexpired holder
                 // still owns its slot.
                 let held = leases(permitted);
-                assert!(held.len() <= permitted as usize);
+                // Probes admitted and still within their lease's life: at most `permitted`.
+                let live = holding.iter().filter(|(_, h)| Instant::now() < h.alive_until).count();
+                assert!(live <= permitted as usize, "{live} live probes for {permitted} leases");
                 let checked = Instant::now();
                 for (_, h) in &holding {
                     if checked + Duration::from_millis(2) < h.alive_until {
@@ -361,4 +376,126 @@ proptest! {
             assert!(admitted > 0, "some probes ran");
         });
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_calling_every_300ms_still_gets_its_probe_and_closes() {
+    let redis = RedisServer::start();
+    let options = consecutive(2);
+    let breakers = replicas(&redis, "slow-caller", &options, 1).await;
+    let b = &breakers[0];
+    for _ in 0..2 {
+        b.try_acquire().unwrap().record_failure();
+    }
+    eventually(|| b.state() == CircuitState::Open).await;
+    // Calls 300 ms apart (longer than lease_claim, 200 ms): the lease the first call after
+    // the break asked for waits for the next call, since nobody else wants it.
+    let started = Instant::now();
+    loop {
+        if let Ok(permit) = b.try_acquire() {
+            permit.record_success();
+        }
+        if b.state() == CircuitState::Closed {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never probed: {:?}",
+            b.state()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_command_that_waited_out_an_outage_loses_to_a_later_one() {
+    // Both replicas start before Redis does: their commands wait, pending.
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let options = consecutive(3);
+    let store = |name: &str| {
+        RedisStateStore::spawn(&url, name, &options, RedisStoreOptions::default()).unwrap()
+    };
+    let a = CircuitBreaker::with_store(options.clone(), store("operators")).unwrap();
+    let b = CircuitBreaker::with_store(options.clone(), store("operators")).unwrap();
+    a.isolate();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.isolate();
+    b.close(); // the latest decision, given after a's
+    let mut redis = RedisServer::start();
+    // Re-start the server on the replicas' port.
+    redis.stop();
+    redis.port = port;
+    redis.restart();
+    eventually(|| a.store().is_connected() && b.store().is_connected()).await;
+    eventually(|| {
+        !redis
+            .cli(&["HGET", "stormwall:{operators}:state", "mt"])
+            .is_empty()
+    })
+    .await;
+    eventually(|| a.state() == CircuitState::Closed && b.state() == CircuitState::Closed).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // a resync later, still closed
+    assert_eq!(
+        redis.cli(&["HGET", "stormwall:{operators}:state", "s"]),
+        "closed"
+    );
+    assert_eq!(a.state(), CircuitState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_too_large_for_a_replica_are_corrupt_and_replaced() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "HSET",
+        "stormwall:{huge}:state",
+        "s",
+        "open",
+        "v",
+        "99999999999999999999",
+        "u",
+        "1e300",
+        "g",
+        "1e14",
+        "e",
+        "hand",
+    ]);
+    let breakers = replicas(&redis, "huge", &consecutive(2), 2).await;
+    for b in &breakers {
+        assert!(b.store().is_connected());
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_ne!(b.store().epoch(), "hand");
+    }
+    assert_eq!(breakers[0].store().outages(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_overflowing_messages_neither_open_the_fleet_nor_stop_a_replica() {
+    let redis = RedisServer::start();
+    let breakers = replicas(&redis, "forged", &consecutive(2), 2).await;
+    let channel = "stormwall:{forged}:events:0";
+    let epoch = breakers[0].store().epoch();
+    // Another epoch: only a reason to read Redis, which says closed.
+    redis.cli(&[
+        "PUBLISH",
+        channel,
+        "forged|0|open|60000|consecutive_failures|closed|x",
+    ]);
+    // The current epoch, a break too long for any clock.
+    redis.cli(&[
+        "PUBLISH",
+        channel,
+        &format!("{epoch}|0|closed|18446744073709551615|x|closed|x"),
+    ]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for b in &breakers {
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(b.store().epoch(), epoch);
+    }
+    // Both replicas' tasks still run: a trip reaches the other.
+    for _ in 0..2 {
+        breakers[0].try_acquire().unwrap().record_failure();
+    }
+    eventually(|| breakers.iter().all(|b| b.state() == CircuitState::Open)).await;
+    assert_eq!(redis.cli(&["HGET", "stormwall:{forged}:state", "e"]), epoch);
 }

@@ -13,8 +13,9 @@ use stormwall_redis::{RedisStateStore, RedisStoreOptions};
 /// One timing test at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Ten replicas, each calling a dead dependency (a call takes 100 ms, then fails) 20 times;
-/// how many calls reached it.
+/// Ten replicas, each calling a dead dependency (a call takes 100 ms, then fails) 20 times,
+/// 50 ms apart; how many calls reached it. (A trip must reach a replica within its pause
+/// for the bound below: 50 ms leaves room for a loaded machine.)
 async fn calls_reaching_a_dead_dependency(breakers: &[impl BreakerLike]) -> u32 {
     let reached = AtomicU32::new(0);
     let tasks = breakers.iter().map(|b| {
@@ -22,7 +23,7 @@ async fn calls_reaching_a_dead_dependency(breakers: &[impl BreakerLike]) -> u32 
         async move {
             for _ in 0..20 {
                 if b.call_dead(reached).await {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
@@ -151,7 +152,7 @@ async fn replica_process() {
     let reached = AtomicU32::new(0);
     for _ in 0..20 {
         if breaker.call_dead(&reached).await {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     println!("REACHED={}", reached.load(Ordering::SeqCst));

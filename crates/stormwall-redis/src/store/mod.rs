@@ -100,7 +100,7 @@ impl RedisStateStore {
     /// replica) with the thresholds of `breaker` (the same options on every replica). An
     /// invalid URL or invalid options are an error; an unreachable Redis is not: the store
     /// starts on its local breaker and joins when Redis answers (the wait is bounded by
-    /// `command_timeout`).
+    /// four times `command_timeout`: connect, subscribe, load the scripts, read).
     pub async fn connect<P>(
         url: &str,
         name: &str,
@@ -188,7 +188,16 @@ impl RedisStateStore {
             .validate()
             .map_err(|e| RedisStoreError::Config(e.within("redis")))?;
         let controller = Controller::new(breaker);
-        let keys = Keys::new(&options.key_prefix, name, &controller, cluster.is_some());
+        let database = clients
+            .first()
+            .map_or(0, |c| c.get_connection_info().redis.db);
+        let keys = Keys::new(
+            &options.key_prefix,
+            name,
+            database,
+            &controller,
+            cluster.is_some(),
+        );
         let (jobs, receiver) = mpsc::channel(4096);
         let shared = Arc::new(Shared::new(
             name,
@@ -344,10 +353,13 @@ impl StateStore for RedisStateStore {
     fn command(&self, command: Command) -> Option<CircuitTransition> {
         let shared = &*self.shared;
         let local = shared.local.command(command);
+        let issued_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         *shared
             .pending_command
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(command);
+            .unwrap_or_else(|e| e.into_inner()) = Some((command, issued_at));
         shared.wake.notify_one();
         if !shared.is_connected() {
             return shared.local_transition(local);

@@ -43,8 +43,6 @@ pub(crate) struct Message {
 pub(crate) enum ProbeResult {
     Succeeded,
     Failed,
-    /// Its call was cancelled, or its lease was never claimed: gives the lease back.
-    Cancelled,
 }
 
 impl ProbeResult {
@@ -52,7 +50,6 @@ impl ProbeResult {
         match self {
             ProbeResult::Succeeded => "succeeded",
             ProbeResult::Failed => "failed",
-            ProbeResult::Cancelled => "cancelled",
         }
     }
 }

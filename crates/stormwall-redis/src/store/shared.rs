@@ -73,6 +73,8 @@ pub(crate) enum Adoption {
     /// an epoch it left): Redis may have gone back in time. The task reads again, and
     /// starts a new epoch if Redis is still behind.
     Behind,
+    /// A message of another epoch: not adopted (anyone can publish); the task reads.
+    Confirm,
 }
 
 /// Where a snapshot came from.
@@ -107,8 +109,9 @@ pub(crate) struct Shared {
     /// Leases claimed by calls still running (a cancelled one comes back to `leases`).
     claimed: Mutex<Vec<HeldLease>>,
     pub want_probe: AtomicBool,
-    /// A manual command not yet acknowledged by Redis (the latest wins), with its state.
-    pub pending_command: Mutex<Option<Command>>,
+    /// A manual command not yet acknowledged by Redis (the latest wins), with when it was
+    /// given (ms since the Unix epoch).
+    pub pending_command: Mutex<Option<(Command, u64)>>,
     pub jobs: mpsc::Sender<Job>,
     pub wake: Notify,
     sink: OnceLock<TransitionSink>,
@@ -207,8 +210,10 @@ impl Shared {
 
     /// Sets the effective shared state (the caller's path reads it).
     pub fn set_cached(&self, state: CircuitState, remaining_ms: u64) {
-        self.open_until_ms
-            .store(self.now_ms() + remaining_ms, Ordering::Release);
+        self.open_until_ms.store(
+            self.now_ms().saturating_add(remaining_ms),
+            Ordering::Release,
+        );
         self.state.store(state as u8, Ordering::Release);
     }
 
@@ -231,6 +236,9 @@ impl Shared {
                     Source::Message => Adoption::Stale,
                 };
             }
+            if !same && source == Source::Message {
+                return Adoption::Confirm;
+            }
             if !same {
                 let left = std::mem::take(&mut view.epoch);
                 view.retired.push_back(left);
@@ -246,7 +254,7 @@ impl Shared {
             .pending_command
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(command) = pending {
+        if let Some((command, _)) = pending {
             // Until Redis acknowledges the command, it is what this replica does.
             self.set_cached(Self::commanded(command), 0);
             return Adoption::Adopted;

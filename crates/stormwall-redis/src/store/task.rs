@@ -28,7 +28,7 @@ const BUCKETS: u64 = 10;
 
 /// A breaker's keys and the arguments every script gets.
 pub(crate) struct Keys {
-    /// State, time window, count window, then one per probe lease.
+    /// State, time window, count window, "lease wanted", then one per probe lease.
     keys: Vec<String>,
     channel: String,
     /// `PUBLISH <channel>` or, on a cluster, `SPUBLISH <channel>` (see the scripts).
@@ -40,12 +40,21 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    pub fn new(prefix: &str, name: &str, controller: &Controller, sharded: bool) -> Self {
+    /// The keys of breaker `name`; its channel names the database too (pub/sub ignores
+    /// databases: two deployments on one server must not hear each other).
+    pub fn new(
+        prefix: &str,
+        name: &str,
+        database: i64,
+        controller: &Controller,
+        sharded: bool,
+    ) -> Self {
         let tag = format!("{prefix}:{{{name}}}");
         let mut keys = vec![
             format!("{tag}:state"),
             format!("{tag}:window"),
             format!("{tag}:ring"),
+            format!("{tag}:wanted"),
         ];
         for i in 1..=controller.permitted_calls_in_half_open() {
             keys.push(format!("{tag}:lease:{i}"));
@@ -67,7 +76,7 @@ impl Keys {
             ),
             SamplingWindow::Count(n) => (0, n),
         };
-        let channel = format!("{tag}:events");
+        let channel = format!("{tag}:events:{database}");
         Keys {
             keys,
             publish: format!("{} {channel}", if sharded { "SPUBLISH" } else { "PUBLISH" }),
@@ -93,6 +102,7 @@ struct Scripts {
     probe: Script,
     command: Script,
     rebase: Script,
+    yield_lease: Script,
 }
 
 impl Scripts {
@@ -104,11 +114,13 @@ impl Scripts {
             probe: Script::new(scripts::PROBE),
             command: Script::new(scripts::COMMAND),
             rebase: Script::new(scripts::REBASE),
+            yield_lease: Script::new(scripts::YIELD),
         }
     }
 
-    fn all(&self) -> [&Script; 6] {
+    fn all(&self) -> [&Script; 7] {
         [
+            &self.yield_lease,
             &self.read,
             &self.record,
             &self.acquire,
@@ -341,7 +353,7 @@ impl Task {
                 shared.set_generation(&reply);
                 return true;
             }
-            Adoption::Stale => return true,
+            Adoption::Stale | Adoption::Confirm => return true,
             Adoption::Behind => {}
         }
         let Some(again) = self
@@ -417,10 +429,7 @@ impl Task {
                     None => return,
                 },
                 message = next_message(&mut conn.events, self.pushes.as_mut()) => match message {
-                    Some(payload) => {
-                        self.on_message(&shared, &payload);
-                        true
-                    }
+                    Some(payload) => self.on_message(&shared, conn, &payload).await,
                     None => false,
                 },
                 _ = shared.wake.notified() => self.on_wake(&shared, conn).await,
@@ -433,15 +442,23 @@ impl Task {
         }
     }
 
-    fn on_message(&self, shared: &Shared, payload: &str) {
+    /// A message: adopted if it continues this replica's epoch; one of another epoch is
+    /// only a reason to read the state (a message proves nothing: anyone may publish).
+    async fn on_message(&self, shared: &Shared, conn: &mut Connection, payload: &str) -> bool {
         match parse_message(payload) {
             Some(m) => {
-                shared.adopt(&m.snapshot, Source::Message, m.replica == shared.replica);
+                let decided_here = m.replica == shared.replica;
+                if shared.adopt(&m.snapshot, Source::Message, decided_here) == Adoption::Confirm {
+                    return self
+                        .run_and_apply(shared, conn, &self.scripts.read, &[])
+                        .await;
+                }
             }
             None => {
-                tracing::warn!(breaker = %shared.name, %payload, "stormwall-redis: foreign message on the breaker's channel ignored");
+                tracing::debug!(breaker = %shared.name, %payload, "stormwall-redis: foreign message on the breaker's channel ignored");
             }
         }
+        true
     }
 
     /// A manual command or a wish for a probe lease.
@@ -462,26 +479,36 @@ impl Task {
         {
             return false;
         }
+        // Unclaimed leases: expired ones are forgotten; the others are given back if
+        // another replica wants one, else kept for this replica's next call.
         let claim = shared.options.lease_claim;
-        let unclaimed: std::collections::VecDeque<HeldLease> = {
+        let idle: Vec<HeldLease> = {
             let mut leases = shared.leases();
-            let (stale, kept) = leases
-                .drain(..)
-                .partition(|l| l.idle_since.elapsed() >= claim);
-            *leases = kept;
-            stale
+            let now = Instant::now();
+            leases.retain(|l| l.expires > now);
+            leases
+                .iter()
+                .filter(|l| l.idle_since.elapsed() >= claim)
+                .copied()
+                .collect()
         };
-        for held in unclaimed {
-            if !self
-                .probe_result(
-                    shared,
-                    conn,
-                    held.lease,
-                    held.generation,
-                    ProbeResult::Cancelled,
-                )
+        for held in idle {
+            let (slot, token, generation) = (
+                held.lease.slot.to_string(),
+                held.lease.token.to_string(),
+                held.generation.to_string(),
+            );
+            let args = [slot.as_str(), token.as_str(), generation.as_str()];
+            let Some(reply) = self
+                .script(shared, conn, &self.scripts.yield_lease, &args)
                 .await
-            {
+            else {
+                return false;
+            };
+            if reply.lease.is_some() {
+                shared.leases().retain(|l| l.lease != held.lease);
+            }
+            if !self.apply(shared, conn, reply).await {
                 return false;
             }
         }
@@ -543,6 +570,7 @@ impl Task {
         let [consecutive, failure_ratio, slow_ratio, minimum, bucket_ms, ring] =
             &self.keys.thresholds;
         let [failed, slow, both] = counts.map(|n| n.to_string());
+        let flush = shared.options.flush_interval.as_millis().to_string();
         let args = [
             failed.as_str(),
             slow.as_str(),
@@ -555,6 +583,7 @@ impl Task {
             ring,
             if successes > 0 { "1" } else { "0" },
             both.as_str(),
+            flush.as_str(),
         ];
         self.run_and_apply(shared, conn, &self.scripts.record, &args)
             .await
@@ -587,13 +616,23 @@ impl Task {
 
     async fn acquire_lease(&self, shared: &Shared, conn: &mut Connection) -> bool {
         let token = random_id();
-        let expires = Instant::now() + shared.options.probe_lease;
-        let (permitted, ttl, token_arg) = (
+        let expires = Instant::now()
+            .checked_add(shared.options.probe_lease)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        let (permitted, ttl, token_arg, wanted) = (
             shared.controller.permitted_calls_in_half_open().to_string(),
             shared.options.probe_lease.as_millis().to_string(),
             token.to_string(),
+            (shared.options.lease_claim.as_millis() * 2)
+                .max(1)
+                .to_string(),
         );
-        let args = [permitted.as_str(), ttl.as_str(), token_arg.as_str()];
+        let args = [
+            permitted.as_str(),
+            ttl.as_str(),
+            token_arg.as_str(),
+            wanted.as_str(),
+        ];
         let Some(reply) = self
             .script(shared, conn, &self.scripts.acquire, &args)
             .await
@@ -621,26 +660,30 @@ impl Task {
             .pending_command
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let Some(command) = pending else {
+        let Some((command, issued_at)) = pending else {
             return true;
         };
+        let issued = issued_at.to_string();
         let target = match command {
             Command::Isolate => "isolated",
             Command::Close => "closed",
             Command::Disable => "disabled",
         };
         let Some(reply) = self
-            .script(shared, conn, &self.scripts.command, &[target])
+            .script(shared, conn, &self.scripts.command, &[target, &issued])
             .await
         else {
             return false;
         };
+        if reply.snapshot.reason == "superseded" {
+            tracing::info!(breaker = %shared.name, ?command, "stormwall-redis: manual command dropped: another was given later on another replica");
+        }
         {
             let mut slot = shared
                 .pending_command
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if *slot == Some(command) {
+            if *slot == Some((command, issued_at)) {
                 *slot = None;
             }
         }
