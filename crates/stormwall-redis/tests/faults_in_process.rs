@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{replicas, RedisServer};
+use common::{eventually, replicas, RedisServer};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,15 +16,6 @@ use stormwall::circuit_breaker::{
     CallOutcome, CircuitBreaker, CircuitBreakerOptions, CircuitState,
 };
 use stormwall_redis::{RedisStateStore, RedisStoreOptions};
-
-/// Waits (up to 10 s) until `done`.
-async fn eventually(mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(10), "timed out");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
 
 fn consecutive(n: u32) -> CircuitBreakerOptions {
     let mut options = CircuitBreakerOptions::new()
@@ -155,31 +146,25 @@ async fn one_sick_replica_among_ten_healthy_ones_does_not_open_the_shared_breake
         calls
     });
     let calls = futures_util::future::join_all(tasks).await;
-    let window = |kind: &str| -> u64 {
-        let all = redis.cli(&["HGETALL", "stormwall:{one-sick}:window"]);
-        let lines: Vec<&str> = all.lines().collect();
-        lines
-            .chunks(2)
-            .filter(|pair| pair[0].ends_with(kind))
-            .map(|pair| pair[1].parse::<u64>().unwrap_or(0))
-            .sum()
-    };
     let total: u32 = calls.iter().sum();
     let started = Instant::now();
-    while window(":t") != u64::from(total) {
+    while common::window_sum(&redis, "one-sick", 't') != u64::from(total) {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "window {} calls {total}",
-            window(":t")
+            common::window_sum(&redis, "one-sick", 't')
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     println!(
         "one sick replica: {} failures of {} calls in the shared window",
-        window(":f"),
-        window(":t")
+        common::window_sum(&redis, "one-sick", 'f'),
+        common::window_sum(&redis, "one-sick", 't')
     );
-    assert_eq!(window(":f"), u64::from(calls[0]));
+    assert_eq!(
+        common::window_sum(&redis, "one-sick", 'f'),
+        u64::from(calls[0])
+    );
     for b in &breakers {
         assert_eq!(
             b.state(),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{replicas, RedisServer};
+use common::{eventually, replicas, RedisServer};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,16 +13,6 @@ use stormwall::circuit_breaker::{
 use stormwall::telemetry::{Event, EventListener, EventSource};
 use stormwall::{Error, Pipeline};
 use stormwall_redis::{RedisStateStore, RedisStoreError, RedisStoreOptions};
-
-/// Waits (up to 2 s) until `done`.
-async fn eventually(mut done: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(10), "timed out");
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    started.elapsed()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reports_from_ten_replicas_are_counted_exactly() {
@@ -47,18 +37,9 @@ async fn concurrent_reports_from_ten_replicas_are_counted_exactly() {
         }
     });
     futures_util::future::join_all(tasks).await;
-    let sum = |kind: &str| -> u64 {
-        let all = redis.cli(&["HGETALL", "stormwall:{counts}:window"]);
-        let lines: Vec<&str> = all.lines().collect();
-        lines
-            .chunks(2)
-            .filter(|pair| pair[0].ends_with(kind))
-            .map(|pair| pair[1].parse::<u64>().unwrap_or(0))
-            .sum()
-    };
-    eventually(|| sum(":f") == 5000).await;
-    assert_eq!(sum(":f"), 5000, "failures");
-    assert_eq!(sum(":t"), 10_000, "calls");
+    eventually(|| common::window_sum(&redis, "counts", 'f') == 5000).await;
+    assert_eq!(common::window_sum(&redis, "counts", 'f'), 5000, "failures");
+    assert_eq!(common::window_sum(&redis, "counts", 't'), 10_000, "calls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,15 +254,6 @@ async fn successes_issue_no_command_per_call_only_a_flush_per_interval() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap()
     };
-    let window_total = || -> u64 {
-        let all = redis.cli(&["HGETALL", "stormwall:{quiet}:window"]);
-        let lines: Vec<&str> = all.lines().collect();
-        lines
-            .chunks(2)
-            .filter(|pair| pair[0].ends_with(":t"))
-            .map(|pair| pair[1].parse::<u64>().unwrap_or(0))
-            .sum()
-    };
     let before = processed();
     let started = Instant::now();
     for _ in 0..100_000 {
@@ -291,7 +263,7 @@ async fn successes_issue_no_command_per_call_only_a_flush_per_interval() {
     }
     let elapsed = started.elapsed();
     // Every success reaches the shared window, in flushes (every 100 ms per replica).
-    eventually(|| window_total() == 200_000).await;
+    eventually(|| common::window_sum(&redis, "quiet", 't') == 200_000).await;
     let commands = processed() - before;
     // Per replica: a flush or a resync per 100 ms tick, each one script of at most 16
     // commands inside it (EVALSHA itself counts too), plus this test's own INFO/HGETALL
