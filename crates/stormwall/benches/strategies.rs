@@ -88,6 +88,15 @@ fn success_paths(c: &mut Criterion) {
     bench_pipeline(
         &mut g,
         &rt,
+        "stormwall breaker (time window, tokio clock)",
+        Pipeline::builder()
+            .circuit_breaker(breaker_options().clock(Clock::Tokio))
+            .build()
+            .unwrap(),
+    );
+    bench_pipeline(
+        &mut g,
+        &rt,
         "stormwall breaker (time window, fast clock)",
         Pipeline::builder()
             .circuit_breaker(breaker_options().clock(stormwall::clock::Clock::Fast))
@@ -241,8 +250,15 @@ fn rate_limit_check(c: &mut Criterion) {
         stormwall::rate_limit::RateLimitOptions::per_second(u32::MAX),
     )
     .unwrap();
-    g.bench_function("stormwall GCRA try_acquire (tokio clock)", |b| {
+    g.bench_function("stormwall GCRA try_acquire (default clock)", |b| {
         b.iter(|| black_box(limiter.try_acquire()))
+    });
+    let tokio_clock = stormwall::rate_limit::RateLimiter::new(
+        stormwall::rate_limit::RateLimitOptions::per_second(u32::MAX).clock(Clock::Tokio),
+    )
+    .unwrap();
+    g.bench_function("stormwall GCRA try_acquire (tokio clock)", |b| {
+        b.iter(|| black_box(tokio_clock.try_acquire()))
     });
     let fast = stormwall::rate_limit::RateLimiter::new(
         stormwall::rate_limit::RateLimitOptions::per_second(u32::MAX)
@@ -291,12 +307,18 @@ fn composite(c: &mut Criterion) {
         (
             "stormwall total timeout > retry > breaker > attempt timeout > fallback",
             false,
-            Clock::Tokio,
+            Clock::Auto,
         ),
         // With the metrics listener attached (to the `metrics` no-op recorder: the cost
         // measured is stormwall's, not an exporter's).
         (
             "stormwall composite with the metrics listener",
+            true,
+            Clock::Auto,
+        ),
+        ("stormwall composite, tokio clock", false, Clock::Tokio),
+        (
+            "stormwall composite with the metrics listener, tokio clock",
             true,
             Clock::Tokio,
         ),
@@ -366,6 +388,20 @@ fn open_rejection(c: &mut Criterion) {
     g.bench_function("stormwall open rejection", |b| {
         timed!(b, rt, open.execute(|_| op()).await.is_err())
     });
+    let breaker = CircuitBreaker::new(
+        CircuitBreakerOptions::consecutive(1)
+            .break_duration(Duration::from_secs(86_400))
+            .clock(Clock::Tokio),
+    )
+    .unwrap();
+    breaker.try_acquire().unwrap().record_failure();
+    let open_tokio = Pipeline::builder()
+        .circuit_breaker(breaker)
+        .build()
+        .unwrap();
+    g.bench_function("stormwall open rejection (tokio clock)", |b| {
+        timed!(b, rt, open_tokio.execute(|_| op()).await.is_err())
+    });
     let recloser = recloser::AsyncRecloser::from(
         recloser::Recloser::custom()
             .closed_len(1)
@@ -407,6 +443,10 @@ fn contention(c: &mut Criterion) {
     let mut g = c.benchmark_group("two threads, one breaker");
     for (name, options) in [
         ("stormwall (time window)", breaker_options()),
+        (
+            "stormwall (time window, tokio clock)",
+            breaker_options().clock(Clock::Tokio),
+        ),
         (
             "stormwall (time window, fast clock)",
             breaker_options().clock(stormwall::clock::Clock::Fast),

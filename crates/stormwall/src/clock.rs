@@ -1,10 +1,21 @@
 //! Where strategies read the time.
 //!
-//! The default is tokio's clock, so `tokio::time::pause` and `advance` drive every strategy
-//! in tests. On this project's machines reading it costs ≈ 23 ns (`clock_gettime`); for the
-//! hottest paths (a rate limiter, a breaker's time window) [`Clock::Fast`] reads the CPU's
-//! time-stamp counter through `quanta` instead, a few ns, at the price of ignoring tokio's
-//! paused clock.
+//! Reading tokio's clock costs a `clock_gettime` (≈ 23 ns on this project's machines), more
+//! than a breaker's whole success path. So the default, [`Clock::Auto`], picks when a
+//! strategy is made:
+//!
+//! - **made on a paused tokio clock** (`#[tokio::test(start_paused = true)]`, or after
+//!   `tokio::time::pause()`): tokio's clock, so `advance` drives the strategy as before;
+//! - **otherwise**, for what only needs coarse time — a breaker's time-window buckets and
+//!   break expiry, a rate limiter's GCRA, a retry budget's and an adaptive throttle's
+//!   windows — a *recent time*: one atomic load (≈ 1 ns), kept current by one background
+//!   thread (`stormwall-clock`, started on first use) that stores the monotonic time every
+//!   millisecond. Its resolution is 1 ms, plus whatever the scheduler delays the thread by;
+//! - for durations (the telemetry's attempt and execution times), the CPU's counter through
+//!   `quanta` (feature `fast-clock`, default), else tokio's clock.
+//!
+//! A strategy made *before* the clock is paused keeps its recent time: in tests, build the
+//! pipeline inside the paused runtime, or name [`Clock::Tokio`].
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -76,32 +87,138 @@ pub(crate) fn sharing_now<R>(seed: Option<tokio::time::Instant>, poll: impl FnOn
 /// Which clock a strategy reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Clock {
-    /// tokio's clock (follows `tokio::time::pause`). Default.
+    /// Default: tokio's clock when the strategy is made on a paused tokio clock (tests);
+    /// otherwise the recent time (1 ms resolution, one atomic load) for windows, breaks and
+    /// rate limits, and the CPU counter for durations. See the [module](self) docs.
     #[default]
+    Auto,
+    /// tokio's clock, always (follows `tokio::time::pause` whenever it is called).
     Tokio,
-    /// The CPU's time-stamp counter, through `quanta`: several times cheaper to read, but
-    /// not paused by `tokio::time::pause` — do not use it in paused-clock tests.
+    /// The CPU's time-stamp counter, through `quanta` (feature `fast-clock`): nanosecond
+    /// resolution, cheaper than tokio's clock, but not paused by `tokio::time::pause` — do
+    /// not use it in paused-clock tests. Without the feature: the same as [`Clock::Auto`].
     Fast,
+}
+
+/// What a [`Clock`] reads, decided when a strategy is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Tokio,
+    Recent,
+    #[cfg(feature = "fast-clock")]
+    Counter,
+}
+
+impl Clock {
+    /// The source for coarse readings (windows, breaks, rate limits).
+    fn coarse(self) -> Source {
+        match self {
+            Clock::Tokio => Source::Tokio,
+            #[cfg(feature = "fast-clock")]
+            Clock::Fast => Source::Counter,
+            _ if tokio_is_paused() => Source::Tokio,
+            _ if recent::start() => Source::Recent,
+            _ => Source::Tokio,
+        }
+    }
+
+    /// The source for durations (fine readings).
+    #[cfg(feature = "fast-clock")]
+    fn fine(self) -> Source {
+        match self {
+            Clock::Tokio => Source::Tokio,
+            Clock::Fast => Source::Counter,
+            Clock::Auto if !tokio_is_paused() => Source::Counter,
+            Clock::Auto => Source::Tokio,
+        }
+    }
+}
+
+/// Whether the current thread runs inside a tokio runtime whose clock is paused: tokio's
+/// clock then stands still while real time passes (it only moves when the runtime idles or
+/// is told to advance, and this reads it twice without yielding). Costs ≈ 2 µs, once per
+/// strategy made.
+fn tokio_is_paused() -> bool {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    let before = tokio::time::Instant::now();
+    let real = std::time::Instant::now();
+    while real.elapsed() < Duration::from_micros(2) {
+        std::hint::spin_loop();
+    }
+    tokio::time::Instant::now() == before
+}
+
+/// The recent time: nanoseconds since a process-wide origin, stored every millisecond by a
+/// background thread, read with one relaxed load.
+mod recent {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// How often the thread stores the time.
+    const RESOLUTION: Duration = Duration::from_millis(1);
+    static RECENT: AtomicU64 = AtomicU64::new(0);
+
+    fn read() -> u64 {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        super::saturating_nanos(ORIGIN.get_or_init(Instant::now).elapsed())
+    }
+
+    /// Starts the thread once; `false` if it could not be started (then callers read
+    /// tokio's clock instead).
+    pub(super) fn start() -> bool {
+        static RUNNING: OnceLock<bool> = OnceLock::new();
+        *RUNNING.get_or_init(|| {
+            RECENT.store(read(), Ordering::Relaxed);
+            std::thread::Builder::new()
+                .name("stormwall-clock".into())
+                .spawn(|| loop {
+                    std::thread::sleep(RESOLUTION);
+                    // The only writer, and `Instant` is monotonic: readings never go back.
+                    RECENT.store(read(), Ordering::Relaxed);
+                })
+                .is_ok()
+        })
+    }
+
+    #[inline(always)]
+    pub(super) fn now() -> u64 {
+        RECENT.load(Ordering::Relaxed)
+    }
 }
 
 /// A clock and the moment it was started: reads nanoseconds since then.
 #[derive(Debug, Clone)]
 pub(crate) struct Stopwatch {
-    tokio: tokio::time::Instant,
-    /// The calibrated counter and its raw reading at the start, for [`Clock::Fast`].
-    fast: Option<(quanta::Clock, u64)>,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// tokio's clock, from this moment.
+    Tokio(tokio::time::Instant),
+    /// The recent time, from this reading.
+    Recent(u64),
+    /// The calibrated counter and its raw reading at the start.
+    #[cfg(feature = "fast-clock")]
+    Counter(quanta::Clock, u64),
 }
 
 impl Stopwatch {
     pub(crate) fn start(clock: Clock) -> Self {
-        Stopwatch {
-            tokio: tokio::time::Instant::now(),
-            fast: (clock == Clock::Fast).then(|| {
+        let kind = match clock.coarse() {
+            Source::Tokio => Kind::Tokio(tokio::time::Instant::now()),
+            Source::Recent => Kind::Recent(recent::now()),
+            #[cfg(feature = "fast-clock")]
+            Source::Counter => {
                 let counter = quanta::Clock::new();
                 let start = counter.raw();
-                (counter, start)
-            }),
-        }
+                Kind::Counter(counter, start)
+            }
+        };
+        Stopwatch { kind }
     }
 
     /// Nanoseconds since the start.
@@ -111,27 +228,30 @@ impl Stopwatch {
     }
 
     /// The time since the start in the stopwatch's own *ticks*: nanoseconds on tokio's
-    /// clock, raw counter ticks on the fast one (no scaling per reading). Convert durations
-    /// with [`ticks_from_nanos`](Self::ticks_from_nanos) once, and answers back with
-    /// [`nanos_from_ticks`](Self::nanos_from_ticks).
+    /// clock and the recent time, raw counter ticks on the fast one (no scaling per
+    /// reading). Convert durations with [`ticks_from_nanos`](Self::ticks_from_nanos) once,
+    /// and answers back with [`nanos_from_ticks`](Self::nanos_from_ticks).
     #[inline]
     pub(crate) fn ticks(&self) -> u64 {
-        match &self.fast {
-            Some((counter, start)) => counter.raw().saturating_sub(*start),
-            None => self.tokio_nanos(),
+        match &self.kind {
+            Kind::Recent(start) => recent::now().saturating_sub(*start),
+            #[cfg(feature = "fast-clock")]
+            Kind::Counter(counter, start) => counter.raw().saturating_sub(*start),
+            Kind::Tokio(start) => tokio_nanos(*start),
         }
     }
 
     /// `nanos` in this stopwatch's ticks (rounded up, at least 1 for a non-zero span).
     pub(crate) fn ticks_from_nanos(&self, nanos: u64) -> u64 {
-        match &self.fast {
-            Some((counter, _)) => {
+        match &self.kind {
+            #[cfg(feature = "fast-clock")]
+            Kind::Counter(counter, _) => {
                 // Nanoseconds per 2^32 ticks, from the counter's own calibration.
                 let per = u128::from(counter.delta_as_nanos(0, 1 << 32).max(1));
                 let ticks = (u128::from(nanos) << 32).div_ceil(per);
                 ticks.min(u128::from(u64::MAX)) as u64
             }
-            None => nanos,
+            _ => nanos,
         }
     }
 
@@ -139,17 +259,18 @@ impl Stopwatch {
     /// `Duration` in between).
     #[inline]
     pub(crate) fn nanos_from_ticks(&self, ticks: u64) -> u64 {
-        match &self.fast {
-            Some((counter, _)) => counter.delta_as_nanos(0, ticks),
-            None => ticks,
+        match &self.kind {
+            #[cfg(feature = "fast-clock")]
+            Kind::Counter(counter, _) => counter.delta_as_nanos(0, ticks),
+            _ => ticks,
         }
     }
+}
 
-    /// Out of line: the fast clock's path stays small enough to inline.
-    #[inline(never)]
-    fn tokio_nanos(&self) -> u64 {
-        saturating_nanos(poll_now().saturating_duration_since(self.tokio))
-    }
+/// Out of line: the cheap clocks' paths stay small enough to inline.
+#[inline(never)]
+fn tokio_nanos(start: tokio::time::Instant) -> u64 {
+    saturating_nanos(poll_now().saturating_duration_since(start))
 }
 
 /// How far a deadline that would overflow `Instant` is put instead: 30 years on, tokio's
@@ -174,7 +295,8 @@ pub(crate) fn saturating_nanos(d: Duration) -> u64 {
 /// times attempts and executions with.
 #[derive(Debug, Clone)]
 pub(crate) struct Timer {
-    /// The calibrated counter, for [`Clock::Fast`].
+    /// The calibrated counter, when the clock resolved to it.
+    #[cfg(feature = "fast-clock")]
     fast: Option<quanta::Clock>,
 }
 
@@ -182,42 +304,51 @@ pub(crate) struct Timer {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Mark {
     Tokio(tokio::time::Instant),
+    #[cfg(feature = "fast-clock")]
     Fast(u64),
 }
 
 impl Timer {
     pub(crate) fn new(clock: Clock) -> Self {
+        #[cfg(not(feature = "fast-clock"))]
+        let _ = clock;
         Timer {
-            fast: (clock == Clock::Fast).then(quanta::Clock::new),
+            #[cfg(feature = "fast-clock")]
+            fast: (clock.fine() == Source::Counter).then(quanta::Clock::new),
         }
     }
 
     /// The current moment (a start: shared within a pipeline's poll, see [`poll_now`]).
     #[inline]
     pub(crate) fn mark(&self) -> Mark {
-        match &self.fast {
-            Some(counter) => Mark::Fast(counter.raw()),
-            None => Mark::Tokio(poll_now()),
+        #[cfg(feature = "fast-clock")]
+        if let Some(counter) = &self.fast {
+            return Mark::Fast(counter.raw());
         }
+        Mark::Tokio(poll_now())
     }
 
     /// The current moment, read afresh (an end).
     #[inline]
     pub(crate) fn now(&self) -> Mark {
-        match &self.fast {
-            Some(counter) => Mark::Fast(counter.raw()),
-            None => Mark::Tokio(tokio::time::Instant::now()),
+        #[cfg(feature = "fast-clock")]
+        if let Some(counter) = &self.fast {
+            return Mark::Fast(counter.raw());
         }
+        Mark::Tokio(tokio::time::Instant::now())
     }
 
     /// The time from `start` to `end` (zero if they were read on different clocks).
     #[inline]
     pub(crate) fn between(&self, start: Mark, end: Mark) -> Duration {
-        match (&self.fast, start, end) {
-            (Some(counter), Mark::Fast(start), Mark::Fast(end)) => {
-                Duration::from_nanos(counter.delta_as_nanos(start, end))
-            }
-            (_, Mark::Tokio(start), Mark::Tokio(end)) => end.saturating_duration_since(start),
+        match (start, end) {
+            #[cfg(feature = "fast-clock")]
+            (Mark::Fast(start), Mark::Fast(end)) => match &self.fast {
+                Some(counter) => Duration::from_nanos(counter.delta_as_nanos(start, end)),
+                None => Duration::ZERO,
+            },
+            (Mark::Tokio(start), Mark::Tokio(end)) => end.saturating_duration_since(start),
+            #[cfg(feature = "fast-clock")]
             _ => Duration::ZERO,
         }
     }
@@ -227,6 +358,7 @@ impl Timer {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "fast-clock")]
     #[test]
     fn fast_ticks_convert_to_and_from_nanoseconds() {
         let fast = Stopwatch::start(Clock::Fast);
@@ -242,5 +374,40 @@ mod tests {
         let tokio = Stopwatch::start(Clock::Tokio);
         assert_eq!(tokio.ticks_from_nanos(1_234), 1_234);
         assert_eq!(tokio.nanos_from_ticks(1_234), 1_234);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auto_follows_a_paused_tokio_clock() {
+        let stopwatch = Stopwatch::start(Clock::Auto);
+        assert!(matches!(stopwatch.kind, Kind::Tokio(_)));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(stopwatch.nanos(), 3_000_000_000);
+        let timer = Timer::new(Clock::Auto);
+        assert!(matches!(timer.mark(), Mark::Tokio(_)));
+    }
+
+    #[tokio::test]
+    async fn auto_reads_the_recent_time_on_a_running_clock() {
+        let stopwatch = Stopwatch::start(Clock::Auto);
+        assert!(matches!(stopwatch.kind, Kind::Recent(_)));
+        // The background thread moves it on: wait (bounded) until it has passed 5 ms.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stopwatch.nanos() < 5_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the recent time stood still"
+            );
+            tokio::task::yield_now().await;
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn auto_outside_a_runtime_reads_the_recent_time() {
+        assert!(!tokio_is_paused());
+        assert!(matches!(
+            Stopwatch::start(Clock::Auto).kind,
+            Kind::Recent(_)
+        ));
     }
 }

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | retry | [`retry`] | try again with backoff and jitter; a shared [`RetryBudget`](retry::RetryBudget) caps the extra load |
 //! | timeout | [`timeout`] | give up after a total or per-attempt time |
-//! | circuit breaker | [`circuit_breaker`] | stop calling what keeps failing; probe before trusting it again |
+//! | circuit breaker | [`circuit_breaker`] | stop calling what keeps failing; probe before trusting it again; per key if needed |
 //! | bulkhead | [`bulkhead`] | bound calls in flight, with a FIFO queue, per key if needed |
 //! | rate limiter | [`rate_limit`] | bound calls per period (GCRA, token bucket, windows), per key if needed |
 //! | adaptive throttle | [`retry::AdaptiveThrottle`] | reject locally when the dependency refuses most calls |
@@ -18,8 +18,8 @@
 //! | chaos | [`chaos`] | inject faults, latency and fake outcomes, on purpose |
 //!
 //! Around them: [`telemetry`] (events, `tracing` and `metrics` listeners), [`health`]
-//! (tagged health checks), [`clock`] (tokio's clock for tests, the CPU counter for hot
-//! paths).
+//! (tagged health checks), [`clock`] (tokio's clock in paused tests, a cheap recent time
+//! elsewhere).
 //!
 //! ## The pattern
 //!
@@ -96,8 +96,23 @@
 //!
 //! ## Time
 //!
-//! Every strategy reads tokio's clock, so tests run on a paused clock
-//! (`#[tokio::test(start_paused = true)]`) and take no real time.
+//! Strategies made on a paused tokio clock (`#[tokio::test(start_paused = true)]`) read
+//! tokio's clock, so tests take no real time; elsewhere the default
+//! [`Clock::Auto`](clock::Clock::Auto) reads a 1 ms *recent time* (one atomic load) where
+//! coarse time is enough — window buckets, break expiry, rate limits — instead of a
+//! `clock_gettime` per call. See [`clock`] for the rule and for [`Clock::Tokio`](clock::Clock::Tokio).
+//!
+//! ## Features
+//!
+//! All on by default; `default-features = false` leaves tokio (and a few small crates) only.
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `cache` | [`cache::MemoryCache`] (on `moka`) |
+//! | `metrics` | [`telemetry::MetricsListener`] (the `metrics` facade) |
+//! | `serde` | `Serialize` for the health report |
+//! | `fast-clock` | [`Clock::Fast`](clock::Clock::Fast) and the default clock's fine readings on the CPU counter (`quanta`) |
+//! | `tracing` | [`telemetry::TracingListener`], and a span per execution and per attempt |
 
 pub mod bulkhead;
 pub mod cache;

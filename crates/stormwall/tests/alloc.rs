@@ -1,4 +1,5 @@
-//! A successful execution through the full composite allocates nothing.
+//! A successful execution allocates nothing: through the full composite, through every
+//! strategy alone (keyed ones on a key they know), and with a listener attached.
 //!
 //! A counting global allocator wraps the system one; the count is read around the calls.
 #![allow(unsafe_code)]
@@ -11,7 +12,7 @@ use stormwall::circuit_breaker::CircuitBreakerOptions;
 use stormwall::fallback::FallbackOptions;
 use stormwall::pipeline::Strategy;
 use stormwall::retry::RetryOptions;
-use stormwall::Pipeline;
+use stormwall::{Context, Pipeline};
 
 struct Counting;
 
@@ -48,6 +49,11 @@ static GLOBAL: Counting = Counting;
 /// Warms `pipeline` up, then counts the allocations of 1000 calls that are ready at once
 /// and of 1000 calls that are pending once (timers armed).
 fn allocations<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) -> (usize, usize) {
+    allocations_with(pipeline, Context::new())
+}
+
+/// [`allocations`] for executions carrying `ctx` (a key).
+fn allocations_with<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>, ctx: Context) -> (usize, usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -56,16 +62,16 @@ fn allocations<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) -> (usize, usize) {
         // Warm up: the runtime's timer wheel, its deferred-wake list and thread-locals
         // allocate (and grow) on first use.
         for _ in 0..2000 {
-            ready_call(pipeline).await;
-            pending_call(pipeline).await;
+            ready_call(pipeline, &ctx).await;
+            pending_call(pipeline, &ctx).await;
         }
         COUNTING.store(true, Ordering::SeqCst);
         for _ in 0..1000 {
-            ready_call(pipeline).await;
+            ready_call(pipeline, &ctx).await;
         }
         let ready = ALLOCATIONS.swap(0, Ordering::SeqCst);
         for _ in 0..1000 {
-            pending_call(pipeline).await;
+            pending_call(pipeline, &ctx).await;
         }
         let pending = ALLOCATIONS.swap(0, Ordering::SeqCst);
         COUNTING.store(false, Ordering::SeqCst);
@@ -115,20 +121,143 @@ fn hedging_primary_path_allocates_nothing() {
 }
 
 /// An operation that is ready at once: no timer is ever armed.
-async fn ready_call<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) {
-    let v = pipeline.execute(|_| async { Ok::<_, ()>(1u64) }).await;
+async fn ready_call<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>, ctx: &Context) {
+    let v = pipeline
+        .execute_with(ctx.clone(), |_| async { Ok::<_, ()>(1u64) })
+        .await;
     assert_eq!(v, Ok(1));
 }
 
 /// An operation that is pending once: both timeouts arm a timer.
-async fn pending_call<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>) {
+async fn pending_call<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>, ctx: &Context) {
     let v = pipeline
-        .execute(|_| async {
+        .execute_with(ctx.clone(), |_| async {
             tokio::task::yield_now().await;
             Ok::<_, ()>(2u64)
         })
         .await;
     assert_eq!(v, Ok(2));
+}
+
+#[test]
+fn every_strategy_alone_allocates_nothing_on_success() {
+    use stormwall::chaos::{Chaos, ChaosOptions, Latency};
+    use stormwall::rate_limit::RateLimitOptions;
+    use stormwall::retry::{AdaptiveThrottleOptions, RetryBudget, RetryBudgetOptions};
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let none = (0, 0);
+    let check = |what: &str, counts: (usize, usize)| {
+        assert_eq!(counts, none, "{what}: (ready, pending) allocations");
+    };
+    check(
+        "rate limiter",
+        allocations(
+            &Pipeline::builder()
+                .rate_limit(RateLimitOptions::per_second(u32::MAX))
+                .build()
+                .unwrap(),
+        ),
+    );
+    check(
+        "retry with a budget",
+        allocations(
+            &Pipeline::builder()
+                .retry(
+                    RetryOptions::default()
+                        .budget(RetryBudget::new(RetryBudgetOptions::default()).unwrap()),
+                )
+                .build()
+                .unwrap(),
+        ),
+    );
+    check(
+        "adaptive throttle",
+        allocations(
+            &Pipeline::builder()
+                .strategy(AdaptiveThrottleOptions::default())
+                .build()
+                .unwrap(),
+        ),
+    );
+    check(
+        "chaos, not injecting",
+        allocations(
+            &Pipeline::builder()
+                .strategy(
+                    Chaos::new(ChaosOptions::rate(0.0), Latency(Duration::from_secs(1))).unwrap(),
+                )
+                .build()
+                .unwrap(),
+        ),
+    );
+    check(
+        "consecutive-failures breaker",
+        allocations(
+            &Pipeline::builder()
+                .circuit_breaker(CircuitBreakerOptions::consecutive(5))
+                .build()
+                .unwrap(),
+        ),
+    );
+    check(
+        "timeout",
+        allocations(
+            &Pipeline::builder()
+                .timeout(Duration::from_secs(1))
+                .build()
+                .unwrap(),
+        ),
+    );
+}
+
+#[test]
+fn keyed_strategies_allocate_nothing_for_a_known_key() {
+    use stormwall::bulkhead::KeyedBulkhead;
+    use stormwall::circuit_breaker::KeyedCircuitBreaker;
+    use stormwall::rate_limit::{KeyedRateLimiter, RateLimitOptions};
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tenant = Context::new().with_key("tenant-7");
+    let pipeline = Pipeline::builder()
+        .bulkhead(KeyedBulkhead::new(BulkheadOptions::new(100), 1000).unwrap())
+        .rate_limit(KeyedRateLimiter::new(RateLimitOptions::per_second(u32::MAX), 1000).unwrap())
+        .strategy(KeyedCircuitBreaker::new(CircuitBreakerOptions::new(), 1000).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        allocations_with(&pipeline, tenant),
+        (0, 0),
+        "(ready, pending) allocations"
+    );
+}
+
+#[test]
+fn a_pipeline_with_a_listener_allocates_nothing_on_success() {
+    use stormwall::telemetry::{Event, EventListener, EventSource};
+    struct Count(std::sync::atomic::AtomicU64);
+    impl EventListener for Count {
+        fn on_event(&self, _: &EventSource<'_>, _: &Event) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let listener = std::sync::Arc::new(Count(Default::default()));
+    let pipeline = Pipeline::builder()
+        .name("observed")
+        .listener(listener.clone())
+        .timeout(Duration::from_secs(30))
+        .retry(RetryOptions::exponential(Duration::from_millis(200)))
+        .circuit_breaker(CircuitBreakerOptions::new())
+        .build()
+        .unwrap();
+    assert_eq!(
+        allocations(&pipeline),
+        (0, 0),
+        "(ready, pending) allocations"
+    );
+    assert!(
+        listener.0.load(Ordering::Relaxed) > 0,
+        "the listener heard nothing"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use std::future::Future;
 use std::time::Duration;
 use stormwall::bulkhead::{BulkheadOptions, KeyedBulkhead};
+#[cfg(feature = "cache")]
 use stormwall::cache::{MemoryCache, StaleOnError, StaleOnErrorOptions};
 use stormwall::chaos::{Chaos, ChaosOptions, Latency};
 use stormwall::circuit_breaker::{CircuitBreakerOptions, SamplingWindow, SlowCallOptions};
@@ -326,11 +327,16 @@ proptest! {
             Err(e) => check_refusal(&e),
             Ok(chaos) => build_and_run(Pipeline::builder().strategy(chaos)),
         }
-        let cache = block_on(async { MemoryCache::new(max_entries, time_to_live) });
-        match StaleOnError::new(cache, StaleOnErrorOptions::new(max_staleness)) {
-            Err(e) => check_refusal(&e),
-            Ok(stale) => build_and_run(Pipeline::builder().strategy(stale)),
+        #[cfg(feature = "cache")]
+        {
+            let cache = block_on(async { MemoryCache::new(max_entries, time_to_live) });
+            match StaleOnError::new(cache, StaleOnErrorOptions::new(max_staleness)) {
+                Err(e) => check_refusal(&e),
+                Ok(stale) => build_and_run(Pipeline::builder().strategy(stale)),
+            }
         }
+        #[cfg(not(feature = "cache"))]
+        let _ = (max_staleness, time_to_live, max_entries);
     }
 }
 

@@ -107,6 +107,7 @@ async fn breaker_check_follows_the_circuit() {
     assert_eq!(r.report(None).await.status, HealthStatus::Healthy);
 }
 
+#[cfg(feature = "serde")]
 #[tokio::test(start_paused = true)]
 async fn report_serialises_like_an_aspnet_health_report() {
     let report = registry().report(Some(tags::READY)).await;

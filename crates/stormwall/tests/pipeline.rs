@@ -465,27 +465,33 @@ async fn pipeline_times_attempts_on_tokios_clock_by_default_and_on_the_fast_cloc
         vec![Duration::from_secs(5), Duration::from_secs(5)]
     );
 
-    let fast_recorder = Recorder::new();
-    let p = Pipeline::builder()
-        .listener(fast_recorder.clone())
-        .clock(stormwall::clock::Clock::Fast)
-        .build()
-        .unwrap();
-    p.execute(|_| slow_op()).await.unwrap();
-    // The CPU counter is not paused: the 5 s passed only on tokio's clock.
-    let fast = durations(&fast_recorder);
-    assert_eq!(fast.len(), 2);
-    assert!(fast.iter().all(|d| *d < Duration::from_secs(1)), "{fast:?}");
+    // The CPU counter (feature `fast-clock`) is not paused: the 5 s passed only on
+    // tokio's clock.
+    #[cfg(feature = "fast-clock")]
+    {
+        let fast_recorder = Recorder::new();
+        let p = Pipeline::builder()
+            .listener(fast_recorder.clone())
+            .clock(stormwall::clock::Clock::Fast)
+            .build()
+            .unwrap();
+        p.execute(|_| slow_op()).await.unwrap();
+        let fast = durations(&fast_recorder);
+        assert_eq!(fast.len(), 2);
+        assert!(fast.iter().all(|d| *d < Duration::from_secs(1)), "{fast:?}");
+    }
 }
 
 #[tokio::test]
 async fn a_success_ends_its_execution_with_its_last_attempts_clock_reading() {
     // On the real clock: a success that ended in the poll its attempt ended in reuses the
     // attempt's end reading, so both durations are equal to the nanosecond (two readings,
-    // ≈ 20 ns apart, would differ).
+    // ≈ 20 ns apart, would differ). On tokio's clock the two starts are one shared reading
+    // too, so the durations are equal.
     let recorder = Recorder::new();
     let p = Pipeline::builder()
         .listener(recorder.clone())
+        .clock(stormwall::clock::Clock::Tokio)
         .build()
         .unwrap();
     for _ in 0..100 {
@@ -495,6 +501,24 @@ async fn a_success_ends_its_execution_with_its_last_attempts_clock_reading() {
     assert_eq!(all.len(), 200);
     for pair in all.chunks(2) {
         assert_eq!(pair[0], pair[1], "attempt and execution of one success");
+    }
+    // On the default clock (the CPU counter here) each start is its own reading: the
+    // execution, which began first, lasted at least as long as its attempt.
+    let recorder = Recorder::new();
+    let p = Pipeline::builder()
+        .listener(recorder.clone())
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        p.execute(|_| async { Ok::<_, ()>(1) }).await.unwrap();
+    }
+    for pair in durations(&recorder).chunks(2) {
+        assert!(
+            pair[1] >= pair[0],
+            "execution {:?} < attempt {:?}",
+            pair[1],
+            pair[0]
+        );
     }
 }
 

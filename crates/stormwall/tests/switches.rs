@@ -144,6 +144,7 @@ async fn health_is_degraded_while_a_switch_is_off_because_of_a_breaker() {
     breaker.try_acquire().unwrap().record_failure();
     let report = health.report(None).await;
     assert_eq!(report.status, HealthStatus::Degraded);
+    #[cfg(feature = "serde")]
     assert!(serde_json::to_string(&report)
         .unwrap()
         .contains("RealTimePayments"));

@@ -60,6 +60,22 @@ impl<P> CircuitBreaker<P, InMemoryStore> {
     }
 }
 
+impl<P> CircuitBreaker<P, InMemoryStore> {
+    /// A breaker with `options` that were validated already (a keyed breaker's per key).
+    pub(crate) fn from_validated(options: CircuitBreakerOptions<P>) -> Self {
+        let store = InMemoryStore::new(&options);
+        Self::from_parts(options, store)
+    }
+}
+
+impl<P, S> CircuitBreaker<P, S> {
+    /// Reports to `telemetry` from now on, unless a pipeline attached one before (the
+    /// first wins, as with [`Attach`]).
+    pub(crate) fn report_to(&self, telemetry: &Telemetry) {
+        let _ = self.shared.telemetry.set(telemetry.clone());
+    }
+}
+
 impl<P, S: StateStore> CircuitBreaker<P, S> {
     /// A breaker with `options`, validated, keeping its state in `store` (which was built
     /// from the same options).
@@ -91,6 +107,14 @@ impl<P, S: StateStore> CircuitBreaker<P, S> {
             shared,
             should_handle: options.should_handle,
         }
+    }
+
+    /// Whether `outcome` counts as a failure (the options' `should_handle`).
+    pub(crate) fn is_failure<T, E>(&self, outcome: &Result<T, Error<E>>) -> bool
+    where
+        P: Predicate<T, E>,
+    {
+        self.should_handle.test(outcome)
     }
 
     /// The current state.
@@ -243,7 +267,7 @@ impl<S: StateStore> Drop for Permit<'_, S> {
 impl<P, S> Attach for CircuitBreaker<P, S> {
     fn attach(&mut self, telemetry: &Telemetry) {
         // The first pipeline wins: a breaker shared by several reports under the first name.
-        let _ = self.shared.telemetry.set(telemetry.clone());
+        self.report_to(telemetry);
     }
 }
 

@@ -51,6 +51,7 @@
 mod breaker;
 pub mod controller;
 mod events;
+mod keyed;
 mod options;
 mod state;
 pub mod store;
@@ -58,6 +59,7 @@ pub(crate) mod window;
 
 pub use breaker::{CircuitBreaker, Permit, TransitionObserver};
 pub use events::{CircuitRejected, CircuitTransition, TransitionOrigin, TransitionReason};
+pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
 pub use options::{
     BreakDurationArgs, BreakDurationGenerator, CircuitBreakerOptions, SamplingWindow,
     SlowCallOptions,

@@ -95,8 +95,9 @@ pub struct CircuitBreakerOptions<P = OnError> {
     pub success_threshold: u32,
     /// Which outcomes count as failures. Default: [`OnError`] (every `Err`).
     pub should_handle: P,
-    /// The clock for the window and the break. Default: [`Clock::Tokio`]; [`Clock::Fast`]
-    /// makes the time window's success path several times cheaper.
+    /// The clock for the window and the break. Default: [`Clock::Auto`]: tokio's clock when
+    /// the breaker is made on a paused one (tests), else the 1 ms recent time (one atomic
+    /// load, see [`crate::clock`]).
     pub clock: Clock,
 }
 
@@ -114,7 +115,7 @@ impl Default for CircuitBreakerOptions {
             permitted_calls_in_half_open: 1,
             success_threshold: 1,
             should_handle: OnError,
-            clock: Clock::Tokio,
+            clock: Clock::Auto,
         }
     }
 }

@@ -38,7 +38,7 @@ impl PipelineBuilder<Identity> {
             strategy: Ok(Identity),
             name: Arc::from("default"),
             listener: None,
-            clock: Clock::Tokio,
+            clock: Clock::Auto,
         }
     }
 }
@@ -57,9 +57,9 @@ impl<S> PipelineBuilder<S> {
     }
 
     /// The clock the pipeline times attempts and executions on, for the listener's
-    /// `AttemptCompleted` and `ExecutionCompleted` events. Default: [`Clock::Tokio`] (paused
-    /// in tests); [`Clock::Fast`] makes the four readings per execution several times
-    /// cheaper. Strategies keep the clocks their own options name.
+    /// `AttemptCompleted` and `ExecutionCompleted` events. Default: [`Clock::Auto`] (tokio's
+    /// clock when built on a paused one, the CPU counter otherwise); [`Clock::Tokio`] to
+    /// follow tokio's clock whenever it is paused. Strategies keep the clocks their own options name.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -172,6 +172,13 @@ impl<P> BuildStrategy for CircuitBreakerOptions<P> {
     type Strategy = CircuitBreaker<P, InMemoryStore>;
     fn build_strategy(self) -> Result<Self::Strategy, ConfigError> {
         CircuitBreaker::new(self)
+    }
+}
+
+impl<P> BuildStrategy for crate::circuit_breaker::KeyedCircuitBreaker<P> {
+    type Strategy = Self;
+    fn build_strategy(self) -> Result<Self, ConfigError> {
+        Ok(self)
     }
 }
 

@@ -35,7 +35,9 @@ pub struct RateLimitOptions {
     pub burst: u32,
     /// The algorithm. Default: [`RateLimitAlgorithm::Gcra`].
     pub algorithm: RateLimitAlgorithm,
-    /// The clock. Default: [`Clock::Tokio`]; [`Clock::Fast`] for the hottest paths.
+    /// The clock. Default: [`Clock::Auto`] (tokio's when made on a paused clock, else the
+    /// 1 ms recent time: permits are decided at millisecond resolution); [`Clock::Fast`]
+    /// for nanosecond resolution.
     pub clock: Clock,
 }
 
@@ -63,7 +65,7 @@ impl RateLimitOptions {
             period,
             burst: permits,
             algorithm: RateLimitAlgorithm::Gcra,
-            clock: Clock::Tokio,
+            clock: Clock::Auto,
         }
     }
 

@@ -20,7 +20,7 @@ pub struct RetryBudgetOptions {
     /// Retries allowed as a fraction of requests within `ttl`. Default: 0.2 (Finagle's).
     /// Valid: 0 – 10.
     pub percent_can_retry: f64,
-    /// The clock. Default: [`Clock::Tokio`].
+    /// The clock. Default: [`Clock::Auto`].
     pub clock: Clock,
 }
 
@@ -30,7 +30,7 @@ impl Default for RetryBudgetOptions {
             ttl: Duration::from_secs(10),
             min_retries_per_second: 10,
             percent_can_retry: 0.2,
-            clock: Clock::Tokio,
+            clock: Clock::Auto,
         }
     }
 }

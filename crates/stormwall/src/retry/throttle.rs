@@ -24,7 +24,7 @@ pub struct AdaptiveThrottleOptions<P = OnError> {
     pub window: Duration,
     /// Which outcomes count as *not* accepted by the dependency. Default: every `Err`.
     pub should_handle: P,
-    /// The clock. Default: [`Clock::Tokio`].
+    /// The clock. Default: [`Clock::Auto`].
     pub clock: Clock,
     /// Seeds the random rejections, for reproducible runs. Default: `None` (random).
     pub seed: Option<u64>,
@@ -36,7 +36,7 @@ impl Default for AdaptiveThrottleOptions {
             k: 2.0,
             window: Duration::from_secs(120),
             should_handle: OnError,
-            clock: Clock::Tokio,
+            clock: Clock::Auto,
             seed: None,
         }
     }

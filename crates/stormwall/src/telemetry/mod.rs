@@ -95,6 +95,7 @@ pub enum Event {
 
 /// Every event kind as (strategy label, event name), in [`Event::index`] order: the
 /// metrics listener registers one counter per entry up front.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) const EVENT_KINDS: [(&str, &str); 15] = [
     ("retry", "retry"),
     ("retry", "retry_budget_exhausted"),
@@ -115,6 +116,7 @@ pub(crate) const EVENT_KINDS: [(&str, &str); 15] = [
 
 impl Event {
     /// The event's position in [`EVENT_KINDS`].
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn index(&self) -> usize {
         match self {
             Event::Retry(_) => 0,
@@ -227,7 +229,7 @@ impl std::fmt::Debug for Telemetry {
 impl Telemetry {
     /// Telemetry for the pipeline `name`, reporting to `listener` (if any).
     pub fn new(name: impl Into<Arc<str>>, listener: Option<Arc<dyn EventListener>>) -> Self {
-        Self::with_clock(name, listener, Clock::Tokio)
+        Self::with_clock(name, listener, Clock::Auto)
     }
 
     /// Like [`new`](Self::new), timing attempts and executions on `clock`.
