@@ -376,32 +376,25 @@ fn open_rejection(c: &mut Criterion) {
     g.bench_function("stormwall isolated rejection", |b| {
         timed!(b, rt, isolated.execute(|_| op()).await.is_err())
     });
-    let breaker = CircuitBreaker::new(
-        CircuitBreakerOptions::consecutive(1).break_duration(Duration::from_secs(86_400)),
-    )
-    .unwrap();
-    breaker.try_acquire().unwrap().record_failure();
-    let open = Pipeline::builder()
-        .circuit_breaker(breaker)
-        .build()
+    for (name, clock) in [
+        ("stormwall open rejection", Clock::Auto),
+        ("stormwall open rejection (tokio clock)", Clock::Tokio),
+    ] {
+        let breaker = CircuitBreaker::new(
+            CircuitBreakerOptions::consecutive(1)
+                .break_duration(Duration::from_secs(86_400))
+                .clock(clock),
+        )
         .unwrap();
-    g.bench_function("stormwall open rejection", |b| {
-        timed!(b, rt, open.execute(|_| op()).await.is_err())
-    });
-    let breaker = CircuitBreaker::new(
-        CircuitBreakerOptions::consecutive(1)
-            .break_duration(Duration::from_secs(86_400))
-            .clock(Clock::Tokio),
-    )
-    .unwrap();
-    breaker.try_acquire().unwrap().record_failure();
-    let open_tokio = Pipeline::builder()
-        .circuit_breaker(breaker)
-        .build()
-        .unwrap();
-    g.bench_function("stormwall open rejection (tokio clock)", |b| {
-        timed!(b, rt, open_tokio.execute(|_| op()).await.is_err())
-    });
+        breaker.try_acquire().unwrap().record_failure();
+        let open = Pipeline::builder()
+            .circuit_breaker(breaker)
+            .build()
+            .unwrap();
+        g.bench_function(name, |b| {
+            timed!(b, rt, open.execute(|_| op()).await.is_err())
+        });
+    }
     let recloser = recloser::AsyncRecloser::from(
         recloser::Recloser::custom()
             .closed_len(1)

@@ -96,11 +96,7 @@ fn successful_composite_execution_allocates_nothing() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    assert_eq!(
-        allocations(&pipeline),
-        (0, 0),
-        "(ready, pending) allocations"
-    );
+    assert_allocates_nothing("the pipeline", allocations(&pipeline));
 }
 
 #[test]
@@ -113,11 +109,12 @@ fn hedging_primary_path_allocates_nothing() {
         .build()
         .unwrap();
     // Pending once: the hedge timer is armed, no hedge starts.
-    assert_eq!(
-        allocations(&pipeline),
-        (0, 0),
-        "(ready, pending) allocations"
-    );
+    assert_allocates_nothing("the pipeline", allocations(&pipeline));
+}
+
+/// `counts` (of ready calls, of pending calls) are both zero.
+fn assert_allocates_nothing(what: &str, counts: (usize, usize)) {
+    assert_eq!(counts, (0, 0), "{what}: (ready, pending) allocations");
 }
 
 /// An operation that is ready at once: no timer is ever armed.
@@ -145,10 +142,7 @@ fn every_strategy_alone_allocates_nothing_on_success() {
     use stormwall::rate_limit::RateLimitOptions;
     use stormwall::retry::{AdaptiveThrottleOptions, RetryBudget, RetryBudgetOptions};
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let none = (0, 0);
-    let check = |what: &str, counts: (usize, usize)| {
-        assert_eq!(counts, none, "{what}: (ready, pending) allocations");
-    };
+    let check = assert_allocates_nothing;
     check(
         "rate limiter",
         allocations(
@@ -223,11 +217,7 @@ fn keyed_strategies_allocate_nothing_for_a_known_key() {
         .strategy(KeyedCircuitBreaker::new(CircuitBreakerOptions::new(), 1000).unwrap())
         .build()
         .unwrap();
-    assert_eq!(
-        allocations_with(&pipeline, tenant),
-        (0, 0),
-        "(ready, pending) allocations"
-    );
+    assert_allocates_nothing("keyed strategies", allocations_with(&pipeline, tenant));
 }
 
 #[test]
@@ -249,11 +239,7 @@ fn a_pipeline_with_a_listener_allocates_nothing_on_success() {
         .circuit_breaker(CircuitBreakerOptions::new())
         .build()
         .unwrap();
-    assert_eq!(
-        allocations(&pipeline),
-        (0, 0),
-        "(ready, pending) allocations"
-    );
+    assert_allocates_nothing("the pipeline", allocations(&pipeline));
     assert!(
         listener.0.load(Ordering::Relaxed) > 0,
         "the listener heard nothing"
