@@ -143,7 +143,7 @@ async fn update(
 }
 
 async fn delete(State(server): State<ChaosServer>, Path(proxy): Path<String>) -> ApiResult {
-    server.delete(&proxy)?;
+    server.delete(&proxy).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -51,6 +51,15 @@ pub enum ChaosError {
         /// Why it failed.
         source: io::Error,
     },
+    /// The proxy could not listen on its new address, and going back to the old one
+    /// failed too: it is left disabled.
+    #[error("{failed}; going back failed too: {rollback} (the proxy is disabled)")]
+    RollbackFailed {
+        /// Why the new address failed.
+        failed: Box<ChaosError>,
+        /// Why going back to the old one failed.
+        rollback: Box<ChaosError>,
+    },
     /// No such API path.
     #[error("not found")]
     NotFound,
@@ -65,6 +74,13 @@ pub enum ChaosError {
 }
 
 impl ChaosError {
+    pub(crate) fn rollback_failed(failed: ChaosError, rollback: ChaosError) -> Self {
+        ChaosError::RollbackFailed {
+            failed: Box::new(failed),
+            rollback: Box::new(rollback),
+        }
+    }
+
     /// The HTTP status for this error, as Toxiproxy answers it.
     pub fn status(&self) -> u16 {
         match self {
@@ -76,7 +92,7 @@ impl ChaosError {
             | ChaosError::Config { .. } => 400,
             ChaosError::ProxyNotFound | ChaosError::ToxicNotFound | ChaosError::NotFound => 404,
             ChaosError::ProxyExists | ChaosError::ToxicExists => 409,
-            ChaosError::Listen { .. } => 500,
+            ChaosError::Listen { .. } | ChaosError::RollbackFailed { .. } => 500,
         }
     }
 }

@@ -5,8 +5,9 @@
 //! *toxic* on a proxy changes the bytes of one direction of its connections: `latency`,
 //! `bandwidth`, `slow_close`, `timeout`, `reset_peer`, `slicer`, `limit_data`, with a
 //! `toxicity` (the chance it applies to a given connection). Toxics on one stream apply in
-//! the order they were added; adding or removing one changes live connections from their
-//! next chunk, without losing data.
+//! the order they were added; adding or removing one changes live connections at once,
+//! without losing data. Each toxic follows Toxiproxy's Go source (docs/chaos.md has each
+//! one's semantics); a stream with no toxic is relayed by `splice(2)` on Linux.
 //!
 //! Use it to prove that a service's resilience works: put it between the service and a
 //! dependency, inject faults, and watch the retries, timeouts and breakers act. Do not

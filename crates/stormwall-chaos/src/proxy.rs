@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What a proxy is asked to be: the body of `POST /proxies` and one entry of a populate
 /// file.
@@ -124,11 +125,51 @@ struct Proxy {
 struct State {
     listen: String,
     upstream: String,
-    /// `Some` while listening: cancelling it stops the listener and every connection.
-    running: Option<CancellationToken>,
+    /// `Some` while listening; taken by `stop`.
+    running: Option<Running>,
+}
+
+/// A listening proxy: its socket, and the tasks serving it.
+struct Running {
+    /// The listening socket, shared with the accept task, which only borrows it while it
+    /// polls: `stop` takes it out and closes it before it returns.
+    listener: Arc<Mutex<Option<TcpListener>>>,
+    /// Cancelled by `stop`: ends the accept task and every connection.
+    cancel: CancellationToken,
+    /// The accept task and every connection task, so `stop`'s caller can wait for them.
+    tasks: TaskTracker,
+}
+
+/// What `stop` hands back: wait on it to know every connection of the proxy is closed.
+#[must_use = "await `closed` so the caller answers only once the connections are gone"]
+struct Stopped(TaskTracker);
+
+impl Stopped {
+    async fn closed(self) {
+        self.0.close();
+        self.0.wait().await;
+    }
+}
+
+async fn closed(stopped: Option<Stopped>) {
+    if let Some(stopped) = stopped {
+        stopped.closed().await;
+    }
 }
 
 impl Proxy {
+    fn new(spec: &ProxySpec) -> Self {
+        Proxy {
+            name: spec.name.clone(),
+            state: Mutex::new(State {
+                listen: spec.listen.clone(),
+                upstream: spec.upstream.clone(),
+                running: None,
+            }),
+            toxics: watch::Sender::new(Arc::new(Vec::new())),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // Every change to `State` is a plain assignment: a poisoned lock is consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -150,57 +191,87 @@ impl Proxy {
         }
     }
 
-    /// Starts listening (a no-op when already listening).
+    /// Starts listening (a no-op when already listening). The socket is bound before this
+    /// returns, so a connect right after is accepted.
     fn start(&self, state: &mut State) -> Result<(), ChaosError> {
         if state.running.is_some() {
             return Ok(());
         }
-        let listen_error = |source| ChaosError::Listen {
-            address: state.listen.clone(),
-            source,
-        };
-        let listener = std::net::TcpListener::bind(state.listen.as_str()).map_err(listen_error)?;
-        listener.set_nonblocking(true).map_err(listen_error)?;
-        let listener = TcpListener::from_std(listener).map_err(listen_error)?;
+        let listener = bind(&state.listen)?;
         if let Ok(addr) = listener.local_addr() {
             // Port 0 picked a free port: report (and reuse on restart) the real one.
             state.listen = addr.to_string();
         }
-        let cancel = CancellationToken::new();
-        tokio::spawn(accept(
-            listener,
+        let running = Running {
+            listener: Arc::new(Mutex::new(Some(listener))),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        running.tasks.spawn(accept(
+            Arc::clone(&running.listener),
             state.upstream.clone(),
             self.toxics.subscribe(),
-            cancel.clone(),
+            running.cancel.clone(),
+            running.tasks.clone(),
         ));
-        state.running = Some(cancel);
+        state.running = Some(running);
         Ok(())
     }
 
-    /// Stops listening and closes every connection.
-    fn stop(&self, state: &mut State) {
-        if let Some(cancel) = state.running.take() {
-            cancel.cancel();
-        }
+    /// Stops listening: the socket is closed when this returns (a connect from then on is
+    /// refused, and the address can be bound again at once); every connection is told to
+    /// close, and the returned handle waits until they have.
+    fn stop(&self, state: &mut State) -> Option<Stopped> {
+        let running = state.running.take()?;
+        drop(lock(&running.listener).take());
+        running.cancel.cancel();
+        Some(Stopped(running.tasks))
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only `Option::take` and polls run under these locks: a poisoned one is consistent.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bind(address: &str) -> Result<TcpListener, ChaosError> {
+    let listen_error = |source| ChaosError::Listen {
+        address: address.to_owned(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(address).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    TcpListener::from_std(listener).map_err(listen_error)
+}
+
 async fn accept(
-    listener: TcpListener,
+    listener: Arc<Mutex<Option<TcpListener>>>,
     upstream: String,
     toxics: watch::Receiver<ToxicList>,
     cancel: CancellationToken,
+    tasks: TaskTracker,
 ) {
+    // Borrows the socket only inside each poll, so `stop` can close it at any moment.
+    let next = || {
+        std::future::poll_fn(|cx| match lock(&listener).as_ref() {
+            Some(listener) => listener.poll_accept(cx).map(Some),
+            None => std::task::Poll::Ready(None),
+        })
+    };
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
-                    tokio::spawn(link::run(client, upstream.clone(), toxics.clone(), cancel.child_token()));
+            accepted = next() => match accepted {
+                None => return,
+                Some(Ok((client, _))) => {
+                    tasks.spawn(link::run(client, upstream.clone(), toxics.clone(), cancel.child_token()));
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "chaos: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    }
                 }
             },
         }
@@ -266,15 +337,7 @@ impl ChaosServer {
         if proxies.contains_key(&spec.name) {
             return Err(ChaosError::ProxyExists);
         }
-        let proxy = Arc::new(Proxy {
-            name: spec.name.clone(),
-            state: Mutex::new(State {
-                listen: spec.listen,
-                upstream: spec.upstream,
-                running: None,
-            }),
-            toxics: watch::Sender::new(Arc::new(Vec::new())),
-        });
+        let proxy = Arc::new(Proxy::new(&spec));
         if spec.enabled {
             proxy.start(&mut proxy.state())?;
         }
@@ -293,8 +356,14 @@ impl ChaosServer {
         Ok(self.get(name)?.info())
     }
 
-    /// Changes `listen`, `upstream` and `enabled` where `body` has them; a proxy whose
-    /// address changed while listening restarts on the new one.
+    /// Changes `listen`, `upstream` and `enabled` where `body` has them, as Toxiproxy does:
+    /// a proxy whose address changed stops (closing its listener and connections) and, if
+    /// it stays enabled, listens again on the new address.
+    ///
+    /// Synchronous: when this returns, a stopped listener is closed and its connections
+    /// are gone. If the new address cannot be listened on, the proxy goes back to its old
+    /// addresses and state and the error says so; if even that fails, the error names both
+    /// failures and the proxy is left disabled.
     pub async fn update(&self, name: &str, body: &Value) -> Result<ProxyInfo, ChaosError> {
         let proxy = self.get(name)?;
         let object = as_object(body)?;
@@ -304,15 +373,17 @@ impl ChaosServer {
         if let Some(upstream) = &upstream {
             resolve("upstream", upstream).await?;
         }
-        {
+        let (stopped, result) = {
             let mut state = proxy.state();
             let was_running = state.running.is_some();
             let moved = listen.as_ref().is_some_and(|l| *l != state.listen)
                 || upstream.as_ref().is_some_and(|u| *u != state.upstream);
             let run = enabled.unwrap_or(was_running);
-            if moved || !run {
-                proxy.stop(&mut state);
-            }
+            let stopped = if moved || !run {
+                proxy.stop(&mut state)
+            } else {
+                None
+            };
             let previous = (state.listen.clone(), state.upstream.clone());
             if let Some(listen) = listen {
                 state.listen = listen;
@@ -320,30 +391,37 @@ impl ChaosServer {
             if let Some(upstream) = upstream {
                 state.upstream = upstream;
             }
+            let mut result = Ok(());
             if run {
                 if let Err(e) = proxy.start(&mut state) {
-                    // Keep serving where it was: a failed move loses nothing.
+                    // Back where it was: a failed move loses nothing, or says why it did.
                     (state.listen, state.upstream) = previous;
-                    if was_running {
-                        let _ = proxy.start(&mut state);
-                    }
-                    return Err(e);
+                    result = Err(match was_running.then(|| proxy.start(&mut state)) {
+                        Some(Err(rollback)) => ChaosError::rollback_failed(e, rollback),
+                        _ => e,
+                    });
                 }
             }
-        }
-        Ok(proxy.info())
+            (stopped, result)
+        };
+        closed(stopped).await;
+        result.map(|()| proxy.info())
     }
 
-    /// Stops a proxy (closing its listener and connections) and forgets it.
-    pub fn delete(&self, name: &str) -> Result<(), ChaosError> {
+    /// Stops a proxy and forgets it. When this returns its listener is closed and its
+    /// connections are gone.
+    pub async fn delete(&self, name: &str) -> Result<(), ChaosError> {
         let proxy = self.lock().remove(name).ok_or(ChaosError::ProxyNotFound)?;
-        proxy.stop(&mut proxy.state());
+        let stopped = proxy.stop(&mut proxy.state());
+        closed(stopped).await;
         Ok(())
     }
 
-    /// Creates or replaces each proxy of `specs` (a proxy whose listen or upstream differ
-    /// is recreated; an identical one is left as it is, enabled as asked). Stops at the
-    /// first error, returning it with the proxies done so far.
+    /// Creates or replaces each proxy of `specs`, as Toxiproxy's populate does: a proxy
+    /// whose listen or upstream differ is replaced by a new one (without toxics), the old
+    /// one stopped first so the new one can take its port; an identical one is left as it
+    /// is, enabled as asked. If a replacement cannot listen, the old proxy is restarted
+    /// and kept. Stops at the first error, returning it with the proxies done so far.
     pub async fn populate(
         &self,
         specs: Vec<ProxySpec>,
@@ -358,10 +436,7 @@ impl ChaosServer {
                     self.update(&spec.name, &json!({ "enabled": spec.enabled }))
                         .await
                 }
-                Ok(_) => {
-                    let _ = self.delete(&spec.name);
-                    self.create(spec).await
-                }
+                Ok(_) => self.replace(spec).await,
                 Err(_) => self.create(spec).await,
             };
             match result {
@@ -370,6 +445,48 @@ impl ChaosServer {
             }
         }
         Ok(done)
+    }
+
+    /// Replaces the proxy named `spec.name` by a new one made from `spec`.
+    async fn replace(&self, spec: ProxySpec) -> Result<ProxyInfo, ChaosError> {
+        resolve("upstream", &spec.upstream).await?;
+        let (stopped, result) = {
+            let mut proxies = self.lock();
+            let old = match proxies.get(&spec.name) {
+                Some(old) => Arc::clone(old),
+                None => {
+                    // Deleted meanwhile: nothing to replace.
+                    let proxy = Arc::new(Proxy::new(&spec));
+                    if spec.enabled {
+                        proxy.start(&mut proxy.state())?;
+                    }
+                    proxies.insert(spec.name, Arc::clone(&proxy));
+                    return Ok(proxy.info());
+                }
+            };
+            let mut old_state = old.state();
+            let was_running = old_state.running.is_some();
+            let stopped = old.stop(&mut old_state);
+            let new = Arc::new(Proxy::new(&spec));
+            let started = if spec.enabled {
+                new.start(&mut new.state())
+            } else {
+                Ok(())
+            };
+            let result = match started {
+                Ok(()) => {
+                    proxies.insert(spec.name, Arc::clone(&new));
+                    Ok(new)
+                }
+                Err(e) => Err(match was_running.then(|| old.start(&mut old_state)) {
+                    Some(Err(rollback)) => ChaosError::rollback_failed(e, rollback),
+                    _ => e,
+                }),
+            };
+            (stopped, result)
+        };
+        closed(stopped).await;
+        result.map(|proxy| proxy.info())
     }
 
     /// Enables every proxy and removes every toxic.
@@ -408,7 +525,8 @@ impl ChaosServer {
             }
             let mut next = Vec::clone(list);
             next.push(Arc::new(Installed {
-                id,
+                slot: id,
+                version: id,
                 toxic: toxic.clone(),
             }));
             *list = Arc::new(next);
@@ -430,7 +548,8 @@ impl ChaosServer {
                 Ok(toxic) => {
                     let mut next = Vec::clone(list);
                     next[index] = Arc::new(Installed {
-                        id,
+                        slot: list[index].slot,
+                        version: id,
                         toxic: toxic.clone(),
                     });
                     *list = Arc::new(next);

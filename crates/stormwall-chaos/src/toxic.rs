@@ -2,7 +2,6 @@
 
 use crate::ChaosError;
 use serde_json::{json, Map, Value};
-use std::time::Duration;
 
 /// The direction a toxic acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,7 +31,7 @@ impl Stream {
 }
 
 /// What a toxic does, with its attributes in Toxiproxy's units.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToxicKind {
     /// Delays every chunk by `latency` ± `jitter` milliseconds after it arrived.
     Latency {
@@ -149,11 +148,6 @@ impl ToxicKind {
             } => vec![average_size, size_variation, delay],
             ToxicKind::LimitData { bytes } => vec![bytes],
         }
-    }
-
-    /// A `Duration` of `ms` milliseconds.
-    pub(crate) fn millis(ms: u64) -> Duration {
-        Duration::from_millis(ms)
     }
 }
 
@@ -284,11 +278,16 @@ fn read_attributes(
         match attributes.get(*name) {
             None | Some(Value::Null) => {}
             Some(v) => {
-                *slot = v.as_u64().ok_or_else(|| {
-                    bad(format!(
-                        "attributes.{name} must be a non-negative integer (got {v})"
-                    ))
-                })?
+                // Toxiproxy's attributes are Go int64s: larger values are refused there too.
+                *slot = v
+                    .as_u64()
+                    .filter(|n| i64::try_from(*n).is_ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "attributes.{name} must be an integer from 0 to {} (got {v})",
+                            i64::MAX
+                        ))
+                    })?
             }
         }
     }
@@ -339,11 +338,11 @@ mod tests {
             (json!({}), "missing required field: type"),
             (
                 json!({"type": "latency", "attributes": {"latency": -5}}),
-                "attributes.latency must be a non-negative integer (got -5)",
+                "attributes.latency must be an integer from 0 to 9223372036854775807 (got -5)",
             ),
             (
                 json!({"type": "latency", "attributes": {"latency": "x"}}),
-                "attributes.latency must be a non-negative integer (got \"x\")",
+                "attributes.latency must be an integer from 0 to 9223372036854775807 (got \"x\")",
             ),
             (
                 json!({"type": "latency", "toxicity": 1.5}),

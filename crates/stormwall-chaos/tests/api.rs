@@ -239,7 +239,7 @@ async fn bad_input_gets_a_clear_error_and_leaves_other_proxies_running() {
             "/proxies/ok/toxics",
             json!({"type": "latency", "attributes": {"latency": -1}}).to_string(),
             400,
-            "attributes.latency must be a non-negative integer (got -1)",
+            "attributes.latency must be an integer from 0 to 9223372036854775807 (got -1)",
         ),
         (
             "POST",
@@ -326,4 +326,137 @@ async fn populate_creates_and_replaces_and_reset_clears_toxics_and_enables() {
         .as_str()
         .unwrap()
         .contains("proxies[0]"));
+}
+
+/// Whether a connection through `listen` reaches the echo server behind it.
+async fn forwards(listen: &str) -> bool {
+    match tokio::net::TcpStream::connect(listen).await {
+        Ok(mut conn) => roundtrip(&mut conn, b"x").await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn changing_the_upstream_of_an_enabled_proxy_rebinds_its_port_20_times_in_a_row() {
+    let (_server, api) = start_api().await;
+    let upstreams = [echo_server().await, echo_server().await];
+    let create = json!({"name": "db", "upstream": upstreams[0].to_string()});
+    let (_, body) = request(&api, "POST", "/proxies", &create.to_string()).await;
+    let listen = json(&body)["listen"].as_str().unwrap().to_owned();
+    for i in 0..20 {
+        // A live connection: the update closes it before answering (Toxiproxy's stop()).
+        let mut live = tokio::net::TcpStream::connect(&listen).await.unwrap();
+        roundtrip(&mut live, b"live").await.unwrap();
+        let upstream = upstreams[(i + 1) % 2].to_string();
+        let (status, body) = request(
+            &api,
+            "POST",
+            "/proxies/db",
+            &json!({"upstream": upstream}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "update {i}: {body}");
+        let proxy = json(&body);
+        assert_eq!(
+            (
+                proxy["enabled"].clone(),
+                proxy["listen"].clone(),
+                proxy["upstream"].clone()
+            ),
+            (json!(true), json!(listen), json!(upstream)),
+            "update {i}"
+        );
+        assert!(roundtrip(&mut live, b"gone").await.is_err(), "update {i}");
+        assert!(
+            forwards(&listen).await,
+            "update {i}: the same port forwards"
+        );
+    }
+}
+
+#[tokio::test]
+async fn populate_with_a_changed_upstream_on_a_fixed_port_replaces_the_proxy_20_times_in_a_row() {
+    let (_server, api) = start_api().await;
+    let upstreams = [echo_server().await, echo_server().await];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    for i in 0..20 {
+        let upstream = upstreams[i % 2].to_string();
+        let list = json!([{"name": "db", "upstream": upstream, "listen": listen}]);
+        let (status, body) = request(&api, "POST", "/populate", &list.to_string()).await;
+        assert_eq!(status, 201, "populate {i}: {body}");
+        assert_eq!(json(&body)["proxies"][0]["upstream"], json!(upstream));
+        assert!(forwards(&listen).await, "populate {i}");
+    }
+    let (_, body) = request(&api, "GET", "/proxies", "").await;
+    assert_eq!(json(&body).as_object().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn disable_and_delete_close_the_listener_before_answering() {
+    let (_server, api) = start_api().await;
+    let upstream = echo_server().await;
+    for i in 0..20 {
+        let name = format!("p{i}");
+        let create = json!({"name": name, "upstream": upstream.to_string()});
+        let (_, body) = request(&api, "POST", "/proxies", &create.to_string()).await;
+        let listen = json(&body)["listen"].as_str().unwrap().to_owned();
+        assert!(forwards(&listen).await);
+        let path = format!("/proxies/{name}");
+        let (status, _) = request(&api, "POST", &path, r#"{"enabled": false}"#).await;
+        assert_eq!(status, 200);
+        // Refused outright: nothing is listening any more.
+        let refused = tokio::net::TcpStream::connect(&listen).await.map(|_| ());
+        assert_eq!(
+            refused.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{i}: after disable"
+        );
+        assert_eq!(
+            request(&api, "POST", &path, r#"{"enabled": true}"#).await.0,
+            200
+        );
+        assert!(forwards(&listen).await);
+        assert_eq!(request(&api, "DELETE", &path, "").await.0, 204);
+        let refused = tokio::net::TcpStream::connect(&listen).await.map(|_| ());
+        assert_eq!(
+            refused.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{i}: after delete"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_move_to_a_taken_address_fails_and_leaves_the_proxy_where_it_was() {
+    let (_server, api) = start_api().await;
+    let upstream = echo_server().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let create = json!({"name": "db", "upstream": upstream.to_string()});
+    let (_, body) = request(&api, "POST", "/proxies", &create.to_string()).await;
+    let listen = json(&body)["listen"].as_str().unwrap().to_owned();
+    let (status, body) = request(
+        &api,
+        "POST",
+        "/proxies/db",
+        &json!({"listen": taken}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains(&taken),
+        "{body}"
+    );
+    let (_, body) = request(&api, "GET", "/proxies/db", "").await;
+    let proxy = json(&body);
+    assert_eq!(
+        (proxy["enabled"].clone(), proxy["listen"].clone()),
+        (json!(true), json!(listen))
+    );
+    assert!(forwards(&listen).await);
 }

@@ -45,6 +45,7 @@ async fn the_official_python_client_drives_the_proxy() {
     let python = tokio::task::spawn_blocking(python).await.unwrap();
     let (_server, api) = start_api().await;
     let upstream = echo_server().await;
+    let other = echo_server().await;
     let (host, port) = api.rsplit_once(':').unwrap();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -52,7 +53,7 @@ async fn the_official_python_client_drives_the_proxy() {
     );
     let output = tokio::process::Command::new(python)
         .arg(script)
-        .args([host, port, &upstream.to_string()])
+        .args([host, port, &upstream.to_string(), &other.to_string()])
         .output()
         .await
         .unwrap();

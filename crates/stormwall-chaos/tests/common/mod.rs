@@ -71,12 +71,22 @@ pub fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
 }
 
+/// A client connection with Nagle's algorithm off: a small write goes out at once
+/// instead of waiting for the peer's (delayed) ACK of the previous one, which on the
+/// paused clock would let time jump ahead.
+pub async fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
 /// A TCP server echoing every byte back.
 pub async fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let (mut r, mut w) = stream.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
