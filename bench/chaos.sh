@@ -18,8 +18,10 @@ if ! need iperf3 || ! need wrk || ! need nginx; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq iperf3 wrk nginx >/dev/null
 fi
-cargo build --release -q -p stormwall-cli
-BIN="${CARGO_TARGET_DIR:-target}/release/stormwall"
+# The chaos proxy as `stormwall chaos` serves it (same ChaosServer, multi-thread runtime),
+# built alone rather than with the whole CLI.
+cargo build --release -q -p stormwall-chaos --example serve
+SERVE="${CARGO_TARGET_DIR:-target}/release/examples/serve"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 IPERF=18701 HTTP=18702 API=18703 IPERF_PROXY=18704 HTTP_PROXY=18705
@@ -32,7 +34,7 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$HTTP; location / { return 200 "ok"; } } }
 CONF
 nginx -c "$work/upstream.conf" -p "$work" &
-RUST_LOG=warn "$BIN" chaos --listen 127.0.0.1:$API &
+"$SERVE" 127.0.0.1:$API &
 for _ in $(seq 100); do curl -sf 127.0.0.1:$API/version >/dev/null && break; sleep 0.1; done
 curl -sf -XPOST 127.0.0.1:$API/populate -d "[
   {\"name\": \"bulk\", \"listen\": \"127.0.0.1:$IPERF_PROXY\", \"upstream\": \"127.0.0.1:$IPERF\"},

@@ -17,9 +17,10 @@
 use crate::toxic::{Stream, Toxic, ToxicKind};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
@@ -65,12 +66,12 @@ fn later(now: Instant, by: Duration) -> Instant {
 
 /// Proxies `client` to `upstream` until either side ends, a toxic closes it, or `cancel`.
 pub(crate) async fn run(
-    client: TcpStream,
+    mut client: TcpStream,
     upstream: String,
     toxics: watch::Receiver<ToxicList>,
     cancel: CancellationToken,
 ) {
-    let server = tokio::select! {
+    let mut server = tokio::select! {
         _ = cancel.cancelled() => return,
         connected = TcpStream::connect(&upstream) => match connected {
             Ok(server) => server,
@@ -83,8 +84,10 @@ pub(crate) async fn run(
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let end = {
-        let up = direction(&client, &server, Stream::Upstream, toxics.clone());
-        let down = direction(&server, &client, Stream::Downstream, toxics);
+        let (client_read, client_write) = client.split();
+        let (server_read, server_write) = server.split();
+        let up = direction(client_read, server_write, Stream::Upstream, toxics.clone());
+        let down = direction(server_read, client_write, Stream::Downstream, toxics);
         let (mut up, mut down) = (std::pin::pin!(up), std::pin::pin!(down));
         let (mut up_done, mut down_done) = (false, false);
         loop {
@@ -109,8 +112,8 @@ pub(crate) async fn run(
 /// Moves one stream until it ends, switching between the fast path and the toxic path as
 /// toxics come and go.
 async fn direction(
-    from: &TcpStream,
-    to: &TcpStream,
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
     stream: Stream,
     toxics: watch::Receiver<ToxicList>,
 ) -> End {
@@ -120,9 +123,9 @@ async fn direction(
             return end;
         }
         let ended = if view.has_toxics() {
-            toxic_path(from, to, &mut view).await
+            toxic_path(&mut from, &mut to, &mut view).await
         } else {
-            relay(from, to, &mut view).await
+            relay(&mut from, &mut to, &mut view).await
         };
         if let Some(end) = ended {
             return end;
@@ -131,8 +134,8 @@ async fn direction(
 }
 
 /// Passes the end of a stream on: the peer reads end of file.
-fn shutdown(to: &TcpStream) -> End {
-    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+fn shutdown(to: &WriteHalf<'_>) -> End {
+    let _ = socket2::SockRef::from(to.as_ref()).shutdown(std::net::Shutdown::Write);
     End::Eof
 }
 
@@ -269,78 +272,83 @@ async fn until(deadline: Option<(Instant, End)>) -> End {
     }
 }
 
-/// The fast path: moves bytes as they come until the stream ends (`Some`) or a toxic
-/// applies (`None`; every byte read so far has been written).
-async fn relay(from: &TcpStream, to: &TcpStream, view: &mut View) -> Option<End> {
-    #[cfg(target_os = "linux")]
-    if let Ok(pipe) = splice::Pipe::new() {
-        return splice::relay(from, to, view, &pipe).await;
-    }
-    copy(from, to, view).await
+/// How a stretch of the fast path ended.
+enum Relayed {
+    /// The stream (or connection) ended.
+    Ended(End),
+    /// A toxic applies now; every byte read so far has been written.
+    Toxics,
+    /// splice(2) only: reads got small; every byte read so far has been written.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    Small,
 }
 
-/// The fast path without `splice(2)`: one buffer, reused.
-async fn copy(from: &TcpStream, to: &TcpStream, view: &mut View) -> Option<End> {
-    let mut buffer = vec![0; 64 * 1024];
+/// Reacts to a change of the toxic list on the fast path: `Some` to leave it.
+fn on_change(view: &mut View) -> Option<Relayed> {
+    match view.refresh() {
+        Err(end) => Some(Relayed::Ended(end)),
+        Ok(()) if view.has_toxics() => Some(Relayed::Toxics),
+        Ok(()) => None,
+    }
+}
+
+/// The fast path: moves bytes as they come until the stream ends (`Some`) or a toxic
+/// applies (`None`; every byte read so far has been written).
+///
+/// Small messages (request/response) are copied through a buffer: one read and one write
+/// each, tokio skipping the read that would only say "empty" after a short one. Once a
+/// read fills the buffer (a bulk stream), the bytes move by `splice(2)` through a pipe on
+/// Linux, never entering user space, until reads get small again.
+async fn relay(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, view: &mut View) -> Option<End> {
+    let mut buffer = vec![0; COPY_BUFFER];
+    #[cfg(target_os = "linux")]
+    let mut pipe = None;
     loop {
         let read = tokio::select! {
             biased;
-            () = view.changed() => {
-                if let Err(end) = view.refresh() {
-                    return Some(end);
-                }
-                if view.has_toxics() {
-                    return None;
-                }
-                continue;
-            }
-            read = read(from, &mut buffer) => read,
+            () = view.changed() => match on_change(view) {
+                Some(Relayed::Ended(end)) => return Some(end),
+                Some(_) => return None,
+                None => continue,
+            },
+            read = from.read(&mut buffer) => read,
         };
-        match read {
+        let n = match read {
             Ok(0) | Err(_) => return Some(shutdown(to)),
-            Ok(n) => {
-                if write_all(to, &buffer[..n]).await.is_err() {
-                    return Some(End::Close);
+            Ok(n) => n,
+        };
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return Some(End::Close);
+        }
+        #[cfg(target_os = "linux")]
+        if n == buffer.len() {
+            if pipe.is_none() {
+                pipe = splice::Pipe::new().ok();
+            }
+            if let Some(pipe) = &pipe {
+                match splice::relay(from, to, view, pipe).await {
+                    Relayed::Ended(end) => return Some(end),
+                    Relayed::Toxics => return None,
+                    Relayed::Small => {}
                 }
             }
         }
     }
 }
 
-/// One read (cancel-safe: either it read or nothing happened).
-async fn read(from: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
-    loop {
-        from.readable().await?;
-        match from.try_read(buffer) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            read => return read,
-        }
-    }
-}
-
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
+/// The fast path's buffer; a read that fills it moves the stream to `splice(2)`.
+const COPY_BUFFER: usize = 64 * 1024;
 
 #[cfg(target_os = "linux")]
 mod splice {
     //! The Linux fast path: socket → pipe → socket with `splice(2)`.
 
-    use super::{shutdown, End, View};
+    use super::{on_change, shutdown, End, Relayed, View};
     use rustix::fd::OwnedFd;
     use rustix::pipe::{self, PipeFlags, SpliceFlags};
     use std::io;
     use tokio::io::Interest;
-    use tokio::net::TcpStream;
+    use tokio::net::tcp::{ReadHalf, WriteHalf};
 
     /// Asked of the kernel for each pipe (its default is 64 KiB; the limit for
     /// unprivileged users, `/proc/sys/fs/pipe-max-size`, is 1 MiB by default).
@@ -364,46 +372,49 @@ mod splice {
 
     const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
-    /// Like `super::copy`, through `pipe`: each read is written out in full (the pipe
-    /// drained) before the next read or a switch to the toxic path.
+    /// Below this a splice counts as small: the stream goes back to copying.
+    const SMALL: usize = 16 * 1024;
+
+    /// Moves the stream through `pipe`: each splice in is spliced out in full (the pipe
+    /// drained) before the next, a switch to the toxic path, or back to copying.
     pub(super) async fn relay(
-        from: &TcpStream,
-        to: &TcpStream,
+        from: &mut ReadHalf<'_>,
+        to: &mut WriteHalf<'_>,
         view: &mut View,
         pipe: &Pipe,
-    ) -> Option<End> {
+    ) -> Relayed {
+        let (source, sink) = (from.as_ref(), to.as_ref());
         loop {
             // The pipe is empty here, so a `WouldBlock` can only mean "no data yet".
             let read = tokio::select! {
                 biased;
-                () = view.changed() => {
-                    if let Err(end) = view.refresh() {
-                        return Some(end);
-                    }
-                    if view.has_toxics() {
-                        return None;
-                    }
-                    continue;
-                }
-                read = from.async_io(Interest::READABLE, || {
-                    Ok(pipe::splice(from, None, &pipe.write, None, pipe.size, FLAGS)?)
+                () = view.changed() => match on_change(view) {
+                    Some(leave) => return leave,
+                    None => continue,
+                },
+                read = source.async_io(Interest::READABLE, || {
+                    Ok(pipe::splice(source, None, &pipe.write, None, pipe.size, FLAGS)?)
                 }) => read,
             };
             let mut left = match read {
-                Ok(0) | Err(_) => return Some(shutdown(to)),
+                Ok(0) | Err(_) => return Relayed::Ended(shutdown(to)),
                 Ok(n) => n,
             };
+            let small = left < SMALL;
             // The pipe holds `left` bytes, so a `WouldBlock` here means "socket full".
             while left > 0 {
-                let written = to
+                let written = sink
                     .async_io(Interest::WRITABLE, || {
-                        Ok(pipe::splice(&pipe.read, None, to, None, left, FLAGS)?)
+                        Ok(pipe::splice(&pipe.read, None, sink, None, left, FLAGS)?)
                     })
                     .await;
                 match written {
                     Ok(n) if n > 0 => left -= n,
-                    _ => return Some(End::Close),
+                    _ => return Relayed::Ended(End::Close),
                 }
+            }
+            if small {
+                return Relayed::Small;
             }
         }
     }
@@ -417,7 +428,11 @@ struct Chunk {
 
 /// The toxic path: runs until the stream ends (`Some`) or no toxic applies any more and
 /// every queued byte has been delivered (`None`).
-async fn toxic_path(from: &TcpStream, to: &TcpStream, view: &mut View) -> Option<End> {
+async fn toxic_path(
+    from: &mut ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    view: &mut View,
+) -> Option<End> {
     let (tx, rx) = mpsc::channel::<Chunk>(QUEUE);
     let stop = Notify::new();
     let read = async {
@@ -428,7 +443,7 @@ async fn toxic_path(from: &TcpStream, to: &TcpStream, view: &mut View) -> Option
             let read = tokio::select! {
                 biased;
                 () = stop.notified() => return,
-                read = read(from, &mut buffer) => read,
+                read = from.read(&mut buffer) => read,
             };
             match read {
                 Ok(0) | Err(_) => return,
@@ -454,12 +469,12 @@ async fn toxic_path(from: &TcpStream, to: &TcpStream, view: &mut View) -> Option
 }
 
 /// The toxic path's writer: delivers each queued chunk through the toxics.
-struct Writer<'a> {
-    to: &'a TcpStream,
+struct Writer<'a, 'b> {
+    to: &'a mut WriteHalf<'b>,
     view: &'a mut View,
 }
 
-impl Writer<'_> {
+impl Writer<'_, '_> {
     async fn run(mut self, mut rx: mpsc::Receiver<Chunk>, stop: &Notify) -> Option<End> {
         // Set once no toxic applies: the reader was told to stop, and when the queue is
         // drained the stream goes back to the fast path.
@@ -578,7 +593,7 @@ impl Writer<'_> {
         tokio::select! {
             biased;
             end = until(deadline) => Err(end),
-            written = write_all(self.to, data) => written.map_err(|_| End::Close),
+            written = self.to.write_all(data) => written.map_err(|_| End::Close),
         }
     }
 

@@ -218,6 +218,15 @@ impl Proxy {
         Ok(())
     }
 
+    /// After a move failed with `failed`: listens again where `state` says if it was
+    /// listening before; the error to report (both failures if that failed too).
+    fn go_back(&self, failed: ChaosError, state: &mut State, was_running: bool) -> ChaosError {
+        match was_running.then(|| self.start(state)) {
+            Some(Err(rollback)) => ChaosError::rollback_failed(failed, rollback),
+            _ => failed,
+        }
+    }
+
     /// Stops listening: the socket is closed when this returns (a connect from then on is
     /// refused, and the address can be bound again at once); every connection is told to
     /// close, and the returned handle waits until they have.
@@ -227,6 +236,20 @@ impl Proxy {
         running.cancel.cancel();
         Some(Stopped(running.tasks))
     }
+}
+
+/// Makes the proxy of `spec`, starts it if enabled, and files it under its name
+/// (replacing any there); nothing is filed if it cannot listen.
+fn insert(
+    proxies: &mut BTreeMap<String, Arc<Proxy>>,
+    spec: ProxySpec,
+) -> Result<Arc<Proxy>, ChaosError> {
+    let proxy = Arc::new(Proxy::new(&spec));
+    if spec.enabled {
+        proxy.start(&mut proxy.state())?;
+    }
+    proxies.insert(spec.name, Arc::clone(&proxy));
+    Ok(proxy)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -337,11 +360,7 @@ impl ChaosServer {
         if proxies.contains_key(&spec.name) {
             return Err(ChaosError::ProxyExists);
         }
-        let proxy = Arc::new(Proxy::new(&spec));
-        if spec.enabled {
-            proxy.start(&mut proxy.state())?;
-        }
-        proxies.insert(spec.name, Arc::clone(&proxy));
+        let proxy = insert(&mut proxies, spec)?;
         drop(proxies);
         Ok(proxy.info())
     }
@@ -396,10 +415,7 @@ impl ChaosServer {
                 if let Err(e) = proxy.start(&mut state) {
                     // Back where it was: a failed move loses nothing, or says why it did.
                     (state.listen, state.upstream) = previous;
-                    result = Err(match was_running.then(|| proxy.start(&mut state)) {
-                        Some(Err(rollback)) => ChaosError::rollback_failed(e, rollback),
-                        _ => e,
-                    });
+                    result = Err(proxy.go_back(e, &mut state, was_running));
                 }
             }
             (stopped, result)
@@ -454,35 +470,14 @@ impl ChaosServer {
             let mut proxies = self.lock();
             let old = match proxies.get(&spec.name) {
                 Some(old) => Arc::clone(old),
-                None => {
-                    // Deleted meanwhile: nothing to replace.
-                    let proxy = Arc::new(Proxy::new(&spec));
-                    if spec.enabled {
-                        proxy.start(&mut proxy.state())?;
-                    }
-                    proxies.insert(spec.name, Arc::clone(&proxy));
-                    return Ok(proxy.info());
-                }
+                // Deleted meanwhile: nothing to replace.
+                None => return insert(&mut proxies, spec).map(|proxy| proxy.info()),
             };
             let mut old_state = old.state();
             let was_running = old_state.running.is_some();
             let stopped = old.stop(&mut old_state);
-            let new = Arc::new(Proxy::new(&spec));
-            let started = if spec.enabled {
-                new.start(&mut new.state())
-            } else {
-                Ok(())
-            };
-            let result = match started {
-                Ok(()) => {
-                    proxies.insert(spec.name, Arc::clone(&new));
-                    Ok(new)
-                }
-                Err(e) => Err(match was_running.then(|| old.start(&mut old_state)) {
-                    Some(Err(rollback)) => ChaosError::rollback_failed(e, rollback),
-                    _ => e,
-                }),
-            };
+            let result =
+                insert(&mut proxies, spec).map_err(|e| old.go_back(e, &mut old_state, was_running));
             (stopped, result)
         };
         closed(stopped).await;
