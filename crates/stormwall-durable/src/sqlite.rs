@@ -215,6 +215,24 @@ impl Sqlite {
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
+    /// [`run`](Self::run) for a change that a power loss may undo without harm — a lease,
+    /// an ack, a failure: the job then runs again, which at-least-once delivery allows. Its
+    /// commit is not fsynced (`synchronous = NORMAL`: still atomic, and on disk at the next
+    /// enqueue's commit, which fsyncs the log), so a worker's round costs no disk flush.
+    async fn run_relaxed<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        self.run(move |c| {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            let result = work(c);
+            // Enqueues must stay durable when they return.
+            c.pragma_update(None, "synchronous", "FULL")?;
+            result
+        })
+        .await
+    }
+
     pub(crate) async fn enqueue(
         &self,
         queue: &str,
@@ -244,7 +262,7 @@ impl Sqlite {
         max_attempts: i64,
     ) -> Result<Vec<Job>, QueueError> {
         let (queue, worker) = (queue.to_owned(), worker.to_owned());
-        self.run(move |c| {
+        self.run_relaxed(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             // Jobs whose last allowed lease ran out: a worker died on them every time.
@@ -336,7 +354,7 @@ impl Sqlite {
     }
 
     pub(crate) async fn ack_all(&self, jobs: Vec<(i64, String)>) -> Result<usize, QueueError> {
-        self.run(move |c| {
+        self.run_relaxed(move |c| {
             let tx = c.transaction()?;
             let mut acked = 0;
             {
@@ -355,7 +373,7 @@ impl Sqlite {
     }
 
     pub(crate) async fn release(&self, id: i64, worker: String) -> Result<usize, QueueError> {
-        self.run(move |c| {
+        self.run_relaxed(move |c| {
             Ok(c.execute(
                 "UPDATE stormwall_jobs
                     SET state = 'ready', attempts = MAX(attempts - 1, 0), lease_until = NULL, leased_by = NULL
@@ -374,7 +392,7 @@ impl Sqlite {
         backoff: Duration,
         dead: bool,
     ) -> Result<usize, QueueError> {
-        self.run(move |c| {
+        self.run_relaxed(move |c| {
             Ok(c.execute(
                 "UPDATE stormwall_jobs
                     SET state = ?1, run_at = ?2, lease_until = NULL, last_error = ?3
