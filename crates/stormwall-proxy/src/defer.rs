@@ -59,6 +59,10 @@ fn decode(payload: &[u8], route: &Route) -> Option<Request<UpstreamBody>> {
     Some(request)
 }
 
+/// A replay's bound when the route sets no timeout: the worker's lease (30 s), so that a
+/// replay never outlives its lease.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often a route's replay worker deletes replayed requests past `defer.keep_done`.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 
@@ -105,20 +109,33 @@ pub(crate) fn start(
                 let Some(request) = decode(&job.payload, &route) else {
                     return Err("unreadable deferred request".to_string());
                 };
-                match client.request(request).await {
-                    Ok(response)
-                        if stormwall_http::is_transient(
-                            stormwall_http::AttemptOutcome::Status(response.status()),
-                        ) =>
-                    {
-                        Err(format!("upstream answered {}", response.status()))
+                // A replay is one attempt: the route's attempt timeout (else its total,
+                // else the lease) bounds it, so a silent upstream cannot stall the queue.
+                let bound = route
+                    .config
+                    .timeout
+                    .as_ref()
+                    .and_then(|t| t.attempt.or(t.total))
+                    .unwrap_or(REPLAY_TIMEOUT);
+                let replay = async {
+                    match client.request(request).await {
+                        Ok(response)
+                            if stormwall_http::is_transient(
+                                stormwall_http::AttemptOutcome::Status(response.status()),
+                            ) =>
+                        {
+                            Err(format!("upstream answered {}", response.status()))
+                        }
+                        Ok(response) => {
+                            let _ = response.into_body().collect().await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
                     }
-                    Ok(response) => {
-                        let _ = response.into_body().collect().await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
+                };
+                tokio::time::timeout(bound, replay)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("replay timed out after {bound:?}")))
             }
         };
         loop {

@@ -630,6 +630,64 @@ async fn store_and_forward(extra: &str) {
     );
 }
 
+/// A replay to an upstream that accepts and never answers is bounded by the route's
+/// attempt timeout (200 ms): the next replay, once the upstream answers, delivers. Before,
+/// the first replay waited for ever and nothing after it was replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_to_a_silent_upstream_times_out_and_the_next_one_delivers() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accepts and holds every connection, answering nothing.
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    let accepting = tokio::spawn(async move {
+        while let Ok((socket, _)) = silent.accept().await {
+            holder.lock().unwrap().push(socket);
+        }
+    });
+    let database = fresh_database("silent", port);
+    let proxy = start(&deferring_route(port, &database, "")).await;
+    let (status, _, body) = send(
+        proxy.addr,
+        "POST /orders HTTP/1.1\r\nIdempotency-Key: order-1",
+        "{\"order\":1}",
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    // The replay worker reaches the silent upstream too (the live attempts' connections,
+    // then a replay's).
+    let live = held.lock().unwrap().len();
+    let started = Instant::now();
+    while held.lock().unwrap().len() <= live {
+        assert!(started.elapsed() < Duration::from_secs(20), "no replay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The upstream answers now (same port; the silent connections stay open).
+    accepting.abort();
+    let _ = accepting.await;
+    let seen = Arc::new(AtomicU32::new(0));
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/orders",
+        axum::routing::post(move || {
+            record.fetch_add(1, Ordering::SeqCst);
+            async { "charged" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let started = Instant::now();
+    while seen.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the replay stuck on the silent connection never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_a_routes_breaker_through_redis() {
     let redis = stormwall_testkit::RedisServer::start();
