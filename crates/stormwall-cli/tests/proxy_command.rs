@@ -788,3 +788,95 @@ async fn a_reload_applies_every_server_key_or_refuses_naming_it_and_sigterm_then
     assert!(log.contains("drained=true"), "{log}");
     assert!(took < Duration::from_secs(2), "stopping took {took:?}");
 }
+
+/// Sends `raw` as is on a fresh connection; the status of the answer.
+async fn raw_request(addr: SocketAddr, raw: &str) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    parse_response(&answer).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_attempts_are_refused_or_reframed_before_the_upstream() {
+    let upstream = RawUpstream::start().await;
+    let sidecar = Sidecar::start("", &plain_route(upstream.addr, "")).await;
+    // Content-Length with Transfer-Encoding: chunked wins, the length is dropped, and what
+    // follows the last chunk ("G") never reaches the upstream as a request of its own.
+    for (path, lengths) in [
+        (
+            "/plain/cl-te",
+            "Content-Length: 6\r\nTransfer-Encoding: chunked",
+        ),
+        (
+            "/plain/te-cl",
+            "Transfer-Encoding: chunked\r\nContent-Length: 6",
+        ),
+    ] {
+        let raw = format!("POST {path} HTTP/1.1\r\nHost: a\r\n{lengths}\r\n\r\n0\r\n\r\nG");
+        assert_eq!(raw_request(sidecar.listen, &raw).await, 200, "{path}");
+        let seen = upstream.seen(path);
+        assert_eq!(seen.len(), 1, "{path}");
+        assert_eq!(seen[0].body_len, 0, "{path}");
+        assert!(
+            !seen[0]
+                .head
+                .to_ascii_lowercase()
+                .contains("content-length: 6"),
+            "{path}: the client's length was forwarded:\n{}",
+            seen[0].head
+        );
+    }
+    // Conflicting lengths and obfuscated transfer codings: 400, nothing forwarded.
+    for (path, lengths) in [
+        (
+            "/plain/two-lengths",
+            "Content-Length: 3\r\nContent-Length: 5",
+        ),
+        ("/plain/te-x", "Transfer-Encoding: xchunked"),
+        (
+            "/plain/te-last",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity",
+        ),
+        ("/plain/te-list", "Transfer-Encoding: chunked, identity"),
+        ("/plain/cl-sign", "Content-Length: +5"),
+    ] {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\n{lengths}\r\nConnection: close\r\n\r\nhello"
+        );
+        assert_eq!(raw_request(sidecar.listen, &raw).await, 400, "{path}");
+        assert!(
+            upstream.seen(path).is_empty(),
+            "{path} reached the upstream"
+        );
+    }
+    // Only requests of their own ever reached the upstream.
+    let paths: Vec<String> = upstream
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    assert_eq!(paths, ["/plain/cl-te", "/plain/te-cl"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_count_limit_is_max_headers() {
+    let upstream = RawUpstream::start().await;
+    let many: String = (0..150).map(|i| format!("X-Header-{i}: v\r\n")).collect();
+    let raw = format!("GET /plain/many HTTP/1.1\r\nHost: a\r\n{many}Connection: close\r\n\r\n");
+    let default = Sidecar::start("", &plain_route(upstream.addr, "")).await;
+    assert_eq!(
+        raw_request(default.listen, &raw).await,
+        431,
+        "over the default 100"
+    );
+    let raised = Sidecar::start("max_headers = 200", &plain_route(upstream.addr, "")).await;
+    assert_eq!(
+        raw_request(raised.listen, &raw).await,
+        200,
+        "within max_headers = 200"
+    );
+}

@@ -17,14 +17,16 @@ mod connection;
 pub mod dashboard;
 mod defer;
 mod path;
+mod prometheus;
 mod route;
 mod server;
 mod upstream;
 
-pub use admin::{install_metrics, router as admin_router, UPKEEP_THREAD};
+pub use admin::router as admin_router;
 pub use config::{
     BreakerConfig, BulkheadConfig, Config, DeferConfig, FallbackConfig, HealthCheckConfig,
     MatchConfig, RateLimitConfig, RetryConfig, RouteConfig, ServerConfig, TimeoutConfig,
 };
+pub use prometheus::{install as install_metrics, DURATION_BUCKETS, UPKEEP_THREAD};
 pub use route::Route;
 pub use server::{bind, Peer, Proxy, ProxyBody};

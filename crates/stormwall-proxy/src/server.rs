@@ -101,6 +101,9 @@ impl Peer {
     }
 }
 
+/// Headers that carry credentials: a request with one is never stored for `defer`.
+const CREDENTIALS: [HeaderName; 2] = [header::AUTHORIZATION, header::COOKIE];
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -215,7 +218,7 @@ impl Proxy {
     pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
         // Before any route registers its metric handles: a handle taken before the recorder
         // exists would count into nothing.
-        crate::admin::install_metrics();
+        crate::prometheus::install();
         let dashboard = crate::dashboard::Dashboard::new();
         let listener: Arc<dyn EventListener> = Arc::new(Fanout(vec![
             Arc::new(MetricsListener::new()),
@@ -630,7 +633,9 @@ impl Proxy {
     }
 
     /// Keeps the request for later when the route defers and it carries an
-    /// `Idempotency-Key`: 202 (or the configured status) with the job id.
+    /// `Idempotency-Key`: 202 (or the configured status) with the job id. A request that
+    /// carries credentials (`Authorization`, `Cookie`) is not kept — they would sit in the
+    /// database in plain text — and is answered 503 saying so.
     async fn defer(
         &self,
         route: &Route,
@@ -643,6 +648,20 @@ impl Proxy {
             .get(stormwall_http::IDEMPOTENCY_KEY)?
             .to_str()
             .ok()?;
+        if let Some(credential) = CREDENTIALS
+            .iter()
+            .find(|name| request.headers.contains_key(*name))
+        {
+            tracing::warn!(
+                route = route.name(),
+                header = credential.as_str(),
+                "stormwall proxy: not deferred: the request carries credentials, which are never stored"
+            );
+            return Some(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("upstream unavailable and the request not deferred: it carries {credential}, and credentials are never stored"),
+            ));
+        }
         let payload = crate::defer::encode(
             &request.method,
             request.path_and_query.as_str(),

@@ -314,6 +314,22 @@ async fn reload_applies_a_good_file_refuses_a_bad_one_and_admin_needs_the_token(
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("line"), "{body}");
+    assert!(body.contains("route[payment].retry.max_retries"), "{body}");
+    // The scheme in any case (RFC 9110 §11.1); a wrong token of the same length refused.
+    for (authorization, expected) in [
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer s3creT", 401),
+        ("Bearer s3cret2", 401),
+        ("Basic s3cret", 401),
+    ] {
+        let head = format!("GET /admin/circuits HTTP/1.1\r\nAuthorization: {authorization}");
+        assert_eq!(
+            send(proxy.admin, &head, "").await.0,
+            expected,
+            "{authorization}"
+        );
+    }
     assert_eq!(
         send(proxy.addr, "GET /payment/ok HTTP/1.1", "").await.0,
         200
@@ -499,19 +515,22 @@ async fn the_grafana_dashboard_uses_only_metrics_the_proxy_exports() {
         "/../../deploy/grafana/stormwall.json"
     ))
     .unwrap();
+    // Every name as the dashboard writes it: its histogram panels read `_bucket` series,
+    // which exist only when the exporter has buckets.
     let mut names: Vec<String> = dashboard
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("stormwall_"))
-        .map(|w| w.trim_end_matches("_bucket").to_owned())
+        .map(str::to_owned)
         .collect();
     names.sort();
     names.dedup();
     assert!(names.len() >= 5, "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("_bucket")), "{names:?}");
     for name in names {
-        assert!(
-            metrics.contains(&name),
-            "{name} is not exported:\n{metrics}"
-        );
+        let exported = metrics.lines().any(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        });
+        assert!(exported, "{name} is not exported:\n{metrics}");
     }
 }
 
@@ -580,6 +599,29 @@ async fn store_and_forward(extra: &str) {
     .await;
     assert_eq!(status, 202);
     assert!(body.contains("\"duplicate\":true"), "{body}");
+    // Credentials are never written to the database: such a request is refused, saying so.
+    for credential in ["Authorization: Bearer abc", "Cookie: session=abc"] {
+        let (status, _, body) = send(
+            proxy.addr,
+            &format!("POST /orders HTTP/1.1\r\nIdempotency-Key: secret-order\r\n{credential}"),
+            "{\"order\":\"secret\"}",
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("credentials are never stored"), "{body}");
+    }
+    // The database and its write-ahead log.
+    let mut stored = std::fs::read(&database).unwrap_or_default();
+    stored.extend(std::fs::read(format!("{}-wal", database.display())).unwrap_or_default());
+    assert!(
+        String::from_utf8_lossy(&stored).contains("order-7"),
+        "the check reads the store"
+    );
+    let text = String::from_utf8_lossy(&stored);
+    assert!(
+        !text.contains("secret-order") && !text.contains("abc"),
+        "credentials on disk"
+    );
     let (status, _, _) = send(proxy.addr, "POST /orders HTTP/1.1", "{}").await;
     // 502 (upstream unreachable), or 503 once the breaker is open.
     assert!(
