@@ -185,9 +185,37 @@ pub struct RouteConfig {
     pub fallback: Option<FallbackConfig>,
     /// An active check of the upstream, reported in readiness. Default: none.
     pub health_check: Option<HealthCheckConfig>,
+    /// Hedging: a further attempt when the upstream has not answered within a delay; the
+    /// first acceptable answer wins. Idempotent methods only. Default: none.
+    pub hedging: Option<HedgingConfig>,
     /// Store-and-forward: a request with an `Idempotency-Key` that cannot reach the upstream
     /// now is kept durably and answered 202; a worker replays it when the upstream is back.
     pub defer: Option<DeferConfig>,
+}
+
+/// `hedging = { delay = "100ms", max_hedged_attempts = 1 }` (latency mode): for a GET,
+/// HEAD, OPTIONS, PUT, DELETE or TRACE whose body fits `server.retry_buffer_bytes`, a
+/// further attempt starts when none has answered within `delay` (or at once when one
+/// fails); the first acceptable answer wins and the others are cancelled. Each attempt
+/// goes through the route's retry, breaker and attempt timeout. Counted in
+/// `stormwall_strategy_events_total{strategy="hedging",event="hedge_started"}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HedgingConfig {
+    /// How long to wait before the next attempt. Default 2 s (Polly's); above 0, at most
+    /// 1 day.
+    #[serde(default = "default_hedging_delay", with = "humantime_serde")]
+    pub delay: Duration,
+    /// Attempts beyond the first. Default 1; valid 1–10.
+    #[serde(default = "default_hedged_attempts")]
+    pub max_hedged_attempts: u32,
+}
+
+fn default_hedging_delay() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_hedged_attempts() -> u32 {
+    1
 }
 
 /// `defer = { database = "/var/lib/stormwall/payment.db", status = 202 }`.

@@ -9,6 +9,7 @@ use stormwall::circuit_breaker::{
     Acquired, CallOutcome, CircuitBreaker, CircuitBreakerOptions, CircuitState, CircuitTransition,
     Command, InMemoryStore, StateStore, Ticket, TransitionSink,
 };
+use stormwall::hedging::{Hedging, HedgingOptions};
 use stormwall::pipeline::{Identity, Stack};
 use stormwall::rate_limit::{KeyedRateLimiter, RateLimitOptions};
 use stormwall::retry::{Backoff, Jitter, Retry, RetryOptions};
@@ -18,14 +19,17 @@ use stormwall::{ConfigError, Pipeline};
 use stormwall_http::{RetryAfter, Transient};
 use stormwall_redis::{RedisStateStore, RedisStoreOptions};
 
-/// Outer to inner: per-client rate limit → bulkhead → total timeout → retry → breaker →
-/// attempt timeout.
+/// Outer to inner: per-client rate limit → bulkhead → total timeout → hedging → retry →
+/// breaker → attempt timeout.
 pub(crate) type Strategies = Stack<
     Stack<
         Stack<
             Stack<
-                Stack<Stack<Identity, Option<KeyedRateLimiter>>, Option<Bulkhead>>,
-                Option<Timeout>,
+                Stack<
+                    Stack<Stack<Identity, Option<KeyedRateLimiter>>, Option<Bulkhead>>,
+                    Option<Timeout>,
+                >,
+                Option<Hedging<Transient>>,
             >,
             Option<Retry<Transient, RetryAfter>>,
         >,
@@ -121,6 +125,8 @@ pub struct Route {
     pub(crate) retrying: Pipeline<Strategies>,
     /// For the others: the same limiter, bulkhead and breaker, no retry.
     pub(crate) single: Pipeline<Strategies>,
+    /// For idempotent methods when the route hedges: `retrying` with hedging.
+    pub(crate) hedged: Option<Pipeline<Strategies>>,
     /// The active check's last finding: `None` healthy (or not checked), `Some(why)` not.
     pub(crate) upstream_problem: std::sync::Mutex<Option<String>>,
     /// `stormwall_requests_total{route, class}` for 1xx..5xx, registered once (a lookup per
@@ -316,7 +322,23 @@ impl Route {
             })
         };
         let (total, attempt) = (timeout(total, "total")?, timeout(attempt, "attempt")?);
-        let pipeline = |retry: Option<Retry<Transient, RetryAfter>>| {
+        let hedging = match &config.hedging {
+            None => None,
+            Some(h) => Some(
+                Hedging::new(
+                    HedgingOptions::latency(h.delay)
+                        .max_hedged_attempts(h.max_hedged_attempts)
+                        .handle(transient.clone()),
+                )
+                .map_err(|mut e| {
+                    // `hedging.mode.delay` is `delay` in the file.
+                    e.field = format!("{prefix}.{}", e.field.replace("mode.delay", "delay"));
+                    e
+                })?,
+            ),
+        };
+        let pipeline = |hedging: Option<Hedging<Transient>>,
+                        retry: Option<Retry<Transient, RetryAfter>>| {
             let mut builder = Pipeline::builder().name(config.name.clone());
             if let Some(listener) = &listener {
                 builder = builder.listener(Arc::clone(listener));
@@ -325,6 +347,7 @@ impl Route {
                 .strategy(limiter.clone())
                 .strategy(bulkhead.clone())
                 .strategy(total.clone())
+                .strategy(hedging)
                 .strategy(retry)
                 .strategy(breaker.clone())
                 .strategy(attempt.clone())
@@ -339,8 +362,11 @@ impl Route {
             duration: metrics::histogram!("stormwall_request_duration_seconds", "route" => name.clone()),
             upstream_problem: std::sync::Mutex::new(None),
             deferred: std::sync::OnceLock::new(),
-            retrying: pipeline(retry)?,
-            single: pipeline(None)?,
+            hedged: hedging
+                .map(|hedging| pipeline(Some(hedging), retry.clone()))
+                .transpose()?,
+            retrying: pipeline(None, retry)?,
+            single: pipeline(None, None)?,
             config: config.clone(),
             upstream: upstream.authority,
             upstream_prefix: upstream.prefix,

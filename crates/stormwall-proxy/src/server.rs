@@ -542,8 +542,8 @@ impl Proxy {
             .map(|_| InFlight(&self.in_flight))
     }
 
-    /// Runs the attempts: a replayable body goes to every attempt (retries allowed), a
-    /// body sent once to the first only (no retry). Gives back the replayable body (for
+    /// Runs the attempts: a replayable body goes to every attempt (retries allowed, and
+    /// hedges for idempotent methods), a body sent once to the first only (no retry). Gives back the replayable body (for
     /// `defer`).
     async fn send(
         &self,
@@ -556,10 +556,10 @@ impl Proxy {
             Prepared::Replayable(bytes) => (Some(bytes), None),
             Prepared::Once(body) => (None, Some(body)),
         };
-        let pipeline = if replay.is_some() && request.retry {
-            &route.retrying
-        } else {
-            &route.single
+        let pipeline = match (&replay, &route.hedged) {
+            (Some(_), Some(hedged)) if request.method.is_idempotent() => hedged,
+            (Some(_), _) if request.retry => &route.retrying,
+            _ => &route.single,
         };
         // Taken by the first attempt.
         let once = Mutex::new(once);

@@ -9,7 +9,8 @@ use stormwall_proxy::{admin_router, Config, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Counts requests per path; `/flaky` fails once, `/down` always, `/slow` takes 300 ms,
-/// `/echo` answers the request headers.
+/// `/slow-once` takes 1 s the first time (answering "slow"), `/echo` answers the request
+/// headers.
 #[derive(Default)]
 struct Upstream {
     hits: Mutex<HashMap<String, u32>>,
@@ -32,6 +33,10 @@ async fn upstream() -> (SocketAddr, Arc<Upstream>) {
                 (StatusCode::SERVICE_UNAVAILABLE, "busy".into())
             }
             p if p.ends_with("/down") => (StatusCode::INTERNAL_SERVER_ERROR, "boom".into()),
+            p if p.ends_with("/slow-once") && n == 1 => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                (StatusCode::OK, "slow".into())
+            }
             p if p.ends_with("/slow") => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 (StatusCode::OK, "slow".into())
@@ -890,4 +895,45 @@ async fn replayed_requests_are_deleted_after_keep_done() {
             "{key}: {body}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_get_is_hedged_and_the_hedge_wins_while_a_post_is_never_hedged() {
+    let (up, state) = upstream().await;
+    let hedged = format!(
+        "[[route]]\nname = \"hedged\"\nmatch = {{ path_prefix = \"/hedged\" }}\nupstream = \"http://{up}\"\nhedging = {{ delay = \"50ms\" }}\n"
+    );
+    let proxy = start(&config(up, &hedged)).await;
+    // The first attempt takes 1 s; the hedge started after 50 ms answers first.
+    let (status, _, body) = send(proxy.addr, "GET /hedged/get/slow-once HTTP/1.1", "").await;
+    assert_eq!((status, body.as_str()), (200, "ok /hedged/get/slow-once"));
+    assert_eq!(state.hits("/hedged/get/slow-once"), 2);
+    // Not idempotent: one attempt, however slow.
+    let (status, _, body) = send(proxy.addr, "POST /hedged/post/slow-once HTTP/1.1", "{}").await;
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    assert_eq!(state.hits("/hedged/post/slow-once"), 1);
+    let (_, _, metrics) = send(proxy.admin, "GET /metrics HTTP/1.1", "").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("stormwall_strategy_events_total")
+                && l.contains("pipeline=\"hedged\"")
+                && l.contains("event=\"hedge_started\"")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // A bad option names its key.
+    let bad = config(
+        up,
+        &hedged.replace(
+            "delay = \"50ms\"",
+            "delay = \"50ms\", max_hedged_attempts = 11",
+        ),
+    );
+    let err = Config::parse(&bad).and_then(Proxy::new).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("route[hedged].hedging.max_hedged_attempts"),
+        "{err}"
+    );
 }
