@@ -149,6 +149,16 @@ async fn admin_post(admin: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Reads the answer until the proxy closes the connection (up to 20 s): its status.
+async fn status_at_close(stream: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) -> u16 {
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .unwrap_or_else(|_| panic!("no answer: {what}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    parse_response(&raw).0
+}
+
 fn parse_response(raw: &[u8]) -> (u16, String, String) {
     let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -539,9 +549,10 @@ async fn clients_beyond_max_connections_wait_in_the_configured_backlog() {
     let mut reader = BufReader::new(busy);
     assert_eq!(read_response(&mut reader).await, Some(200));
     drop(reader);
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut raw)).await;
-    assert_eq!(parse_response(&raw).0, 200);
+    assert_eq!(
+        status_at_close(&mut first, "the first queued client").await,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,17 +567,7 @@ async fn a_request_body_that_stalls_gets_408() {
         .await
         .unwrap();
     let started = Instant::now();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
-        .await
-        .expect("a stalled body was never cut")
-        .unwrap();
-    assert_eq!(
-        parse_response(&raw).0,
-        408,
-        "{}",
-        String::from_utf8_lossy(&raw)
-    );
+    assert_eq!(status_at_close(&mut stream, "a stalled body").await, 408);
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
@@ -672,17 +673,7 @@ async fn a_chunked_body_gets_413_as_soon_as_it_passes_max_body_bytes() {
             }
         }
     });
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut raw))
-        .await
-        .expect("no answer to an endless body")
-        .unwrap();
-    assert_eq!(
-        parse_response(&raw).0,
-        413,
-        "{}",
-        String::from_utf8_lossy(&raw)
-    );
+    assert_eq!(status_at_close(&mut read, "an endless body").await, 413);
     let sent = sent.await.unwrap();
     assert!(sent < 1 << 30, "the proxy read on after the limit");
 }
@@ -793,9 +784,7 @@ async fn a_reload_applies_every_server_key_or_refuses_naming_it_and_sigterm_then
 async fn raw_request(addr: SocketAddr, raw: &str) -> u16 {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(raw.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    parse_response(&answer).0
+    status_at_close(&mut stream, raw).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
