@@ -252,9 +252,9 @@ return reply(0)
 "#
 );
 
-/// A probe ended or its lease is given back. `ARGV[6]` its lease slot, `ARGV[7]` its
-/// token, `ARGV[8]` its generation, `ARGV[9]` `succeeded`, `failed` or `cancelled` (gives
-/// the lease back only), `ARGV[10]` success threshold. The lease is deleted only if it
+/// A probe ended. `ARGV[6]` its lease slot, `ARGV[7]` its token, `ARGV[8]` its
+/// generation, `ARGV[9]` `succeeded` or `failed`, `ARGV[10]` success threshold. (An unused
+/// lease goes back through `YIELD`.) The lease is deleted only if it
 /// still holds this token (compare-and-delete). A success counts only while the lease is
 /// held; a failure reopens the circuit whenever its half-open period is current.
 pub const PROBE: &str = script!(
@@ -266,7 +266,7 @@ if key and redis.call('GET', key) == ARGV[8] .. ':' .. ARGV[7] then
   held = true
 end
 local result = ARGV[9]
-if result == 'cancelled' or st ~= 'half_open' or tostring(gen) ~= ARGV[8] then return reply(0) end
+if st ~= 'half_open' or tostring(gen) ~= ARGV[8] then return reply(0) end
 if result == 'failed' then
   opens = opens + 1
   move('open', break_for(opens), 'probe_failed')

@@ -405,7 +405,8 @@ impl Task {
         }
     }
 
-    async fn run_loop(mut self, mut connection: Option<Connection>) {
+    /// Runs the task until the store is dropped.
+    pub async fn run(mut self, mut connection: Option<Connection>) {
         let every = match self.shared.upgrade() {
             Some(shared) => shared.options.flush_interval,
             None => return,
@@ -688,13 +689,6 @@ impl Task {
             }
         }
         self.apply(shared, conn, reply).await
-    }
-}
-
-impl Task {
-    /// Runs the task until the store is dropped.
-    pub async fn run(self, connection: Option<Connection>) {
-        self.run_loop(connection).await
     }
 }
 
