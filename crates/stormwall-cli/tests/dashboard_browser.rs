@@ -32,8 +32,7 @@ fn headless(profile: &Path) -> Command {
             // Stop loading (and print) after 4 s: the event stream never ends by itself.
             "--timeout=4000",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .stderr(Stdio::null());
+        .arg(format!("--user-data-dir={}", profile.display()));
     command
 }
 
@@ -98,6 +97,7 @@ fn the_dashboard_shows_the_payment_circuit_opening_in_headless_chromium() {
     // and saves a screenshot.
     let screenshot = artifacts.join("dashboard.png");
     let started = Instant::now();
+    let mut last = String::new();
     let dom = until(|| {
         let out = headless(&artifacts.join("profile"))
             .arg("--dump-dom")
@@ -111,11 +111,18 @@ fn the_dashboard_shows_the_payment_circuit_opening_in_headless_chromium() {
                 )
             });
         let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        last = format!(
+            "status {}; stderr {}; page:\n{dom}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         // The scenario's name is printed as it starts: the page may be loaded before the
         // payment circuit has opened, so load it again until it has (or five tries pass).
         (dom.contains("route-payment") && dom.contains("payment: closed → open")).then_some(dom)
     })
-    .expect("chromium printed the page with the payment circuit open");
+    .unwrap_or_else(|| {
+        panic!("chromium printed the page with the payment circuit open; last try: {last}")
+    });
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(
         dom.contains("payment: closed → open"),

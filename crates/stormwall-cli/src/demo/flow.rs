@@ -43,6 +43,9 @@ pub struct Dependencies {
     pub calls: [AtomicU64; 3],
     /// Charges the queue's worker made after the load (not part of the flow's calls).
     pub later: AtomicU64,
+    /// Orders that have reached their payment step (a scenario can end a fault after so
+    /// many orders, whatever the machine's speed).
+    pub at_payment: tokio::sync::watch::Sender<u64>,
 }
 
 impl Dependencies {
@@ -59,7 +62,13 @@ impl Dependencies {
             notification,
             calls: Default::default(),
             later: AtomicU64::new(0),
+            at_payment: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Counts an order reaching its payment step.
+    fn reach_payment(&self) {
+        self.at_payment.send_modify(|n| *n += 1);
     }
 
     pub fn calls(&self) -> [u64; 3] {
@@ -229,7 +238,10 @@ pub async fn run_plain(
     let timeout = Some(t.scaled(30.0));
     load(shape, progress, |id| async move {
         let ok = deps.call(1, id, timeout).await.is_ok()
-            && deps.call(0, id, timeout).await.is_ok()
+            && {
+                deps.reach_payment();
+                deps.call(0, id, timeout).await.is_ok()
+            }
             && deps.call(2, id, timeout).await.is_ok();
         (ok, 0)
     })
@@ -323,8 +335,10 @@ pub async fn run_resilient(
                 payload: id.to_be_bytes().to_vec(),
                 idempotency_key: Some(format!("order-{id}")),
             }));
+            let stock = inventory.execute(call(1)).await;
+            deps.reach_payment();
             let outcomes = [
-                inventory.execute(call(1)).await,
+                stock,
                 payment.execute_with(later, call(0)).await,
                 notification.execute(call(2)).await,
             ];

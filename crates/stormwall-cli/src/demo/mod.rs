@@ -255,11 +255,11 @@ async fn run_once(
     progress: &indicatif::ProgressBar,
     listener: Option<std::sync::Arc<dyn stormwall::telemetry::EventListener>>,
 ) -> Result<RunRecord, String> {
+    let deps = Dependencies::new(proxies[0].clone(), proxies[1].clone(), proxies[2].clone());
     let changer = scenario
-        .inject(chaos, t)
+        .inject(chaos, t, deps.at_payment.subscribe(), shape.orders)
         .await
         .map_err(|e| format!("injecting {}: {e}", scenario.name()))?;
-    let deps = Dependencies::new(proxies[0].clone(), proxies[1].clone(), proxies[2].clone());
     let served_before = services.each_ref().map(|s| s.served());
     let (orders, breaker, payments) = if resilient {
         flow::run_resilient(&deps, t, shape, progress, listener).await?

@@ -65,11 +65,14 @@ impl Scenario {
 
     /// Injects the fault (the proxies are named payment, inventory, notification); a
     /// fault that changes during the run comes with the task that changes it (abort it
-    /// when the run ends).
+    /// when the run ends). `at_payment` counts the orders that have reached payment, of
+    /// `orders` in the run.
     pub async fn inject(
         self,
         chaos: &ChaosServer,
         t: &Timings,
+        mut at_payment: tokio::sync::watch::Receiver<u64>,
+        orders: u64,
     ) -> Result<Option<tokio::task::JoinHandle<()>>, ChaosError> {
         chaos.reset()?;
         let disabled = json!({ "enabled": false });
@@ -98,10 +101,14 @@ impl Scenario {
                 chaos.update("notification", &disabled).await?;
             }
             Scenario::Recovery => {
+                // Payment is down for (scaled) 10 s and until two orders in three have
+                // reached it: on a slow machine the orders reach payment late, and a time
+                // alone could end the outage before the flow saw it.
                 chaos.update("payment", &disabled).await?;
                 let (chaos, back) = (chaos.clone(), t.scaled(10.0));
                 return Ok(Some(tokio::spawn(async move {
                     tokio::time::sleep(back).await;
+                    let _ = at_payment.wait_for(|n| *n >= orders * 2 / 3).await;
                     let _ = chaos.update("payment", &json!({ "enabled": true })).await;
                 })));
             }
