@@ -74,7 +74,7 @@ impl RedisRateLimiter {
                 script: Script::new(GCRA),
                 prefix: format!("stormwall:ratelimit:{name}"),
                 emission_us,
-                tolerance_us: emission_us * u64::from(options.burst.saturating_sub(1)),
+                tolerance_us: emission_us * u64::from(options.effective_burst().saturating_sub(1)),
                 local: KeyedRateLimiter::new(options, 10_000)
                     .map_err(|e| RedisStoreError::Config(e.within("rate_limit")))?,
             }),
@@ -131,9 +131,10 @@ impl<T, E> Strategy<T, E> for RedisRateLimiter {
         async move {
             let key = ctx.key().map(str::to_owned);
             if let Err(retry_after) = self.try_acquire(key.as_deref()).await {
-                self.telemetry.emit("rate_limit", || {
-                    Event::RateLimited(RateLimited { retry_after })
-                });
+                self.telemetry
+                    .emit(stormwall::telemetry::strategy::RATE_LIMIT, || {
+                        Event::RateLimited(RateLimited { retry_after })
+                    });
                 return Err(Error::RateLimited { retry_after });
             }
             op(ctx).await

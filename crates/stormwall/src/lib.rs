@@ -110,7 +110,7 @@
 //! |---|---|
 //! | `cache` | [`cache::MemoryCache`] (on `moka`) |
 //! | `metrics` | [`telemetry::MetricsListener`] (the `metrics` facade) |
-//! | `serde` | `Serialize` for the health report |
+//! | `serde` | serde for every strategy's options, [`registry::PipelineSpec`] and the health report |
 //! | `fast-clock` | [`Clock::Fast`](clock::Clock::Fast) and the default clock's fine readings on the CPU counter (`quanta`) |
 //! | `tracing` | [`telemetry::TracingListener`], and a span per execution and per attempt |
 
@@ -130,6 +130,7 @@ mod layer_future;
 pub mod pipeline;
 mod random;
 pub mod rate_limit;
+pub mod registry;
 pub mod retry;
 pub mod telemetry;
 pub mod timeout;

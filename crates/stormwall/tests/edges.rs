@@ -291,7 +291,7 @@ proptest! {
         ],
         max_keys in prop_oneof![Just(0usize), Just(1), Just(usize::MAX)],
     ) {
-        let options = RateLimitOptions { permits, period, burst, algorithm, ..RateLimitOptions::default() };
+        let options = RateLimitOptions { permits, period, burst: Some(burst), algorithm, ..RateLimitOptions::default() };
         build_and_run(Pipeline::builder().rate_limit(options));
         match KeyedRateLimiter::new(options, max_keys) {
             Err(e) => check_refusal(&e),
@@ -348,7 +348,7 @@ fn the_reported_panics_are_gone() {
         .hedging(HedgingOptions::latency(Duration::MAX))
         .build()
         .unwrap_err();
-    assert_eq!(refused.field, "hedging.mode.delay");
+    assert_eq!(refused.field, "hedging.delay");
     // A delay generator answering Duration::MAX inside a timeout: the retry gives up at
     // once with the real outcome instead of computing `now + Duration::MAX`.
     let pipeline = Pipeline::builder()

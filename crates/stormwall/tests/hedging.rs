@@ -176,5 +176,5 @@ fn invalid_options_are_rejected_naming_the_field() {
     let e = Hedging::new(HedgingOptions::default().max_hedged_attempts(0)).unwrap_err();
     assert_eq!(e.field, "hedging.max_hedged_attempts");
     let e = Hedging::new(HedgingOptions::latency(Duration::ZERO)).unwrap_err();
-    assert_eq!(e.field, "hedging.mode.delay");
+    assert_eq!(e.field, "hedging.delay");
 }

@@ -3,14 +3,24 @@ use std::time::Duration;
 
 /// Options of the bulkhead (Polly's concurrency limiter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct BulkheadOptions {
     /// How many calls may run at once. Default: 1000 (Polly's `PermitLimit`). Valid: ≥ 1.
+    /// Also read as `permit_limit` (.NET's name).
+    #[cfg_attr(feature = "serde", serde(alias = "permit_limit"))]
     pub max_concurrency: u32,
     /// How many calls may wait, first come first served, for a slot when all are taken;
     /// further calls are rejected at once. Default: 0 (Polly's `QueueLimit`: no queue).
+    /// Also read as `queue`.
+    #[cfg_attr(feature = "serde", serde(alias = "queue"))]
     pub queue_limit: u32,
     /// How long a queued call waits before it is rejected. Default: `None` (as long as an
     /// enclosing timeout allows). Valid: > 0.
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")
+    )]
     pub queue_timeout: Option<Duration>,
 }
 

@@ -72,7 +72,7 @@ async fn acquire_queued<'a>(
     telemetry: &Telemetry,
 ) -> Result<Slot<'a>, BulkheadRejection> {
     let rejected = |reason| {
-        telemetry.emit("bulkhead", || {
+        telemetry.emit(crate::telemetry::strategy::BULKHEAD, || {
             Event::BulkheadRejected(BulkheadRejected {
                 reason,
                 in_use: slots.in_use(),

@@ -106,7 +106,9 @@ where
             match self.cache.get(&key).await {
                 Some(Cached { value, age }) if age <= self.options.max_staleness => {
                     self.telemetry
-                        .emit("stale_on_error", || Event::ServedStale(ServedStale { age }));
+                        .emit(crate::telemetry::strategy::STALE_ON_ERROR, || {
+                            Event::ServedStale(ServedStale { age })
+                        });
                     Ok(value)
                 }
                 _ => outcome,

@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Options shared by every chaos strategy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct ChaosOptions {
     /// The chance that a call gets the injection. Default: 0.001 (Polly's). Valid: 0 – 1.
     pub injection_rate: f64,
@@ -12,6 +14,7 @@ pub struct ChaosOptions {
     /// [`ChaosControl`].
     pub enabled: bool,
     /// Seeds the random choice, for reproducible runs. Default: `None` (random).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub seed: Option<u64>,
 }
 

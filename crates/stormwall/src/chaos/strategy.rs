@@ -137,8 +137,9 @@ where
         async move {
             if self.control.should_inject() {
                 let kind = Injection::<T, E>::kind(&self.injection);
-                self.telemetry
-                    .emit("chaos", || Event::ChaosInjected(ChaosInjected { kind }));
+                self.telemetry.emit(crate::telemetry::strategy::CHAOS, || {
+                    Event::ChaosInjected(ChaosInjected { kind })
+                });
                 if let Some(outcome) = self.injection.inject(&ctx).await {
                     return outcome;
                 }

@@ -187,7 +187,9 @@ impl<S> Shared<S> {
             retry_after: r.retry_after,
         };
         if let Some(telemetry) = self.telemetry.get() {
-            telemetry.emit("circuit_breaker", || Event::CircuitRejected(rejected));
+            telemetry.emit(crate::telemetry::strategy::CIRCUIT_BREAKER, || {
+                Event::CircuitRejected(rejected)
+            });
         }
         rejected
     }
@@ -195,7 +197,9 @@ impl<S> Shared<S> {
     #[cold]
     fn emit(&self, transition: CircuitTransition) {
         if let Some(telemetry) = self.telemetry.get() {
-            telemetry.emit("circuit_breaker", || Event::CircuitTransition(transition));
+            telemetry.emit(crate::telemetry::strategy::CIRCUIT_BREAKER, || {
+                Event::CircuitTransition(transition)
+            });
         }
         let observers = self.observers.read().unwrap_or_else(|e| e.into_inner());
         for observe in observers.iter() {

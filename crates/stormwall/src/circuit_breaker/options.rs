@@ -5,8 +5,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What the breaker counts its failure ratio over.
+/// What the breaker counts its failure ratio over. In a config file: `"time"` or
+/// `{ count = 100 }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(rename_all = "snake_case", deny_unknown_fields)
+)]
 pub enum SamplingWindow {
     /// The calls that ended within the last `sampling_duration`, kept in 10 buckets of
     /// `sampling_duration / 10` each (so the window slides in steps of a tenth). Default.
@@ -20,8 +26,11 @@ pub enum SamplingWindow {
 /// The slow-call condition: the breaker also trips when at least `ratio` of the calls in the
 /// window took `duration_threshold` or longer.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct SlowCallOptions {
     /// A call this long or longer is slow. Valid: > 0.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub duration_threshold: Duration,
     /// The slow-call ratio that trips the breaker. Valid: (0, 1].
     pub ratio: f64,
@@ -65,28 +74,46 @@ impl fmt::Debug for BreakDurationGenerator {
 /// reached the slow-call ratio. It stays open for `break_duration`, then admits up to
 /// `permitted_calls_in_half_open` probes at once: `success_threshold` successful probes
 /// close it, any failed probe opens it again.
+///
+/// With the `serde` feature the data fields read from and write to config files; the
+/// predicate, the break duration generator and the clock are code and keep their defaults.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(
+        default = "serde_default",
+        deny_unknown_fields,
+        bound(deserialize = "P: Default", serialize = "")
+    )
+)]
 pub struct CircuitBreakerOptions<P = OnError> {
     /// The failure ratio that trips the breaker; `None` turns the ratio condition off.
-    /// Default: `Some(0.1)` (Polly's). Valid: (0, 1].
+    /// Default: `Some(0.1)` (Polly's). Valid: (0, 1]. In a config file, `"off"` for `None`.
+    #[cfg_attr(feature = "serde", serde(with = "ratio_or_off"))]
     pub failure_ratio: Option<f64>,
     /// How many calls the window must hold before the ratios are considered.
     /// Default: 100 (Polly's). Valid: ≥ 2 and ≤ 30,000.
     pub minimum_throughput: u32,
     /// The time the window covers (for [`SamplingWindow::Time`]).
     /// Default: 30 s (Polly's). Valid: ≥ 10 ms and ≤ 1 day.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub sampling_duration: Duration,
     /// Time buckets (default) or the last N calls.
     pub sampling_window: SamplingWindow,
     /// Trip after this many failures in a row, whatever the window says.
     /// Default: `None` (off). Valid: ≥ 1.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub consecutive_failures: Option<u32>,
     /// Trip on the slow-call ratio. Default: `None` (off).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub slow_call: Option<SlowCallOptions>,
     /// How long the circuit stays open before it admits a probe.
     /// Default: 5 s (Polly's). Valid: > 0 and ≤ 1 day.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub break_duration: Duration,
     /// Replaces `break_duration` with a computed one (growing backoff). Default: `None`.
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub break_duration_generator: Option<BreakDurationGenerator>,
     /// How many probes may run at once while half-open; further calls are rejected, not
     /// queued. Default: 1 (Polly's). Valid: ≥ 1.
@@ -94,10 +121,12 @@ pub struct CircuitBreakerOptions<P = OnError> {
     /// How many successful probes close the circuit. Default: 1 (Polly's). Valid: ≥ 1.
     pub success_threshold: u32,
     /// Which outcomes count as failures. Default: [`OnError`] (every `Err`).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub should_handle: P,
     /// The clock for the window and the break. Default: [`Clock::Auto`]: tokio's clock when
     /// the breaker is made on a paused one (tests), else the 1 ms recent time (one atomic
     /// load, see [`crate::clock`]).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub clock: Clock,
 }
 
@@ -291,6 +320,55 @@ impl<P> CircuitBreakerOptions<P> {
             ));
         }
         Ok(())
+    }
+}
+
+/// The defaults of every field, whatever the predicate (serde fills the keys a file leaves
+/// out from it).
+#[cfg(feature = "serde")]
+fn serde_default<P: Default>() -> CircuitBreakerOptions<P> {
+    CircuitBreakerOptions::default().handle(P::default())
+}
+
+/// `failure_ratio`: a number, or `"off"` for `None` (a file cannot leave out a key to turn
+/// off what is on by default).
+#[cfg(feature = "serde")]
+mod ratio_or_off {
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    pub(super) fn serialize<S: Serializer>(ratio: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match ratio {
+            Some(ratio) => s.serialize_f64(*ratio),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        struct RatioOrOff;
+        impl Visitor<'_> for RatioOrOff {
+            type Value = Option<f64>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a ratio in (0, 1] or \"off\"")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Some(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Some(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Some(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "off" => Ok(None),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(RatioOrOff)
     }
 }
 

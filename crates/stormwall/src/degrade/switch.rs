@@ -106,7 +106,7 @@ impl Inner {
 
     fn emit(&self, enabled: bool, reason: SwitchReason) {
         let switch = self.name.clone();
-        self.telemetry.emit("switch", || {
+        self.telemetry.emit(crate::telemetry::strategy::SWITCH, || {
             Event::SwitchChanged(SwitchChanged {
                 switch,
                 enabled,

@@ -111,9 +111,10 @@ where
                 Ok(_) => "ok",
                 Err(e) => e.kind(),
             };
-            self.telemetry.emit("fallback", || {
-                Event::Fallback(FallbackUsed { outcome: replaced })
-            });
+            self.telemetry
+                .emit(crate::telemetry::strategy::FALLBACK, || {
+                    Event::Fallback(FallbackUsed { outcome: replaced })
+                });
             self.options.action.fallback_in(&kept, outcome).await
         }
     }

@@ -68,7 +68,9 @@ where
                 let attempt = *started;
                 *started += 1;
                 self.telemetry
-                    .emit("hedging", || Event::HedgeStarted(HedgeStarted { attempt }));
+                    .emit(crate::telemetry::strategy::HEDGING, || {
+                        Event::HedgeStarted(HedgeStarted { attempt })
+                    });
                 hedges.push(Some(Box::pin(op(ctx.for_attempt(attempt)))));
             };
             if self.options.mode == HedgingMode::Parallel {

@@ -236,7 +236,9 @@ where
             success: outcome.is_ok(),
         };
         this.telemetry
-            .emit("pipeline", || Event::AttemptCompleted(completed));
+            .emit(crate::telemetry::strategy::PIPELINE, || {
+                Event::AttemptCompleted(completed)
+            });
         std::task::Poll::Ready(outcome)
     }
 }
@@ -282,7 +284,9 @@ where
             success: outcome.is_ok(),
         };
         this.telemetry
-            .emit("pipeline", || Event::ExecutionCompleted(completed));
+            .emit(crate::telemetry::strategy::PIPELINE, || {
+                Event::ExecutionCompleted(completed)
+            });
         std::task::Poll::Ready(outcome)
     }
 }

@@ -90,7 +90,7 @@ impl Limiter {
             .ticks_from_nanos(saturating_nanos(options.period))
             .max(1);
         let permits = u64::from(options.permits);
-        let burst = u64::from(options.burst);
+        let burst = u64::from(options.effective_burst());
         let kind = match options.algorithm {
             RateLimitAlgorithm::Gcra => {
                 let interval = (period / permits).max(1);

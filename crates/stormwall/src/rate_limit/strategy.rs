@@ -45,7 +45,7 @@ impl RateLimiter {
 }
 
 fn rejected<T, E>(telemetry: &Telemetry, retry_after: Duration) -> Result<T, Error<E>> {
-    telemetry.emit("rate_limit", || {
+    telemetry.emit(crate::telemetry::strategy::RATE_LIMIT, || {
         Event::RateLimited(RateLimited { retry_after })
     });
     Err(Error::RateLimited { retry_after })

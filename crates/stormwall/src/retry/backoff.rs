@@ -1,7 +1,10 @@
 use std::time::Duration;
 
 /// How the delay before a retry grows with the attempt number (0 for the first retry).
+/// In a config file: `"constant"`, `"linear"` or `"exponential"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Backoff {
     /// `delay` every time.
     Constant,
@@ -18,7 +21,11 @@ pub enum Backoff {
 /// `max_delay` (a century when unset). The first four follow AWS's "Exponential Backoff
 /// And Jitter"; every delay is drawn *within* the cap, so clients past the cap still spread
 /// out instead of all waiting exactly `max_delay`.
+///
+/// In a config file: `"none"`, `"full"`, `"equal"`, `"decorrelated"` or `"decorrelated_v2"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Jitter {
     /// `min(cap, backoff)`: no randomness.
     None,

@@ -10,7 +10,20 @@ use std::time::Duration;
 ///
 /// `P` decides which outcomes are retried, `G` may replace the computed delay (for a
 /// `Retry-After` the outcome carries).
+///
+/// With the `serde` feature the data fields read from and write to config files (keys as
+/// the fields are named, durations as `"200ms"`, unknown keys refused); the predicate, the
+/// delay generator and the budget are code and keep their defaults.
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(
+        default = "serde_default",
+        deny_unknown_fields,
+        bound(deserialize = "P: Default, G: Default", serialize = "")
+    )
+)]
 pub struct RetryOptions<P = OnTransientError, G = NoDelayGenerator> {
     /// How many retries after the first attempt.
     /// Default: 3 (Polly's). Valid: ≥ 1; `u32::MAX` means unbounded (see [`Self::unbounded`]).
@@ -20,24 +33,32 @@ pub struct RetryOptions<P = OnTransientError, G = NoDelayGenerator> {
     pub backoff: Backoff,
     /// The base delay: the first retry's delay before jitter. Default: 2 s (Polly's).
     /// Valid: > 0 and ≤ 1 day.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub delay: Duration,
     /// Upper bound on any single delay, after jitter and after the delay generator.
     /// Default: `None` (no cap, as in Polly). Valid: ≥ `delay`.
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")
+    )]
     pub max_delay: Option<Duration>,
     /// Randomisation of the delay. Default: [`Jitter::DecorrelatedV2`] (Polly's jittered
     /// exponential backoff).
     pub jitter: Jitter,
     /// Which outcomes are retried. Default: [`OnTransientError`] — every `Err` except
     /// rejections by other strategies (open circuit, full bulkhead, rate limit, budget).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub should_retry: P,
     /// May replace the computed delay from the outcome (`Some(delay)`), e.g. to honour a
     /// `Retry-After`. Default: [`NoDelayGenerator`] (always the computed delay).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub delay_generator: G,
     /// A retry budget shared with other retry strategies: each execution deposits, each
     /// retry withdraws; with the budget empty the execution fails at once with
     /// [`Error::BudgetExhausted`](crate::Error::BudgetExhausted) (an `Ok` outcome the
     /// predicate wanted retried is returned as it is).
     /// Default: `None` (no budget).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub budget: Option<RetryBudget>,
 }
 
@@ -170,6 +191,15 @@ impl<P, G> RetryOptions<P, G> {
         }
         Ok(())
     }
+}
+
+/// The defaults of every field, whatever the predicate and the delay generator (serde fills
+/// the keys a file leaves out from it).
+#[cfg(feature = "serde")]
+fn serde_default<P: Default, G: Default>() -> RetryOptions<P, G> {
+    RetryOptions::default()
+        .handle(P::default())
+        .delay_generator(G::default())
 }
 
 /// The default delay generator: always uses the computed backoff.

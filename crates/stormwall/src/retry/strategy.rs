@@ -136,14 +136,15 @@ where
                 }
                 if budget.is_some_and(|b| !b.try_withdraw()) {
                     let attempt = attempt + 1;
-                    self.telemetry.emit("retry", || {
+                    self.telemetry.emit(crate::telemetry::strategy::RETRY, || {
                         Event::RetryBudgetExhausted(RetryBudgetExhausted { attempt })
                     });
                     return budget_refused(outcome);
                 }
                 attempt += 1;
-                self.telemetry
-                    .emit("retry", || Event::Retry(RetryScheduled { attempt, delay }));
+                self.telemetry.emit(crate::telemetry::strategy::RETRY, || {
+                    Event::Retry(RetryScheduled { attempt, delay })
+                });
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }

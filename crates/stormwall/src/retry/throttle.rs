@@ -152,9 +152,10 @@ where
             if p > 0.0 && shared.random.next_f64() < p {
                 // A locally rejected request still counts as a request, not an accept.
                 shared.window.record(now, true, false);
-                self.telemetry.emit("adaptive_throttle", || {
-                    Event::Throttled(super::Throttled { probability: p })
-                });
+                self.telemetry
+                    .emit(crate::telemetry::strategy::ADAPTIVE_THROTTLE, || {
+                        Event::Throttled(super::Throttled { probability: p })
+                    });
                 return Err(Error::Throttled);
             }
             let outcome = op(ctx).await;

@@ -56,111 +56,125 @@ use crate::timeout::TimedOut;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Something a strategy did.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Event {
-    /// Retry is about to wait and try again.
-    Retry(RetryScheduled),
-    /// A retry was due but the retry budget was empty.
-    RetryBudgetExhausted(RetryBudgetExhausted),
-    /// Adaptive throttling rejected a call locally.
-    Throttled(Throttled),
-    /// A timeout cancelled the operation.
-    Timeout(TimedOut),
-    /// A circuit breaker changed state.
-    CircuitTransition(CircuitTransition),
-    /// A circuit breaker rejected a call.
-    CircuitRejected(CircuitRejected),
-    /// Fallback replaced an outcome.
-    Fallback(FallbackUsed),
-    /// A bulkhead rejected a call.
-    BulkheadRejected(BulkheadRejected),
-    /// A rate limiter rejected a call.
-    RateLimited(RateLimited),
-    /// A chaos strategy injected into a call.
-    ChaosInjected(ChaosInjected),
-    /// Hedging started a further attempt.
-    HedgeStarted(HedgeStarted),
-    /// Stale-on-error answered with a cached value.
-    ServedStale(ServedStale),
-    /// One attempt of the operation ended (raised by the pipeline for every call of the
-    /// operation, retries and hedges included).
-    AttemptCompleted(AttemptCompleted),
-    /// A whole execution through the pipeline ended.
-    ExecutionCompleted(ExecutionCompleted),
-    /// A feature switch changed.
-    SwitchChanged(crate::degrade::SwitchChanged),
+/// The strategy labels events carry ([`EventSource::strategy`], the `strategy` label of
+/// `stormwall_strategy_events_total`), one constant each so that no emitter spells one.
+pub mod strategy {
+    /// [`crate::retry`].
+    pub const RETRY: &str = "retry";
+    /// [`crate::retry::AdaptiveThrottle`].
+    pub const ADAPTIVE_THROTTLE: &str = "adaptive_throttle";
+    /// [`crate::timeout`].
+    pub const TIMEOUT: &str = "timeout";
+    /// [`crate::circuit_breaker`].
+    pub const CIRCUIT_BREAKER: &str = "circuit_breaker";
+    /// [`crate::fallback`].
+    pub const FALLBACK: &str = "fallback";
+    /// [`crate::bulkhead`].
+    pub const BULKHEAD: &str = "bulkhead";
+    /// [`crate::rate_limit`].
+    pub const RATE_LIMIT: &str = "rate_limit";
+    /// [`crate::chaos`].
+    pub const CHAOS: &str = "chaos";
+    /// [`crate::hedging`].
+    pub const HEDGING: &str = "hedging";
+    /// [`crate::cache`] (stale-on-error).
+    pub const STALE_ON_ERROR: &str = "stale_on_error";
+    /// The pipeline itself (attempts and executions).
+    pub const PIPELINE: &str = "pipeline";
+    /// [`crate::degrade`] (feature switches).
+    pub const SWITCH: &str = "switch";
+    /// [`crate::registry`] (reloads).
+    pub const REGISTRY: &str = "registry";
 }
 
-/// Every event kind as (strategy label, event name), in [`Event::index`] order: the
-/// metrics listener registers one counter per entry up front.
-#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-pub(crate) const EVENT_KINDS: [(&str, &str); 15] = [
-    ("retry", "retry"),
-    ("retry", "retry_budget_exhausted"),
-    ("adaptive_throttle", "throttled"),
-    ("timeout", "timeout"),
-    ("circuit_breaker", "circuit_transition"),
-    ("circuit_breaker", "circuit_rejected"),
-    ("fallback", "fallback"),
-    ("bulkhead", "bulkhead_rejected"),
-    ("rate_limit", "rate_limited"),
-    ("chaos", "chaos_injected"),
-    ("hedging", "hedge_started"),
-    ("stale_on_error", "served_stale"),
-    ("pipeline", "attempt_completed"),
-    ("pipeline", "execution_completed"),
-    ("switch", "switch_changed"),
-];
-
-impl Event {
-    /// The event's position in [`EVENT_KINDS`].
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) fn index(&self) -> usize {
-        match self {
-            Event::Retry(_) => 0,
-            Event::RetryBudgetExhausted(_) => 1,
-            Event::Throttled(_) => 2,
-            Event::Timeout(_) => 3,
-            Event::CircuitTransition(_) => 4,
-            Event::CircuitRejected(_) => 5,
-            Event::Fallback(_) => 6,
-            Event::BulkheadRejected(_) => 7,
-            Event::RateLimited(_) => 8,
-            Event::ChaosInjected(_) => 9,
-            Event::HedgeStarted(_) => 10,
-            Event::ServedStale(_) => 11,
-            Event::AttemptCompleted(_) => 12,
-            Event::ExecutionCompleted(_) => 13,
-            Event::SwitchChanged(_) => 14,
+/// Declares [`Event`] from one table: each row is a variant, its payload, the strategy that
+/// raises it and its stable name. [`Event::index`], [`Event::name`], [`Event::strategy`]
+/// and `EVENT_KINDS` all come from the rows, so they cannot disagree.
+macro_rules! events {
+    ($( $(#[$doc:meta])* $variant:ident($payload:ty) => ($strategy:ident, $name:literal), )*) => {
+        /// Something a strategy did.
+        #[derive(Debug, Clone, PartialEq)]
+        #[non_exhaustive]
+        pub enum Event {
+            $( $(#[$doc])* $variant($payload), )*
         }
-    }
 
-    /// A short, stable name for the event (a metrics label): `retry`, `timeout`,
-    /// `circuit_transition`, `circuit_rejected`, `fallback`, `bulkhead_rejected`,
-    /// `rate_limited`, `retry_budget_exhausted`, `throttled`, `chaos_injected`,
-    /// `hedge_started`, `served_stale`, `attempt_completed`, `execution_completed`,
-    /// `switch_changed`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Event::Retry(_) => "retry",
-            Event::RetryBudgetExhausted(_) => "retry_budget_exhausted",
-            Event::Throttled(_) => "throttled",
-            Event::Timeout(_) => "timeout",
-            Event::CircuitTransition(_) => "circuit_transition",
-            Event::CircuitRejected(_) => "circuit_rejected",
-            Event::Fallback(_) => "fallback",
-            Event::BulkheadRejected(_) => "bulkhead_rejected",
-            Event::RateLimited(_) => "rate_limited",
-            Event::ChaosInjected(_) => "chaos_injected",
-            Event::HedgeStarted(_) => "hedge_started",
-            Event::ServedStale(_) => "served_stale",
-            Event::AttemptCompleted(_) => "attempt_completed",
-            Event::ExecutionCompleted(_) => "execution_completed",
-            Event::SwitchChanged(_) => "switch_changed",
+        /// The variants' positions, in declaration order.
+        #[allow(dead_code)]
+        #[repr(usize)]
+        enum Kind {
+            $( $variant, )*
         }
-    }
+
+        /// Every event kind as (strategy label, event name), in [`Event::index`] order:
+        /// the metrics listener registers one counter per entry up front.
+        #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+        pub(crate) const EVENT_KINDS: &[(&str, &str)] = &[ $( (strategy::$strategy, $name), )* ];
+
+        impl Event {
+            /// The event's position in `EVENT_KINDS`.
+            #[inline]
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+            pub(crate) fn index(&self) -> usize {
+                match self {
+                    $( Event::$variant(_) => Kind::$variant as usize, )*
+                }
+            }
+
+            /// A short, stable name for the event (a metrics label), e.g. `retry`,
+            /// `circuit_transition`, `attempt_completed`.
+            #[inline]
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Event::$variant(_) => $name, )*
+                }
+            }
+
+            /// The label of the strategy that raises it (one of the [`strategy`] constants).
+            #[inline]
+            pub fn strategy(&self) -> &'static str {
+                match self {
+                    $( Event::$variant(_) => strategy::$strategy, )*
+                }
+            }
+        }
+    };
+}
+
+events! {
+    /// Retry is about to wait and try again.
+    Retry(RetryScheduled) => (RETRY, "retry"),
+    /// A retry was due but the retry budget was empty.
+    RetryBudgetExhausted(RetryBudgetExhausted) => (RETRY, "retry_budget_exhausted"),
+    /// Adaptive throttling rejected a call locally.
+    Throttled(Throttled) => (ADAPTIVE_THROTTLE, "throttled"),
+    /// A timeout cancelled the operation.
+    Timeout(TimedOut) => (TIMEOUT, "timeout"),
+    /// A circuit breaker changed state.
+    CircuitTransition(CircuitTransition) => (CIRCUIT_BREAKER, "circuit_transition"),
+    /// A circuit breaker rejected a call.
+    CircuitRejected(CircuitRejected) => (CIRCUIT_BREAKER, "circuit_rejected"),
+    /// Fallback replaced an outcome.
+    Fallback(FallbackUsed) => (FALLBACK, "fallback"),
+    /// A bulkhead rejected a call.
+    BulkheadRejected(BulkheadRejected) => (BULKHEAD, "bulkhead_rejected"),
+    /// A rate limiter rejected a call.
+    RateLimited(RateLimited) => (RATE_LIMIT, "rate_limited"),
+    /// A chaos strategy injected into a call.
+    ChaosInjected(ChaosInjected) => (CHAOS, "chaos_injected"),
+    /// Hedging started a further attempt.
+    HedgeStarted(HedgeStarted) => (HEDGING, "hedge_started"),
+    /// Stale-on-error answered with a cached value.
+    ServedStale(ServedStale) => (STALE_ON_ERROR, "served_stale"),
+    /// One attempt of the operation ended (raised by the pipeline for every call of the
+    /// operation, retries and hedges included).
+    AttemptCompleted(AttemptCompleted) => (PIPELINE, "attempt_completed"),
+    /// A whole execution through the pipeline ended.
+    ExecutionCompleted(ExecutionCompleted) => (PIPELINE, "execution_completed"),
+    /// A feature switch changed.
+    SwitchChanged(crate::degrade::SwitchChanged) => (SWITCH, "switch_changed"),
+    /// A [`PipelineRegistry`](crate::registry::PipelineRegistry) reloaded a pipeline.
+    PipelineReloaded(crate::registry::PipelineReloaded) => (REGISTRY, "pipeline_reloaded"),
 }
 
 /// A whole execution through the pipeline ended, after every strategy had its say.
@@ -188,7 +202,8 @@ pub struct AttemptCompleted {
 pub struct EventSource<'a> {
     /// The pipeline's name (`"default"` unless set with `PipelineBuilder::name`).
     pub pipeline: &'a str,
-    /// The strategy kind: `retry`, `timeout`, `circuit_breaker`, `fallback`, `pipeline`.
+    /// The strategy kind, one of the [`strategy`] constants: `retry`, `timeout`,
+    /// `circuit_breaker`, `fallback`, `pipeline`, ...
     pub strategy: &'static str,
 }
 
@@ -283,7 +298,8 @@ impl Telemetry {
         self.inner.is_some()
     }
 
-    /// Raises the event `make` builds — only if a listener is attached.
+    /// Raises the event `make` builds — only if a listener is attached. `strategy` is one
+    /// of the [`strategy`] constants, the one the event's row names.
     #[inline]
     pub fn emit(&self, strategy: &'static str, make: impl FnOnce() -> Event) {
         if let Some(reporter) = &self.inner {
@@ -291,7 +307,39 @@ impl Telemetry {
                 pipeline: &reporter.pipeline,
                 strategy,
             };
-            reporter.listener.on_event(&source, &make());
+            let event = make();
+            debug_assert_eq!(
+                strategy,
+                event.strategy(),
+                "an event is raised under the strategy its row in the table names"
+            );
+            reporter.listener.on_event(&source, &event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_each_event_once_at_its_index() {
+        let retry = Event::Retry(RetryScheduled {
+            attempt: 0,
+            delay: Duration::ZERO,
+        });
+        assert_eq!(EVENT_KINDS[retry.index()], (retry.strategy(), retry.name()));
+        let done = Event::ExecutionCompleted(ExecutionCompleted {
+            duration: Duration::ZERO,
+            success: true,
+        });
+        assert_eq!(
+            EVENT_KINDS[done.index()],
+            ("pipeline", "execution_completed")
+        );
+        let mut names: Vec<_> = EVENT_KINDS.iter().map(|(_, name)| *name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), EVENT_KINDS.len(), "event names are unique");
     }
 }

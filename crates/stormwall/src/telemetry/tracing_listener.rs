@@ -78,6 +78,9 @@ impl EventListener for TracingListener {
                 switch = %s.switch, enabled = s.enabled, reason = ?s.reason,
                 "feature switch changed"
             ),
+            Event::PipelineReloaded(r) => tracing::info!(
+                pipeline, strategy, rebuilt = ?r.rebuilt, kept = ?r.kept, "pipeline reloaded"
+            ),
         }
     }
 }

@@ -137,6 +137,8 @@ fn poll_deadline<T, E, F>(
     }
     let timeout = *this.timeout;
     this.telemetry
-        .emit("timeout", || Event::Timeout(TimedOut { timeout }));
+        .emit(crate::telemetry::strategy::TIMEOUT, || {
+            Event::Timeout(TimedOut { timeout })
+        });
     (Poll::Ready(Err(Error::Timeout(timeout))), 0)
 }

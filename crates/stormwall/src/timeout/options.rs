@@ -1,11 +1,14 @@
 use crate::error::{check, ConfigError};
 use std::time::Duration;
 
-/// Options of the timeout strategy.
+/// Options of the timeout strategy. In a config file, the duration itself: `"10s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
 pub struct TimeoutOptions {
     /// How long the operation (everything inside this strategy) may run.
     /// Default: 30 s (Polly's). Valid: > 0 and ≤ 1 day.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub timeout: Duration,
 }
 
