@@ -66,6 +66,11 @@ enum Command {
         /// The dashboard's port (another is picked, and said, if it is taken).
         #[arg(long, default_value_t = 9901)]
         dashboard_port: u16,
+        /// With the dashboard: start the scenarios only once a browser has the dashboard's
+        /// live stream open, so it sees every transition as it happens (implies
+        /// --dashboard).
+        #[arg(long)]
+        dashboard_wait: bool,
     },
     /// Runs the chaos proxy: Toxiproxy's HTTP API, TCP proxies with toxics.
     Chaos {
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
                 no_report,
                 dashboard,
                 dashboard_port,
+                dashboard_wait,
             } => {
                 demo::run(demo::DemoArgs {
                     quick,
@@ -136,7 +142,8 @@ fn main() -> ExitCode {
                     scenarios,
                     report,
                     no_report,
-                    dashboard: dashboard.then_some(dashboard_port),
+                    dashboard: (dashboard || dashboard_wait).then_some(dashboard_port),
+                    dashboard_wait,
                 })
                 .await
             }

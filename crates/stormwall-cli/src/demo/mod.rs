@@ -44,6 +44,8 @@ pub struct DemoArgs {
     /// Serve the live dashboard on this port (another if taken) while the demo runs, and
     /// after it until Ctrl-C.
     pub dashboard: Option<u16>,
+    /// Start the scenarios once a browser has the dashboard's stream open.
+    pub dashboard_wait: bool,
 }
 
 /// One run's figures.
@@ -173,7 +175,14 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    'scenarios: for scenario in scenarios {
+    if let Some(board) = dashboard.as_ref().filter(|_| args.dashboard_wait) {
+        eprintln!("stormwall: waiting for a browser on the dashboard's live stream");
+        tokio::select! {
+            () = board.wait_for_stream_client() => {}
+            _ = &mut ctrl_c => interrupted = true,
+        }
+    }
+    'scenarios: for scenario in scenarios.into_iter().filter(|_| !interrupted) {
         let mut runs = Vec::new();
         for resilient in [false, true] {
             progress.set_message(format!(

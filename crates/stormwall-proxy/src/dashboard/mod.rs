@@ -3,17 +3,23 @@
 //! sparkline, and the breaker transitions seen — pushed to the page over server-sent events.
 //!
 //! [`Dashboard`] is a stormwall `EventListener`: attach it to the pipelines to show.
+//!
+//! The stream (`/dashboard/stream`) sends a view every 250 ms and each breaker transition
+//! as it is recorded (`event: transition`, numbered by `id:` in the order the breaker made
+//! them). A browser that reconnects sends the last number it received (`Last-Event-ID`)
+//! and gets the transitions it missed, in order, before anything else.
 
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+mod stream;
+
+use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::convert::Infallible;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use stormwall::circuit_breaker::CircuitState;
+use stormwall::circuit_breaker::{CircuitState, CircuitTransition};
 use stormwall::telemetry::{Event, EventListener, EventSource};
 
 /// Seconds of history kept (the sparkline).
@@ -22,6 +28,11 @@ const HISTORY: usize = 120;
 const ROLLING: usize = 10;
 /// Latency samples kept per second and route.
 const SAMPLES: usize = 2000;
+/// Breaker transitions kept (the log, and what a reconnecting stream can catch up on).
+const TRANSITIONS: usize = 200;
+/// Transitions of one route held back while an earlier one (by the breaker's sequence) has
+/// not arrived yet; beyond this many, they are recorded as they are.
+const HELD: usize = 16;
 
 #[derive(Debug, Clone, Default)]
 struct Second {
@@ -37,6 +48,11 @@ struct Route {
     /// The second each slot holds.
     stamps: Vec<u64>,
     state: CircuitState,
+    /// The breaker's sequence number the next transition should carry: set by the first
+    /// transition seen; transitions can reach the listener from several threads, out of order.
+    next_sequence: Option<u64>,
+    /// Transitions that arrived ahead of `next_sequence`, with when they arrived.
+    held: BTreeMap<u64, (Duration, CircuitTransition)>,
 }
 
 impl Route {
@@ -45,7 +61,42 @@ impl Route {
             seconds: vec![Second::default(); HISTORY],
             stamps: vec![u64::MAX; HISTORY],
             state: CircuitState::Closed,
+            next_sequence: None,
+            held: BTreeMap::new(),
         }
+    }
+
+    /// Takes `transition` in, and returns the transitions now due in the breaker's order
+    /// (none while an earlier one is missing).
+    fn order(
+        &mut self,
+        at: Duration,
+        transition: CircuitTransition,
+    ) -> Vec<(Duration, CircuitTransition)> {
+        let sequence = transition.sequence;
+        match self.next_sequence {
+            // A breaker's first transition is 1: a new breaker under the same name (a
+            // reloaded route) starts the count again.
+            Some(next) if sequence > next && sequence != 1 => {
+                self.held.insert(sequence, (at, transition));
+                if self.held.len() <= HELD {
+                    return Vec::new();
+                }
+                // Too long a gap: record what is held, in order.
+                let due: Vec<_> = std::mem::take(&mut self.held).into_values().collect();
+                self.next_sequence = due.last().map(|(_, t)| t.sequence + 1);
+                return due;
+            }
+            _ => {}
+        }
+        let mut due = vec![(at, transition)];
+        let mut next = sequence + 1;
+        while let Some(held) = self.held.remove(&next) {
+            due.push(held);
+            next += 1;
+        }
+        self.next_sequence = Some(next);
+        due
     }
 
     fn bucket(&mut self, second: u64) -> &mut Second {
@@ -66,6 +117,9 @@ impl Route {
 /// One breaker transition, as shown in the log.
 #[derive(Debug, Clone, Serialize)]
 pub struct TransitionRecord {
+    /// 1 for the first transition the dashboard recorded, then counting up without gaps
+    /// (the stream's event id).
+    pub id: u64,
     /// Seconds since the dashboard started.
     pub at_s: f64,
     /// The route (pipeline name).
@@ -112,21 +166,37 @@ pub struct RouteView {
 pub struct View {
     /// Every route seen.
     pub routes: Vec<RouteView>,
-    /// The breaker transitions seen (the last 200).
+    /// The breaker transitions seen (the last 200), oldest first.
     pub transitions: Vec<TransitionRecord>,
+}
+
+/// What the listener has recorded.
+#[derive(Debug, Default)]
+struct Inner {
+    routes: BTreeMap<String, Route>,
+    /// The last [`TRANSITIONS`] transitions, oldest first.
+    transitions: VecDeque<TransitionRecord>,
+    /// The id of the last transition recorded (0: none yet).
+    last_id: u64,
 }
 
 /// Collects the events of the pipelines it is attached to, and serves them live.
 pub struct Dashboard {
     started: Instant,
-    inner: Mutex<(BTreeMap<String, Route>, Vec<TransitionRecord>)>,
+    inner: Mutex<Inner>,
+    /// The id of the last transition recorded: streams wait on it to send transitions at once.
+    recorded: tokio::sync::watch::Sender<u64>,
+    /// How many streams are open.
+    clients: tokio::sync::watch::Sender<usize>,
 }
 
 impl Default for Dashboard {
     fn default() -> Self {
         Dashboard {
             started: Instant::now(),
-            inner: Mutex::new((BTreeMap::new(), Vec::new())),
+            inner: Mutex::new(Inner::default()),
+            recorded: tokio::sync::watch::Sender::new(0),
+            clients: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -158,7 +228,11 @@ impl EventListener for Dashboard {
         let elapsed = self.started.elapsed();
         let second = elapsed.as_secs();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (routes, transitions) = &mut *inner;
+        let Inner {
+            routes,
+            transitions,
+            last_id,
+        } = &mut *inner;
         // The route's name is allocated once, when it is first seen.
         if !routes.contains_key(source.pipeline) {
             routes.insert(source.pipeline.to_owned(), Route::new());
@@ -182,16 +256,27 @@ impl EventListener for Dashboard {
                 route.bucket(second).counts[3] += 1
             }
             Event::CircuitTransition(t) => {
-                route.state = t.to;
-                transitions.push(TransitionRecord {
-                    at_s: elapsed.as_secs_f64(),
-                    route: source.pipeline.to_owned(),
-                    from: state_name(t.from).into(),
-                    to: state_name(t.to).into(),
-                });
-                if transitions.len() > 200 {
-                    transitions.remove(0);
+                let due = route.order(elapsed, *t);
+                if due.is_empty() {
+                    return;
                 }
+                for (at, t) in due {
+                    route.state = t.to;
+                    *last_id += 1;
+                    transitions.push_back(TransitionRecord {
+                        id: *last_id,
+                        at_s: at.as_secs_f64(),
+                        route: source.pipeline.to_owned(),
+                        from: state_name(t.from).into(),
+                        to: state_name(t.to).into(),
+                    });
+                    if transitions.len() > TRANSITIONS {
+                        transitions.pop_front();
+                    }
+                }
+                let last = *last_id;
+                drop(inner);
+                self.recorded.send_replace(last);
             }
             _ => {}
         }
@@ -213,9 +298,30 @@ impl Dashboard {
 
     /// The current view: rolling figures over the last 10 s, per route.
     pub fn view(&self) -> View {
+        self.snapshot().0
+    }
+
+    /// Resolves once a stream (`/dashboard/stream`) is open: a demo that must be watched
+    /// from its start waits on it.
+    pub async fn wait_for_stream_client(&self) {
+        let mut clients = self.clients.subscribe();
+        let _ = clients.wait_for(|n| *n > 0).await;
+    }
+
+    /// The number of streams open now.
+    pub fn stream_clients(&self) -> usize {
+        *self.clients.borrow()
+    }
+
+    /// The view, and the id of the last transition in it, read together.
+    fn snapshot(&self) -> (View, u64) {
         let now = self.started.elapsed().as_secs();
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (routes, transitions) = &*inner;
+        let Inner {
+            routes,
+            transitions,
+            last_id,
+        } = &*inner;
         let routes = routes
             .iter()
             .map(|(name, route)| {
@@ -257,14 +363,27 @@ impl Dashboard {
                 }
             })
             .collect();
-        View {
+        let view = View {
             routes,
-            transitions: transitions.clone(),
-        }
+            transitions: transitions.iter().cloned().collect(),
+        };
+        (view, *last_id)
+    }
+
+    /// The transitions recorded after id `after`, oldest first.
+    fn transitions_after(&self, after: u64) -> Vec<TransitionRecord> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .transitions
+            .iter()
+            .filter(|t| t.id > after)
+            .cloned()
+            .collect()
     }
 
     /// The dashboard's routes: `/dashboard` (the page), `/dashboard/stream` (server-sent
-    /// events, a view every 250 ms), `/dashboard/state` (the view as JSON).
+    /// events: a view every 250 ms, each transition as recorded), `/dashboard/state` (the
+    /// view as JSON).
     pub fn router(self: &Arc<Self>) -> Router {
         // The page arrives with the current view in it, so it shows the state at once (and
         // a screenshot taken at load shows it too); the stream updates it from there.
@@ -288,9 +407,14 @@ impl Dashboard {
         };
         let stream = {
             let dashboard = Arc::clone(self);
-            move || {
+            move |headers: HeaderMap| {
                 let dashboard = Arc::clone(&dashboard);
-                async move { sse(dashboard).into_response() }
+                // A reconnecting browser says the last event it received.
+                let resume = headers
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                async move { stream::sse(dashboard, resume).into_response() }
             }
         };
         Router::new()
@@ -298,19 +422,6 @@ impl Dashboard {
             .route("/dashboard/state", get(state))
             .route("/dashboard/stream", get(stream))
     }
-}
-
-fn sse(
-    dashboard: Arc<Dashboard>,
-) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = futures_util::stream::unfold((dashboard, true), |(dashboard, first)| async move {
-        if !first {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        let data = serde_json::to_string(&dashboard.view()).unwrap_or_default();
-        Some((Ok(SseEvent::default().data(data)), (dashboard, false)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// Binds `127.0.0.1:port`; if that port is taken, a free one (and says so on stderr).
@@ -330,3 +441,50 @@ pub async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 const PAGE: &str = include_str!("page.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stormwall::circuit_breaker::TransitionReason;
+
+    fn transition(sequence: u64, from: CircuitState, to: CircuitState) -> Event {
+        Event::CircuitTransition(CircuitTransition {
+            from,
+            to,
+            reason: TransitionReason::Manual,
+            break_duration: None,
+            sequence,
+            origin: Default::default(),
+        })
+    }
+
+    #[test]
+    fn transitions_arriving_out_of_order_are_recorded_in_the_breakers_order() {
+        use CircuitState::{Closed, HalfOpen, Open};
+        let dashboard = Dashboard::new();
+        let source = EventSource {
+            pipeline: "payment",
+            strategy: "circuit_breaker",
+        };
+        dashboard.on_event(&source, &transition(1, Closed, Open));
+        // The third before the second (two threads): held until the second comes.
+        dashboard.on_event(&source, &transition(3, HalfOpen, Closed));
+        assert_eq!(dashboard.view().transitions.len(), 1);
+        dashboard.on_event(&source, &transition(2, Open, HalfOpen));
+        let seen: Vec<_> = dashboard
+            .view()
+            .transitions
+            .iter()
+            .map(|t| (t.id, t.from.clone(), t.to.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, "closed".into(), "open".into()),
+                (2, "open".into(), "half-open".into()),
+                (3, "half-open".into(), "closed".into())
+            ]
+        );
+        assert_eq!(dashboard.view().routes[0].breaker, "closed");
+    }
+}
