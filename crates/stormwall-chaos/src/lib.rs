@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! A chaos proxy that speaks Toxiproxy's HTTP API: existing Toxiproxy clients (Python,
 //! Node, Go, Ruby, Rust) drive it unmodified.
 //!

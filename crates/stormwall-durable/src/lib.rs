@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Durable deferred work: "accept the order now, charge the payment when the service is
 //! back" without losing the payment when the process dies in between.
 //!

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! The standard resilience handler for HTTP clients — what .NET services get from
 //! `AddStandardResilienceHandler()` — for any tower `Service<http::Request<B>>` and as a
 //! `reqwest_middleware::Middleware`.

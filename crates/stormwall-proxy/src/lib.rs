@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! The resilience sidecar: a reverse proxy that applies a stormwall pipeline per route, for
 //! services in any language.
 //!

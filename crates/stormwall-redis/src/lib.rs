@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Circuit breaker state shared across replicas through Redis.
 //!
 //! Ten replicas of a service, each with a breaker that opens after 5 failures, let 50 calls

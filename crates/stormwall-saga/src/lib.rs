@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Idempotency keys, durable sagas with compensation, and an event store — the parts of
 //! a business flow across services that retries alone cannot make safe.
 //!

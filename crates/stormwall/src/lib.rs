@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # stormwall
 //!
 //! Resilience pipelines for async Rust, composed outer to inner into one statically-typed
