@@ -48,7 +48,7 @@ async fn charge(call: u32) -> Result<&'static str, &'static str> {
     if call % 4 == 1 {
         sleep(Duration::from_millis(300)).await; // slower than the attempt timeout
     }
-    if call % 3 == 0 {
+    if call.is_multiple_of(3) {
         return Err("503 service unavailable");
     }
     Ok("charged")

@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let inventory = service_fn(move |req: Reserve| {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         async move {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 Err(std::io::Error::other("unavailable"))
             } else {
                 Ok(format!("reserved {} × {}", req.quantity, req.sku))
