@@ -69,6 +69,25 @@ pub enum SagaError {
     /// A saga definition or option that is not valid.
     #[error("invalid saga configuration: {0}")]
     Config(String),
+    /// A relay could not publish (the pipeline gave up): why.
+    #[error("publishing outbox events failed: {0}")]
+    Publish(String),
+    /// The broker (Redis) failed or could not be reached.
+    #[error("broker: {operation} failed: {reason}")]
+    Broker {
+        /// The command or step (`XREADGROUP`, `connect`).
+        operation: &'static str,
+        /// Its error.
+        reason: String,
+    },
+    /// No dead letter with this id in the group.
+    #[error("no dead letter {id:?} in group {group:?}")]
+    UnknownDeadLetter {
+        /// The consumer group.
+        group: String,
+        /// The id asked for.
+        id: String,
+    },
     /// Optimistic locking: the stream is not at the expected version.
     #[error("stream {stream:?} is at version {actual}, expected {expected}")]
     Conflict {

@@ -6,10 +6,13 @@
 //! - [`Orchestrator`]: sagas whose steps run through stormwall pipelines, persisted after
 //!   every step, compensated in reverse order, resumed after a restart.
 //! - [`EventStore`]: append-only streams with optimistic locking, snapshots, projections.
+//! - [`choreography`]: services reacting to each other's events — a transactional outbox,
+//!   consumer groups on PostgreSQL or Redis Streams, idempotent consumers, saga tracking.
 //!
 //! Everything is kept in a [`Store`]: [`SqliteStore`] (embedded default) or
 //! `PostgresStore` (feature `postgres`) — the same schema migrations, the same tests.
 
+pub mod choreography;
 mod error;
 mod events;
 mod idempotency;
