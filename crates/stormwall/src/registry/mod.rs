@@ -65,7 +65,7 @@ pub type SpecStrategies = Stack<
 pub type SpecPipeline = Pipeline<SpecStrategies>;
 
 /// What a reload did to one pipeline (carried by
-/// [`Event::PipelineReloaded`](crate::telemetry::Event::PipelineReloaded)).
+/// [`Event::PipelineReloaded`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineReloaded {
     /// Strategies built anew (their options changed, or they are new), by key:
