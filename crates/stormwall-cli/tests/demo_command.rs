@@ -47,10 +47,23 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
                 "fallbacks",
                 "payments_queued",
                 "payments_charged_later",
+                "payments_pending",
+                "payments_dead",
             ] {
                 assert!(run[field].is_number(), "{name}: {field} in {run}");
             }
             assert_eq!(run["orders"], result["orders_per_run"]);
+            // Every queued payment is accounted for, and what is left is explained.
+            let count = |field: &str| run[field].as_u64().unwrap();
+            assert_eq!(
+                count("payments_queued"),
+                count("payments_charged_later")
+                    + count("payments_pending")
+                    + count("payments_dead"),
+                "{name}: {run}"
+            );
+            let left = count("payments_pending") + count("payments_dead");
+            assert_eq!(run["payments_left"].is_string(), left > 0, "{name}: {run}");
         }
         let (before, after) = (
             plain["success_rate"].as_f64().unwrap(),
@@ -122,38 +135,69 @@ fn the_html_report_is_written_with_a_chart_per_scenario() {
     assert!(html.contains("payment down, then back"));
 }
 
+/// The demo's directory of temporary files under `tmp` (it is named after the process).
+fn demo_files(tmp: &std::path::Path, pid: u32) -> std::path::PathBuf {
+    tmp.join(format!("stormwall-demo-{pid}"))
+}
+
 #[test]
-fn ctrl_c_stops_the_demo_and_still_writes_the_partial_report() {
-    use std::io::{BufRead, BufReader};
+fn ctrl_c_stops_the_demo_writes_the_partial_report_and_removes_its_temporary_files() {
+    use std::io::Read;
     let dir = std::env::temp_dir().join(format!("stormwall-demo-int-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let path = dir.join("partial.html");
     // The default scale takes seconds per scenario: time enough to interrupt it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_stormwall"))
-        .args(["demo", "--dashboard", "--dashboard-port", "0", "--report"])
+        .args(["demo", "--scenario", "recovery", "--report"])
         .arg(&path)
+        .env("TMPDIR", &tmp)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // The dashboard line comes first: the demo is running.
-    assert!(lines.next().unwrap().unwrap().starts_with("dashboard: "));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Interrupted while the stormwall run's payment queue (SQLite) is open.
+    let files = demo_files(&tmp, child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let queue_open = || {
+        std::fs::read_dir(&files).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".db"))
+        })
+    };
+    while !queue_open() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the payment queue's file appears in {}",
+            files.display()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the demo is running");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exits cleanly: {status:?}");
-    assert!(
-        rest.iter().any(|l| l.starts_with("interrupted")),
-        "{rest:?}"
-    );
+    assert!(stdout.contains("\ninterrupted"), "{stdout}");
     let html = std::fs::read_to_string(&path).unwrap();
     assert!(html.contains("interrupted: partial"));
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The order flow, with and without stormwall: inventory → payment → notification.
 
 use super::Timings;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -153,11 +154,18 @@ pub struct RunRecord {
     pub payments: Deferrals,
 }
 
-/// The "queue it for later" payments of a resilient run.
-#[derive(Debug, Default, Clone, Copy)]
+/// The "queue it for later" payments of a resilient run: every one queued is charged,
+/// still pending or dead-lettered (`queued = charged_later + pending + dead`).
+#[derive(Debug, Default, Clone)]
 pub struct Deferrals {
     pub queued: u64,
     pub charged_later: u64,
+    /// Still in the queue when the drain's time ran out.
+    pub pending: u64,
+    /// Dead-lettered: their charge failed `MAX_CHARGE_ATTEMPTS` times.
+    pub dead: u64,
+    /// Why some are left (pending or dead), in words; `None` when all were charged.
+    pub left: Option<String>,
 }
 
 /// What a resilient run returns: its orders, the payment breaker's timeline, its deferred
@@ -258,6 +266,7 @@ pub async fn run_resilient(
     shape: Load,
     progress: &indicatif::ProgressBar,
     listener: Option<Arc<dyn stormwall::telemetry::EventListener>>,
+    files: &Path,
 ) -> Result<Resilient, String> {
     let builder = |name: &'static str| {
         let builder = Pipeline::builder().name(name);
@@ -266,9 +275,9 @@ pub async fn run_resilient(
             None => builder,
         }
     };
-    let path = std::env::temp_dir().join(format!(
-        "stormwall-demo-payments-{}-{}.db",
-        std::process::id(),
+    // In the demo's own directory, which it removes however it exits.
+    let path = files.join(format!(
+        "payments-{}.db",
         DEMO_RUN.fetch_add(1, Ordering::Relaxed)
     ));
     let queue = DurableQueue::open(&path, QueueOptions::default())
@@ -351,7 +360,7 @@ pub async fn run_resilient(
         }
     })
     .await;
-    let payments = drain(deps, t, &queue, &breaker).await;
+    let payments = drain(deps, t, &queue, &breaker, progress).await;
     sampler.abort();
     drop(queue);
     for suffix in ["", "-wal", "-shm"] {
@@ -364,14 +373,21 @@ pub async fn run_resilient(
 /// Numbers the queue files of the runs of one process.
 static DEMO_RUN: AtomicU64 = AtomicU64::new(0);
 
+/// Attempts at a queued payment before it is dead-lettered.
+const MAX_CHARGE_ATTEMPTS: u32 = 10;
+/// The longest the demo waits for the queued payments to be charged, in the seeds' time.
+const DRAIN_LIMIT_S: f64 = 60.0;
+
 /// Charges the queued payments (each with its order's idempotency key) through the payment
-/// breaker — waiting while it is open, probing when the break ends; gives up after 60 s of
-/// the seeds' time.
+/// breaker — waiting while it is open, probing when the break ends — until none is left or
+/// the drain's limit (60 s of the seeds' time) runs out; says on `progress` how many are
+/// left, and accounts for every one.
 async fn drain(
     deps: &Dependencies,
     t: &Timings,
     queue: &DurableQueue,
     breaker: &CircuitBreaker,
+    progress: &indicatif::ProgressBar,
 ) -> Deferrals {
     let idle = t.scaled(0.2).max(Duration::from_millis(5));
     let worker = Worker::new(
@@ -381,43 +397,100 @@ async fn drain(
             name: "payments-worker".into(),
             batch: 32,
             visibility: t.scaled(60.0).max(Duration::from_secs(1)),
-            max_attempts: 10,
+            max_attempts: MAX_CHARGE_ATTEMPTS,
             backoff: t.scaled(0.5),
             idle,
             ..Default::default()
         },
         Some(breaker.clone()),
     );
-    let charge = |job: stormwall_durable::Job| async move {
-        let id = job
-            .payload
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| "corrupt payment job".to_string())?;
-        deps.charge_later(id, t.scaled(10.0))
-            .await
-            .map_err(|e| e.to_string())
+    // The last failed charge, to say why a payment is left.
+    let last_error = Mutex::new(None::<String>);
+    let charge = |job: stormwall_durable::Job| {
+        let last_error = &last_error;
+        async move {
+            let id = job
+                .payload
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| "corrupt payment job".to_string())?;
+            let charged = deps.charge_later(id, t.scaled(10.0)).await;
+            charged.map_err(|e| {
+                let e = e.to_string();
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                e
+            })
+        }
     };
+    let message = progress.message();
     let done = async {
         loop {
             match queue.depth("payments").await {
                 Ok(depth) if depth.ready + depth.leased == 0 => return,
                 Err(_) => return,
-                Ok(_) => tokio::time::sleep(idle).await,
+                Ok(depth) => {
+                    progress.set_message(format!(
+                        "{message}: {} queued payments left",
+                        depth.ready + depth.leased
+                    ));
+                    tokio::time::sleep(idle).await
+                }
             }
         }
     };
+    let limit = t.scaled(DRAIN_LIMIT_S);
+    let mut timed_out = false;
     let stop = async {
         tokio::select! {
             () = done => {},
-            () = tokio::time::sleep(t.scaled(60.0)) => {},
+            () = tokio::time::sleep(limit) => timed_out = true,
         }
     };
-    let _ = worker.run_until(charge, stop).await;
+    let ran = worker.run_until(charge, stop).await;
+    progress.set_message(message);
     let depth = queue.depth("payments").await.unwrap_or_default();
+    let pending = depth.ready + depth.leased;
+    let mut why = Vec::new();
+    if let Err(e) = ran {
+        why.push(format!("the queue failed: {e}"));
+    }
+    if pending > 0 {
+        let state = match breaker.state() {
+            CircuitState::Open | CircuitState::HalfOpen => {
+                "the payment breaker was still open (the service kept failing)".to_string()
+            }
+            _ => "they were waiting out the backoff after failed charges".to_string(),
+        };
+        why.push(format!(
+            "{pending} still queued when the demo stopped waiting ({:.1} s{}): {state}; a \
+             running worker would charge them later (the demo discards its queue at exit)",
+            limit.as_secs_f64(),
+            if timed_out { ", its limit" } else { "" }
+        ));
+    }
+    if depth.dead > 0 {
+        let last = queue
+            .dead_letters("payments")
+            .await
+            .ok()
+            .and_then(|dead| dead.into_iter().rev().find_map(|(_, _, error)| error));
+        why.push(format!(
+            "{} dead-lettered after {MAX_CHARGE_ATTEMPTS} failed charges (last error: {})",
+            depth.dead,
+            last.unwrap_or_else(|| "not recorded".into())
+        ));
+    }
+    if !why.is_empty() {
+        if let Some(e) = last_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            why.push(format!("the last failed charge: {e}"));
+        }
+    }
     Deferrals {
         queued: depth.ready + depth.leased + depth.done + depth.dead,
         charged_later: depth.done,
+        pending,
+        dead: depth.dead,
+        left: (!why.is_empty()).then(|| why.join("; ")),
     }
 }

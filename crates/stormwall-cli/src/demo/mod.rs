@@ -67,6 +67,13 @@ pub struct RunStats {
     pub payments_queued: u64,
     /// Of those, charged by the queue's worker once the service answered again.
     pub payments_charged_later: u64,
+    /// Of those, still in the queue when the demo stopped waiting for it to drain.
+    pub payments_pending: u64,
+    /// Of those, dead-lettered after every attempt failed.
+    /// `payments_queued = payments_charged_later + payments_pending + payments_dead`.
+    pub payments_dead: u64,
+    /// Why some payments are left (pending or dead); `null` when every one was charged.
+    pub payments_left: Option<String>,
 }
 
 /// One scenario, both ways.
@@ -125,6 +132,11 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         interval: t.scaled(0.25),
         concurrency: 64,
     };
+    // The payment queues' SQLite files: in one directory, removed on every way out (the
+    // guard is dropped when `run` returns: done, failed or interrupted).
+    let ctrl_c = interrupt();
+    tokio::pin!(ctrl_c);
+    let files = TempDir::create().map_err(|e| format!("creating the demo's directory: {e}"))?;
     let services = services::start()
         .await
         .map_err(|e| format!("starting the mock services: {e}"))?;
@@ -173,8 +185,6 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let mut results = Vec::new();
     let mut records = Vec::new();
     let mut interrupted = false;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     if let Some(board) = dashboard.as_ref().filter(|_| args.dashboard_wait) {
         eprintln!("stormwall: waiting for a browser on the dashboard's live stream");
         tokio::select! {
@@ -195,6 +205,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 .map(|d| d as std::sync::Arc<dyn stormwall::telemetry::EventListener>);
             let one = run_once(
                 scenario, resilient, &chaos, &proxies, &services, &t, shape, &progress, listener,
+                &files.0,
             );
             let record = tokio::select! {
                 record = one => record?,
@@ -263,6 +274,7 @@ async fn run_once(
     shape: Load,
     progress: &indicatif::ProgressBar,
     listener: Option<std::sync::Arc<dyn stormwall::telemetry::EventListener>>,
+    files: &std::path::Path,
 ) -> Result<RunRecord, String> {
     let deps = Dependencies::new(proxies[0].clone(), proxies[1].clone(), proxies[2].clone());
     let changer = scenario
@@ -271,7 +283,7 @@ async fn run_once(
         .map_err(|e| format!("injecting {}: {e}", scenario.name()))?;
     let served_before = services.each_ref().map(|s| s.served());
     let (orders, breaker, payments) = if resilient {
-        flow::run_resilient(&deps, t, shape, progress, listener).await?
+        flow::run_resilient(&deps, t, shape, progress, listener, files).await?
     } else {
         let orders = flow::run_plain(&deps, t, shape, progress).await;
         (orders, Vec::new(), flow::Deferrals::default())
@@ -287,6 +299,47 @@ async fn run_once(
         served: [0, 1, 2].map(|i| served_after[i] - served_before[i]),
         payments,
     })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed at once (from then
+/// on neither signal kills the process before the demo has cleaned up).
+fn interrupt() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        if let (Some(mut int), Some(mut term)) = signals {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A directory of the demo's temporary files, removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create() -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(format!("stormwall-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -317,5 +370,8 @@ fn stats(run: &RunRecord, scenario: Scenario) -> RunStats {
         fallbacks: run.orders.iter().map(|o| u64::from(o.fallbacks)).sum(),
         payments_queued: run.payments.queued,
         payments_charged_later: run.payments.charged_later,
+        payments_pending: run.payments.pending,
+        payments_dead: run.payments.dead,
+        payments_left: run.payments.left.clone(),
     }
 }

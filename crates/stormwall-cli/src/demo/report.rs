@@ -41,7 +41,7 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
         result.orders_per_run, result.scale
     );
     let head = format!(
-        "{:<26} {:<10} {:>8} {:>9} {:>9} {:>15} {:>10} {:>12}",
+        "{:<26} {:<10} {:>8} {:>9} {:>9} {:>15} {:>10} {:>21}",
         "scenario",
         "client",
         "success",
@@ -49,7 +49,7 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
         "p99",
         "calls to failing",
         "fallbacks",
-        "paid later"
+        "queued=paid+pend+dead"
     );
     let _ = writeln!(out, "{}", paint(head, "1", colour));
     for s in &result.scenarios {
@@ -65,7 +65,7 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<26} {:<10} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10} {:>12}",
+                "{:<26} {:<10} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10} {:>21}",
                 title,
                 label,
                 paint(format!("{rate:>8}"), rate_colour(run.success_rate), colour),
@@ -78,15 +78,40 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
         }
     }
     out.push('\n');
+    for (s, label, run) in result.scenarios.iter().flat_map(|s| {
+        [
+            ("plain", &s.without_resilience),
+            ("stormwall", &s.with_resilience),
+        ]
+        .map(|(label, run)| (s, label, run))
+    }) {
+        if let Some(why) = &run.payments_left {
+            let _ = writeln!(
+                out,
+                "{}",
+                paint(
+                    format!("{} ({label}): payments left: {why}", s.title),
+                    "33",
+                    colour
+                )
+            );
+        }
+    }
     out
 }
 
-/// "charged / queued" payments of a run, `-` when none was queued.
+/// "queued=charged+pending+dead" payments of a run, `-` when none was queued.
 fn paid_later(run: &RunStats) -> String {
     if run.payments_queued == 0 {
         "-".into()
     } else {
-        format!("{}/{}", run.payments_charged_later, run.payments_queued)
+        format!(
+            "{}={}+{}+{}",
+            run.payments_queued,
+            run.payments_charged_later,
+            run.payments_pending,
+            run.payments_dead
+        )
     }
 }
 
@@ -116,7 +141,7 @@ pub fn html(result: &DemoResult, records: &[(Scenario, RunRecord, RunRecord)]) -
         out,
         "<p>{} orders per run; the seeds' timings × {}{}.</p><table><tr><th>scenario</th><th>client</th>\
          <th>success</th><th>p50</th><th>p99</th><th>calls to failing dependency</th>\
-         <th>served by it</th><th>fallbacks</th><th>payments queued, charged later</th></tr>",
+         <th>served by it</th><th>fallbacks</th><th>payments queued = charged later + pending + dead</th></tr>",
         result.orders_per_run,
         result.scale,
         if result.interrupted { " (interrupted: partial)" } else { "" }
@@ -131,6 +156,16 @@ pub fn html(result: &DemoResult, records: &[(Scenario, RunRecord, RunRecord)]) -
         );
     }
     out.push_str("</table>");
+    for s in &result.scenarios {
+        for (label, run) in [
+            ("plain", &s.without_resilience),
+            ("stormwall", &s.with_resilience),
+        ] {
+            if let Some(why) = &run.payments_left {
+                let _ = write!(out, "<p>{} ({label}): payments left: {why}</p>", s.title);
+            }
+        }
+    }
     for (scenario, plain, resilient) in records {
         let _ = write!(out, "<h2>{}</h2><div class=\"charts\">", scenario.title());
         out.push_str(&latency_chart(plain, resilient));
