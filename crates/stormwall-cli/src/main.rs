@@ -71,6 +71,10 @@ enum Command {
         /// --dashboard).
         #[arg(long)]
         dashboard_wait: bool,
+        /// Keep inventory's stale-on-error cache on this Redis (redis://host:port) instead
+        /// of in memory.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
     },
     /// Runs the chaos proxy: Toxiproxy's HTTP API, TCP proxies with toxics.
     Chaos {
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
                 dashboard,
                 dashboard_port,
                 dashboard_wait,
+                redis,
             } => {
                 demo::run(demo::DemoArgs {
                     quick,
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
                     no_report,
                     dashboard: (dashboard || dashboard_wait).then_some(dashboard_port),
                     dashboard_wait,
+                    redis,
                 })
                 .await
             }

@@ -49,6 +49,10 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
                 "payments_charged_later",
                 "payments_pending",
                 "payments_dead",
+                "served_stale",
+                "stale_age_max_ms",
+                "stale_age_p50_ms",
+                "inventory_defaults",
             ] {
                 assert!(run[field].is_number(), "{name}: {field} in {run}");
             }
@@ -79,6 +83,27 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
             ),
         }
     }
+    // Inventory down after its first quarter: stormwall served the popular items' last good
+    // answers from the cache (each some time old), and the default for items never cached.
+    let inventory = &scenarios[2]["with_resilience"];
+    let stale = inventory["served_stale"].as_u64().unwrap();
+    let defaults = inventory["inventory_defaults"].as_u64().unwrap();
+    assert!(stale > 0 && defaults > 0, "{inventory}");
+    assert!(
+        inventory["stale_age_max_ms"].as_f64().unwrap() > 0.0,
+        "{inventory}"
+    );
+    // No stale answer, and no default, while every dependency answered.
+    for run in ["without_resilience", "with_resilience"] {
+        assert_eq!(scenarios[0][run]["served_stale"], 0);
+        assert_eq!(scenarios[0][run]["inventory_defaults"], 0);
+    }
+    // Notification's fallback logs (and the order continues).
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("notification failed: the order continues without it"),
+        "{stderr}"
+    );
     // A dead dependency is called far less once stormwall's breaker opens.
     let recovery = &scenarios[5];
     // Its failed payments were queued durably and, once it was back, every one charged.

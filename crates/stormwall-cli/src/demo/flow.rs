@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use stormwall::cache::{Cached, MemoryCache, StaleOnError, StaleOnErrorOptions, ValueCache};
 use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, CircuitState};
 use stormwall::fallback::FallbackOptions;
 use stormwall::pipeline::Properties;
@@ -121,6 +122,91 @@ impl Dependencies {
     }
 }
 
+/// What inventory answered for an item: which order's call fetched it, and when (ms since
+/// the run started). Served stale, it is another order's answer, and its age shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stock {
+    pub order: u64,
+    pub fetched_ms: u64,
+}
+
+impl Stock {
+    /// The documented default for an item never cached when inventory is down: assume it
+    /// is in stock (the order goes on; stock is checked again when inventory is back).
+    pub const DEFAULT: Stock = Stock {
+        order: u64::MAX,
+        fetched_ms: 0,
+    };
+}
+
+/// The item an order asks inventory about: eight popular items (the healthy phase caches
+/// them), and every fifth order a rare one never asked before (never cached).
+pub fn item(order: u64) -> String {
+    if order % 5 == 4 {
+        format!("rare-{order}")
+    } else {
+        format!("sku-{}", order % 8)
+    }
+}
+
+/// Where inventory's last good answers are kept: in memory, or on Redis (`--redis`).
+#[derive(Clone)]
+pub enum StockCache {
+    Memory(MemoryCache<Stock>),
+    Redis(stormwall_redis::RedisCache<Stock>),
+}
+
+impl StockCache {
+    /// A fresh cache for one run; on Redis under a name of its own (`run`), entries
+    /// expiring after 10 minutes.
+    pub fn new(redis: Option<&str>, run: &str) -> Result<Self, String> {
+        let ttl = Duration::from_secs(600);
+        match redis {
+            None => Ok(StockCache::Memory(MemoryCache::new(10_000, ttl))),
+            Some(url) => stormwall_redis::RedisCache::new(
+                url,
+                &format!("demo-inventory-{run}"),
+                ttl,
+                Duration::from_millis(200),
+            )
+            .map(StockCache::Redis)
+            .map_err(|e| format!("--redis {url}: {e}")),
+        }
+    }
+}
+
+impl ValueCache<Stock> for StockCache {
+    fn get(&self, key: &str) -> impl std::future::Future<Output = Option<Cached<Stock>>> + Send {
+        async move {
+            match self {
+                StockCache::Memory(cache) => cache.get(key).await,
+                StockCache::Redis(cache) => cache.get(key).await,
+            }
+        }
+    }
+
+    fn put(&self, key: &str, value: Stock) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            match self {
+                StockCache::Memory(cache) => cache.put(key, value).await,
+                StockCache::Redis(cache) => cache.put(key, value).await,
+            }
+        }
+    }
+}
+
+/// How inventory's answer came.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StockAnswer {
+    Fresh,
+    /// From the cache, this old.
+    Stale(Duration),
+    /// The documented default (never cached).
+    Default,
+    /// No answer (plain client).
+    None,
+}
+
 /// One order as it ended.
 #[derive(Debug, Clone, Copy)]
 pub struct OrderRecord {
@@ -129,8 +215,10 @@ pub struct OrderRecord {
     pub latency: Duration,
     /// Accepted (charged, or payment queued for later).
     pub accepted: bool,
-    /// Fallbacks it used (cached stock, queued payment, skipped notification).
+    /// Fallbacks it used (cached or default stock, queued payment, skipped notification).
     pub fallbacks: u32,
+    /// How inventory answered.
+    pub stock: StockAnswer,
 }
 
 /// What happened to the payment step of an order.
@@ -185,7 +273,7 @@ pub struct Load {
 async fn load<F, Fut>(load: Load, progress: &indicatif::ProgressBar, place: F) -> Vec<OrderRecord>
 where
     F: Fn(u64) -> Fut,
-    Fut: std::future::Future<Output = (bool, u32)>,
+    Fut: std::future::Future<Output = (bool, u32, StockAnswer)>,
 {
     let permits = Semaphore::new(load.concurrency);
     let records = Mutex::new(Vec::with_capacity(load.orders as usize));
@@ -198,12 +286,13 @@ where
                 return;
             };
             let began = Instant::now();
-            let (accepted, fallbacks) = place(id).await;
+            let (accepted, fallbacks, stock) = place(id).await;
             let record = OrderRecord {
                 started: began - start,
                 latency: began.elapsed(),
                 accepted,
                 fallbacks,
+                stock,
             };
             records
                 .lock()
@@ -251,7 +340,7 @@ pub async fn run_plain(
                 deps.call(0, id, timeout).await.is_ok()
             }
             && deps.call(2, id, timeout).await.is_ok();
-        (ok, 0)
+        (ok, 0, StockAnswer::None)
     })
     .await
 }
@@ -267,6 +356,7 @@ pub async fn run_resilient(
     progress: &indicatif::ProgressBar,
     listener: Option<Arc<dyn stormwall::telemetry::EventListener>>,
     files: &Path,
+    stock_cache: StockCache,
 ) -> Result<Resilient, String> {
     let builder = |name: &'static str| {
         let builder = Pipeline::builder().name(name);
@@ -304,16 +394,32 @@ pub async fn run_resilient(
         .timeout(t.scaled(10.0))
         .build()
         .map_err(|e| e.to_string())?;
-    // inventory: 5 s, 2 retries, cached fallback.
+    // inventory: 5 s, 2 retries; fallback: the item's last good answer (stale-on-error over
+    // the cache, up to 10 min old), else the documented default.
     let inventory = builder("inventory")
-        .fallback(FallbackOptions::value(Step::Fallback))
+        .fallback(FallbackOptions::value(Stock::DEFAULT))
+        .strategy(
+            StaleOnError::new(stock_cache, StaleOnErrorOptions::new(t.scaled(600.0)))
+                .map_err(|e| e.to_string())?,
+        )
         .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(2))
         .timeout(t.scaled(5.0))
         .build()
         .map_err(|e| e.to_string())?;
-    // notification: 3 s, 1 retry, log and continue.
+    // notification: 3 s, 1 retry; fallback: log and continue.
+    let skipped = AtomicU64::new(0);
     let notification = builder("notification")
-        .fallback(FallbackOptions::value(Step::Fallback))
+        .fallback(FallbackOptions::with(
+            |outcome: Result<Step, stormwall::Error<CallError>>| {
+                let skipped = &skipped;
+                async move {
+                    if let Err(e) = outcome {
+                        log_skipped(skipped.fetch_add(1, Ordering::Relaxed), &e);
+                    }
+                    Ok(Step::Fallback)
+                }
+            },
+        ))
         .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(1))
         .timeout(t.scaled(3.0))
         .build()
@@ -333,6 +439,7 @@ pub async fn run_resilient(
             }
         })
     };
+    let start = Instant::now();
     let records = load(shape, progress, |id| {
         let (payment, inventory, notification) = (&payment, &inventory, &notification);
         async move {
@@ -344,19 +451,39 @@ pub async fn run_resilient(
                 payload: id.to_be_bytes().to_vec(),
                 idempotency_key: Some(format!("order-{id}")),
             }));
-            let stock = inventory.execute(call(1)).await;
+            let look_up = |_| async move {
+                deps.call(1, id, None).await?;
+                Ok::<_, CallError>(Stock {
+                    order: id,
+                    fetched_ms: start.elapsed().as_millis() as u64,
+                })
+            };
+            let stock = inventory
+                .execute_with(Context::new().with_key(item(id)), look_up)
+                .await;
+            let stock = match stock {
+                Ok(s) if s.order == id => StockAnswer::Fresh,
+                Ok(s) if s == Stock::DEFAULT => StockAnswer::Default,
+                Ok(s) => StockAnswer::Stale(Duration::from_millis(
+                    (start.elapsed().as_millis() as u64).saturating_sub(s.fetched_ms),
+                )),
+                Err(_) => StockAnswer::None,
+            };
             deps.reach_payment();
             let outcomes = [
-                stock,
                 payment.execute_with(later, call(0)).await,
                 notification.execute(call(2)).await,
             ];
-            let accepted = outcomes.iter().all(|o| o.is_ok());
+            let accepted = stock != StockAnswer::None && outcomes.iter().all(|o| o.is_ok());
             let fallbacks = outcomes
                 .iter()
                 .filter(|o| matches!(o, Ok(Step::Fallback)))
-                .count() as u32;
-            (accepted, fallbacks)
+                .count() as u32
+                + u32::from(matches!(
+                    stock,
+                    StockAnswer::Stale(_) | StockAnswer::Default
+                ));
+            (accepted, fallbacks, stock)
         }
     })
     .await;
@@ -368,6 +495,20 @@ pub async fn run_resilient(
     }
     let timeline = std::mem::take(&mut *timeline.lock().unwrap_or_else(|e| e.into_inner()));
     Ok((records, timeline, payments))
+}
+
+/// The notification fallback's log: the first skip of a run as a warning, the rest at debug
+/// level (`RUST_LOG=debug`), so a dead notification service does not flood the terminal.
+fn log_skipped(before: u64, error: &stormwall::Error<CallError>) {
+    if before == 0 {
+        tracing::warn!(
+            %error,
+            "notification failed: the order continues without it (log and continue); \
+             further skips are logged at debug level"
+        );
+    } else {
+        tracing::debug!(%error, skipped = before + 1, "notification skipped");
+    }
 }
 
 /// Numbers the queue files of the runs of one process.

@@ -46,6 +46,8 @@ pub struct DemoArgs {
     pub dashboard: Option<u16>,
     /// Start the scenarios once a browser has the dashboard's stream open.
     pub dashboard_wait: bool,
+    /// Keep inventory's cache on this Redis (`redis://…`) instead of in memory.
+    pub redis: Option<String>,
 }
 
 /// One run's figures.
@@ -62,6 +64,15 @@ pub struct RunStats {
     /// Requests that dependency actually served.
     pub served_by_failing_dependency: u64,
     pub fallbacks: u64,
+    /// Inventory answers served stale from the cache (stale-on-error) while inventory
+    /// failed.
+    pub served_stale: u64,
+    /// The oldest of those answers, and the median age (ms).
+    pub stale_age_max_ms: f64,
+    pub stale_age_p50_ms: f64,
+    /// Inventory answers that were the documented default ("in stock"): the item had never
+    /// been cached. Not counted in `served_stale`.
+    pub inventory_defaults: u64,
     /// Payments kept in the durable queue when the payment service failed (the order was
     /// accepted as PaymentPending).
     pub payments_queued: u64,
@@ -204,8 +215,17 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 .clone()
                 .map(|d| d as std::sync::Arc<dyn stormwall::telemetry::EventListener>);
             let one = run_once(
-                scenario, resilient, &chaos, &proxies, &services, &t, shape, &progress, listener,
+                scenario,
+                resilient,
+                &chaos,
+                &proxies,
+                &services,
+                &t,
+                shape,
+                &progress,
+                listener,
                 &files.0,
+                args.redis.as_deref(),
             );
             let record = tokio::select! {
                 record = one => record?,
@@ -275,6 +295,7 @@ async fn run_once(
     progress: &indicatif::ProgressBar,
     listener: Option<std::sync::Arc<dyn stormwall::telemetry::EventListener>>,
     files: &std::path::Path,
+    redis: Option<&str>,
 ) -> Result<RunRecord, String> {
     let deps = Dependencies::new(proxies[0].clone(), proxies[1].clone(), proxies[2].clone());
     let changer = scenario
@@ -283,7 +304,9 @@ async fn run_once(
         .map_err(|e| format!("injecting {}: {e}", scenario.name()))?;
     let served_before = services.each_ref().map(|s| s.served());
     let (orders, breaker, payments) = if resilient {
-        flow::run_resilient(&deps, t, shape, progress, listener, files).await?
+        let run = format!("{}-{}", std::process::id(), scenario.name());
+        let cache = flow::StockCache::new(redis, &run)?;
+        flow::run_resilient(&deps, t, shape, progress, listener, files, cache).await?
     } else {
         let orders = flow::run_plain(&deps, t, shape, progress).await;
         (orders, Vec::new(), flow::Deferrals::default())
@@ -354,6 +377,15 @@ fn stats(run: &RunRecord, scenario: Scenario) -> RunStats {
     let mut latencies: Vec<_> = run.orders.iter().map(|o| o.latency).collect();
     latencies.sort();
     let accepted = run.orders.iter().filter(|o| o.accepted).count();
+    let mut stale: Vec<Duration> = run
+        .orders
+        .iter()
+        .filter_map(|o| match o.stock {
+            flow::StockAnswer::Stale(age) => Some(age),
+            _ => None,
+        })
+        .collect();
+    stale.sort();
     let failing = scenario.failing();
     RunStats {
         orders: run.orders.len(),
@@ -368,6 +400,14 @@ fn stats(run: &RunRecord, scenario: Scenario) -> RunStats {
         calls_to_failing_dependency: failing.map_or(0, |i| run.calls[i]),
         served_by_failing_dependency: failing.map_or(0, |i| run.served[i]),
         fallbacks: run.orders.iter().map(|o| u64::from(o.fallbacks)).sum(),
+        served_stale: stale.len() as u64,
+        stale_age_max_ms: stale.last().map_or(0.0, |a| a.as_secs_f64() * 1000.0),
+        stale_age_p50_ms: percentile(&stale, 0.5),
+        inventory_defaults: run
+            .orders
+            .iter()
+            .filter(|o| o.stock == flow::StockAnswer::Default)
+            .count() as u64,
         payments_queued: run.payments.queued,
         payments_charged_later: run.payments.charged_later,
         payments_pending: run.payments.pending,

@@ -41,7 +41,7 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
         result.orders_per_run, result.scale
     );
     let head = format!(
-        "{:<26} {:<10} {:>8} {:>9} {:>9} {:>15} {:>10} {:>21}",
+        "{:<26} {:<10} {:>8} {:>9} {:>9} {:>15} {:>10} {:>16} {:>7} {:>21}",
         "scenario",
         "client",
         "success",
@@ -49,6 +49,8 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
         "p99",
         "calls to failing",
         "fallbacks",
+        "stale (max age)",
+        "default",
         "queued=paid+pend+dead"
     );
     let _ = writeln!(out, "{}", paint(head, "1", colour));
@@ -65,7 +67,7 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<26} {:<10} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10} {:>21}",
+                "{:<26} {:<10} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10} {:>16} {:>7} {:>21}",
                 title,
                 label,
                 paint(format!("{rate:>8}"), rate_colour(run.success_rate), colour),
@@ -73,6 +75,8 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
                 run.p99_ms,
                 calls,
                 run.fallbacks,
+                stale(run),
+                defaults(run),
                 paid_later(run)
             );
         }
@@ -100,6 +104,28 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
     out
 }
 
+/// Inventory answers served stale, with the oldest one's age; `-` when none.
+fn stale(run: &RunStats) -> String {
+    if run.served_stale == 0 {
+        "-".into()
+    } else {
+        format!(
+            "{} ({:.2} s)",
+            run.served_stale,
+            run.stale_age_max_ms / 1000.0
+        )
+    }
+}
+
+/// Inventory answers that were the default (never cached); `-` when none.
+fn defaults(run: &RunStats) -> String {
+    if run.inventory_defaults == 0 {
+        "-".into()
+    } else {
+        run.inventory_defaults.to_string()
+    }
+}
+
 /// "queued=charged+pending+dead" payments of a run, `-` when none was queued.
 fn paid_later(run: &RunStats) -> String {
     if run.payments_queued == 0 {
@@ -117,13 +143,15 @@ fn paid_later(run: &RunStats) -> String {
 
 fn row(label: &str, run: &RunStats) -> String {
     format!(
-        "<td>{label}</td><td>{:.1} %</td><td>{:.1} ms</td><td>{:.1} ms</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+        "<td>{label}</td><td>{:.1} %</td><td>{:.1} ms</td><td>{:.1} ms</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
         run.success_rate * 100.0,
         run.p50_ms,
         run.p99_ms,
         run.calls_to_failing_dependency,
         run.served_by_failing_dependency,
         run.fallbacks,
+        stale(run),
+        defaults(run),
         paid_later(run)
     )
 }
@@ -141,7 +169,7 @@ pub fn html(result: &DemoResult, records: &[(Scenario, RunRecord, RunRecord)]) -
         out,
         "<p>{} orders per run; the seeds' timings × {}{}.</p><table><tr><th>scenario</th><th>client</th>\
          <th>success</th><th>p50</th><th>p99</th><th>calls to failing dependency</th>\
-         <th>served by it</th><th>fallbacks</th><th>payments queued = charged later + pending + dead</th></tr>",
+         <th>served by it</th><th>fallbacks</th><th>inventory served stale (oldest)</th><th>inventory default (never cached)</th><th>payments queued = charged later + pending + dead</th></tr>",
         result.orders_per_run,
         result.scale,
         if result.interrupted { " (interrupted: partial)" } else { "" }

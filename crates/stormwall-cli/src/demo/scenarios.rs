@@ -42,7 +42,7 @@ impl Scenario {
         match self {
             Scenario::Healthy => "healthy",
             Scenario::PaymentLatency => "payment +2 s latency",
-            Scenario::InventoryDown => "inventory down",
+            Scenario::InventoryDown => "inventory down after 1/4",
             Scenario::PaymentFailingHalf => "payment failing 50 %",
             Scenario::NotificationDown => "notification down",
             Scenario::Recovery => "payment down, then back",
@@ -89,7 +89,13 @@ impl Scenario {
                 )?;
             }
             Scenario::InventoryDown => {
-                chaos.update("inventory", &disabled).await?;
+                // Healthy for the first quarter of the orders (stale-on-error's cache fills
+                // with the popular items), then down.
+                let chaos = chaos.clone();
+                return Ok(Some(tokio::spawn(async move {
+                    let _ = at_payment.wait_for(|n| *n >= orders / 4).await;
+                    let _ = chaos.update("inventory", &disabled).await;
+                })));
             }
             Scenario::PaymentFailingHalf => {
                 let mut reset = Toxic::new(ToxicKind::ResetPeer { timeout: 0 });
