@@ -37,6 +37,13 @@ CREATE INDEX IF NOT EXISTS stormwall_jobs_pending ON stormwall_jobs (queue, id)
     WHERE state IN ('ready', 'leased');
 ";
 
+/// Indexes on columns a migration may add: made after it.
+const LATE_INDEXES: &str = "
+-- Ready jobs whose lease once ran out: each is leased alone.
+CREATE INDEX IF NOT EXISTS stormwall_jobs_suspect ON stormwall_jobs (queue, id)
+    WHERE state = 'ready' AND expired_leases > 0;
+";
+
 /// An arbitrary constant: the advisory lock that serialises replicas migrating at once.
 const MIGRATION_LOCK: i64 = 0x5354_4f52_4d57_414c;
 
@@ -86,6 +93,7 @@ impl Postgres {
                 )
                 .await?;
             }
+            tx.batch_execute(LATE_INDEXES).await?;
             tx.commit().await?;
             Ok(())
             })
@@ -185,24 +193,48 @@ impl Postgres {
                 )
                 .await?;
             }
+            // Leases that ran out with attempts left: the job is ready again and suspect —
+            // its worker died or hung while holding it, on it or on another job of its batch.
+            tx.execute(
+                concat!(
+                    "UPDATE stormwall_jobs
+                        SET state = 'ready', lease_until = NULL, leased_by = NULL,
+                            expired_leases = expired_leases + 1,
+                            last_error = 'lease expired: worker ' || quote_literal(leased_by) || ' neither acked nor failed it'
+                      WHERE id IN (SELECT id FROM stormwall_jobs
+                                    WHERE queue = $1 AND state = 'leased' AND lease_until < ",
+                    now_ms!(),
+                    " FOR UPDATE SKIP LOCKED)"
+                ),
+                &[&queue],
+            )
+            .await?;
+            // A suspect job is leased alone: a job that kills its worker costs only its own
+            // attempts, not its batch's.
+            let suspect = tx
+                .query_opt(
+                    concat!(
+                        "SELECT id FROM stormwall_jobs
+                          WHERE queue = $1 AND state = 'ready' AND expired_leases > 0 AND run_at <= ",
+                        now_ms!(),
+                        " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+                    ),
+                    &[&queue],
+                )
+                .await?
+                .map(|row| row.get::<_, i64>(0));
             let statement = tx
                 .prepare_cached(concat!(
                     "UPDATE stormwall_jobs
-                        SET expired_leases = expired_leases + CASE WHEN state = 'leased' THEN 1 ELSE 0 END,
-                            last_error = CASE WHEN state = 'leased'
-                                THEN 'lease expired: worker ' || quote_literal(leased_by) || ' neither acked nor failed it'
-                                ELSE last_error END,
-                            state = 'leased', lease_until = ",
+                        SET state = 'leased', lease_until = ",
                     now_ms!(),
                     " + $1, leased_by = $2, attempts = attempts + 1
                       WHERE id IN (SELECT id FROM stormwall_jobs
                                     WHERE queue = $3
                                       AND state IN ('ready', 'leased')
-                                      AND ((state = 'ready' AND run_at <= ",
+                                      AND state = 'ready' AND run_at <= ",
                     now_ms!(),
-                    ") OR (state = 'leased' AND attempts < $5 AND lease_until < ",
-                    now_ms!(),
-                    "))
+                    " AND ($5::BIGINT IS NULL OR id = $5)
                                     ORDER BY id LIMIT $4
                                     FOR UPDATE SKIP LOCKED)
                   RETURNING id, payload, idempotency_key, attempts"
@@ -215,8 +247,8 @@ impl Postgres {
                         &(visibility.as_millis() as i64),
                         &worker,
                         &queue,
-                        &(max as i64),
-                        &limit,
+                        &(if suspect.is_some() { 1 } else { max as i64 }),
+                        &suspect,
                     ],
                 )
                 .await?;

@@ -99,6 +99,9 @@ pub enum QueueError {
     /// The queue's writer thread is gone (or could not start).
     #[error("the queue is closed")]
     Closed,
+    /// An option outside its valid range (named, with its value and what is valid).
+    #[error(transparent)]
+    InvalidOption(#[from] crate::storage::InvalidOption),
     /// A batch of enqueues could not be committed: none of them was added.
     #[error("commit failed, nothing was enqueued: {0}")]
     Commit(String),
@@ -137,6 +140,25 @@ impl Default for QueueOptions {
             max_attempts: 5,
             timeouts: crate::storage::StorageTimeouts::default(),
         }
+    }
+}
+
+impl QueueOptions {
+    /// Checks every option is in its documented range; the error names the option.
+    pub fn validate(&self) -> Result<(), QueueError> {
+        use crate::storage::InvalidOption;
+        let at_least_one = [
+            ("QueueOptions::max_payload_bytes", self.max_payload_bytes),
+            ("QueueOptions::max_batch", self.max_batch),
+            ("QueueOptions::connections", self.connections),
+            ("QueueOptions::max_attempts", self.max_attempts as usize),
+        ];
+        for (field, value) in at_least_one {
+            if value == 0 {
+                return Err(InvalidOption::new(field, value, "≥ 1").into());
+            }
+        }
+        Ok(self.timeouts.validate("QueueOptions::timeouts")?)
     }
 }
 
@@ -223,6 +245,7 @@ impl std::fmt::Debug for DurableQueue {
 impl DurableQueue {
     /// Opens (or creates) the SQLite queue database at `path`.
     pub fn open(path: impl AsRef<Path>, options: QueueOptions) -> Result<Self, QueueError> {
+        options.validate()?;
         let backend = Backend::Sqlite(crate::sqlite::Sqlite::open(
             path.as_ref(),
             options.max_batch,
@@ -235,6 +258,7 @@ impl DurableQueue {
     /// creating the tables if missing, so that many replicas can drain one queue.
     #[cfg(feature = "postgres")]
     pub async fn connect_postgres(url: &str, options: QueueOptions) -> Result<Self, QueueError> {
+        options.validate()?;
         let backend = Backend::Postgres(
             crate::postgres::Postgres::connect(url, options.connections, options.timeouts).await?,
         );

@@ -34,20 +34,42 @@ CREATE INDEX IF NOT EXISTS stormwall_jobs_pending ON stormwall_jobs (queue, id)
     WHERE state IN ('ready', 'leased');
 ";
 
-/// Leases up to ?5 due jobs of queue ?3 for worker ?2 until ?1 (now ?4; a job whose lease
-/// ran out is due again while it has attempts left, ?6): reads the pending index only.
+/// Leases that ran out with attempts left (queue ?1, now ?2): the job is ready again and
+/// suspect — its worker died or hung while holding it, on it or on another job of its batch.
+const EXPIRE: &str = "UPDATE stormwall_jobs
+       SET state = 'ready', lease_until = NULL, leased_by = NULL,
+           expired_leases = expired_leases + 1,
+           last_error = 'lease expired: worker ' || quote(leased_by) || ' neither acked nor failed it'
+     WHERE queue = ?1 AND state = 'leased' AND lease_until < ?2";
+
+/// The first due suspect job of queue ?1 (now ?2), if any: it is leased alone, so a job that
+/// kills its worker costs only its own attempts, not its batch's.
+const SUSPECT: &str = "SELECT id FROM stormwall_jobs INDEXED BY stormwall_jobs_suspect
+     WHERE queue = ?1 AND state = 'ready' AND expired_leases > 0 AND run_at <= ?2
+     ORDER BY id LIMIT 1";
+
+/// Leases up to ?5 due jobs of queue ?3 for worker ?2 until ?1 (now ?4), in id order:
+/// reads the pending jobs' index only.
 const LEASE: &str = "UPDATE stormwall_jobs
-          SET expired_leases = expired_leases + (state = 'leased'),
-              last_error = CASE WHEN state = 'leased'
-                  THEN 'lease expired: worker ' || quote(leased_by) || ' neither acked nor failed it'
-                  ELSE last_error END,
-              state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
-        WHERE id IN (SELECT id FROM stormwall_jobs
-                      WHERE queue = ?3
-                        AND state IN ('ready', 'leased')
-                        AND ((state = 'ready' AND run_at <= ?4) OR (state = 'leased' AND attempts < ?6 AND lease_until < ?4))
-                      ORDER BY id LIMIT ?5)
+       SET state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
+     WHERE id IN (SELECT id FROM stormwall_jobs INDEXED BY stormwall_jobs_pending
+                   WHERE queue = ?3 AND state IN ('ready', 'leased')
+                     AND state = 'ready' AND run_at <= ?4
+                   ORDER BY id LIMIT ?5)
     RETURNING id, payload, idempotency_key, attempts";
+
+/// Leases the job ?3 for worker ?2 until ?1.
+const LEASE_ONE: &str = "UPDATE stormwall_jobs
+       SET state = 'leased', lease_until = ?1, leased_by = ?2, attempts = attempts + 1
+     WHERE id = ?3 AND state = 'ready'
+    RETURNING id, payload, idempotency_key, attempts";
+
+/// Indexes on columns a migration may add: made after it.
+const LATE_INDEXES: &str = "
+-- Ready jobs whose lease once ran out: each is leased alone.
+CREATE INDEX IF NOT EXISTS stormwall_jobs_suspect ON stormwall_jobs (queue, id)
+    WHERE state = 'ready' AND expired_leases > 0;
+";
 
 type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
@@ -92,18 +114,20 @@ fn open(
             |r| r.get(0),
         )
         .optional()?;
-    match crate::queue::check_schema(found)? {
-        Some(SCHEMA_VERSION) => return Ok((connection, deadline)),
-        // Version 1: the table was there before `expired_leases`.
-        Some(1) => connection.execute_batch(
-            "ALTER TABLE stormwall_jobs ADD COLUMN expired_leases INTEGER NOT NULL DEFAULT 0",
-        )?,
-        _ => {}
+    let found = crate::queue::check_schema(found)?;
+    if found != Some(SCHEMA_VERSION) {
+        if found == Some(1) {
+            // Version 1: the table was there before `expired_leases`.
+            connection.execute_batch(
+                "ALTER TABLE stormwall_jobs ADD COLUMN expired_leases INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
+        connection.execute(
+            "INSERT OR REPLACE INTO stormwall_meta (key, value) VALUES ('schema_version', ?1)",
+            params![SCHEMA_VERSION.to_string()],
+        )?;
     }
-    connection.execute(
-        "INSERT OR REPLACE INTO stormwall_meta (key, value) VALUES ('schema_version', ?1)",
-        params![SCHEMA_VERSION.to_string()],
-    )?;
+    connection.execute_batch(LATE_INDEXES)?;
     Ok((connection, deadline))
 }
 
@@ -305,15 +329,24 @@ impl Sqlite {
                     params![error, id],
                 )?;
             }
-            let rows = {
-                let mut statement = tx.prepare_cached(
-                    LEASE,
-                )?;
-                let rows = statement.query_map(
-                    params![now + visibility.as_millis() as i64, worker, queue, now, max as i64, max_attempts],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?, r.get::<_, Value>(2)?, r.get::<_, Value>(3)?)),
-                )?;
-                rows.collect::<Result<Vec<_>, _>>()?
+            tx.prepare_cached(EXPIRE)?.execute(params![queue, now])?;
+            let suspect: Option<i64> = tx
+                .prepare_cached(SUSPECT)?
+                .query_row(params![queue, now], |r| r.get(0))
+                .optional()?;
+            let until = now + visibility.as_millis() as i64;
+            let row = |r: &rusqlite::Row<'_>| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Value>(1)?, r.get::<_, Value>(2)?, r.get::<_, Value>(3)?))
+            };
+            let rows = match suspect {
+                Some(id) => tx
+                    .prepare_cached(LEASE_ONE)?
+                    .query_map(params![until, worker, id], row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => tx
+                    .prepare_cached(LEASE)?
+                    .query_map(params![until, worker, queue, now, max as i64], row)?
+                    .collect::<Result<Vec<_>, _>>()?,
             };
             // A row that does not read as a job (written by hand, or by another program) is
             // a dead letter that says why — it must not block the queue's other jobs.
@@ -497,7 +530,7 @@ mod tests {
         let plan: Vec<String> = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {LEASE}"))
             .unwrap()
-            .query_map(params![1, "w", "q", 0, 16, 5], |r| r.get(3))
+            .query_map(params![1, "w", "q", 0, 16], |r| r.get(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

@@ -32,6 +32,54 @@ impl Default for StorageTimeouts {
     }
 }
 
+/// The longest bound a timeout takes: SQLite's busy timeout and PostgreSQL's
+/// `statement_timeout` are 32-bit counts of milliseconds (≈ 24.8 days).
+pub const MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+impl StorageTimeouts {
+    /// Checks each bound is within 1 ms ..= [`MAX_TIMEOUT`]; the error names the field
+    /// under `prefix` (e.g. `QueueOptions::timeouts`).
+    pub fn validate(&self, prefix: &str) -> Result<(), InvalidOption> {
+        for (name, value) in [
+            ("connect", self.connect),
+            ("wait", self.wait),
+            ("statement", self.statement),
+        ] {
+            if value < Duration::from_millis(1) || value > MAX_TIMEOUT {
+                return Err(InvalidOption {
+                    field: format!("{prefix}.{name}"),
+                    value: format!("{value:?}"),
+                    valid: "between 1 ms and 2147483647 ms (≈ 24.8 days)",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An option outside its valid range: which one, its value, what is valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} = {value} is invalid: valid is {valid}")]
+pub struct InvalidOption {
+    /// The option's path, e.g. `WorkerOptions::batch`.
+    pub field: String,
+    /// The value given.
+    pub value: String,
+    /// What is valid.
+    pub valid: &'static str,
+}
+
+impl InvalidOption {
+    /// `field` = `value` is not `valid`.
+    pub fn new(field: &str, value: impl std::fmt::Debug, valid: &'static str) -> Self {
+        InvalidOption {
+            field: field.to_owned(),
+            value: format!("{value:?}"),
+            valid,
+        }
+    }
+}
+
 /// Which of the [`StorageTimeouts`] fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimedOut {
@@ -63,7 +111,9 @@ pub fn open_sqlite(
     let connection = rusqlite::Connection::open(path)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
-    connection.busy_timeout(timeouts.wait)?;
+    // Within SQLite's range whatever a caller that skipped `validate` passed (rusqlite
+    // panics past it).
+    connection.busy_timeout(timeouts.wait.min(MAX_TIMEOUT))?;
     let deadline = SqliteDeadline::install(&connection, timeouts.statement);
     Ok((connection, deadline))
 }
@@ -201,7 +251,7 @@ impl PgPool {
         // the client-side bound below covers a server that does not answer at all.
         let statement_timeout = format!(
             "-c statement_timeout={}",
-            timeouts.statement.as_millis().max(1)
+            timeouts.statement.min(MAX_TIMEOUT).as_millis().max(1)
         );
         let options = match config.get_options() {
             Some(given) => format!("{given} {statement_timeout}"),

@@ -8,7 +8,9 @@ use stormwall::circuit_breaker::{CircuitBreaker, CircuitState, StateStore};
 pub struct WorkerOptions {
     /// The worker's name (lease holder). Default `worker`.
     pub name: String,
-    /// Jobs leased at a time. Default 16.
+    /// Jobs leased at a time. Default 16; valid ≥ 1. A job whose lease ran out (its
+    /// worker died or hung during its batch) is leased alone afterwards, so a job that
+    /// kills its worker costs only its own attempts.
     pub batch: usize,
     /// How long a lease lasts before the job is due again. Default 30 s.
     pub visibility: Duration,
@@ -21,8 +23,10 @@ pub struct WorkerOptions {
     /// How long to wait when there is nothing to do. Default 100 ms.
     pub idle: Duration,
     /// How often the worker exports its queue's depth and oldest-job age (the gauges of
-    /// [`DurableQueue::depth`]), checked after each round; `None`: never (call `depth`
-    /// yourself). Default every 5 s; `Duration::ZERO`: after every round.
+    /// [`DurableQueue::depth`]): on a timer while [`Worker::run_until`] runs (also while a
+    /// handler is slow or hung), and checked after each round of [`Worker::run_once`];
+    /// `None`: never (call `depth` yourself). Default every 5 s; `Duration::ZERO`: after
+    /// every round only.
     pub metrics_every: Option<Duration>,
 }
 
@@ -37,6 +41,41 @@ impl Default for WorkerOptions {
             idle: Duration::from_millis(100),
             metrics_every: Some(Duration::from_secs(5)),
         }
+    }
+}
+
+impl WorkerOptions {
+    /// Checks every option is in its documented range; the error names the option.
+    pub fn validate(&self) -> Result<(), QueueError> {
+        use crate::storage::InvalidOption;
+        if self.name.is_empty() {
+            return Err(InvalidOption::new("WorkerOptions::name", &self.name, "not empty").into());
+        }
+        if self.batch == 0 {
+            return Err(InvalidOption::new("WorkerOptions::batch", self.batch, "≥ 1").into());
+        }
+        if self.max_attempts == 0 {
+            return Err(InvalidOption::new(
+                "WorkerOptions::max_attempts",
+                self.max_attempts,
+                "≥ 1",
+            )
+            .into());
+        }
+        for (field, value) in [
+            ("WorkerOptions::visibility", self.visibility),
+            ("WorkerOptions::idle", self.idle),
+        ] {
+            if value < Duration::from_millis(1) || value > crate::storage::MAX_TIMEOUT {
+                return Err(InvalidOption::new(
+                    field,
+                    value,
+                    "between 1 ms and 2147483647 ms (≈ 24.8 days)",
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -107,6 +146,7 @@ impl<P, S: StateStore> Worker<P, S> {
         F: Fn(Job) -> Fut,
         Fut: Future<Output = Result<(), String>>,
     {
+        self.options.validate()?;
         let mut batch = self.options.batch;
         if let Some(breaker) = &self.breaker {
             // An open circuit means the target is down: waiting costs nothing, calling
@@ -194,9 +234,22 @@ impl<P, S: StateStore> Worker<P, S> {
         Fut: Future<Output = Result<(), String>>,
     {
         tokio::pin!(stop);
+        // The gauges on their own timer too: a slow or hung handler must not leave them
+        // stale (they matter most then). `Duration::ZERO`: after every round only.
+        let export = async {
+            match self.options.metrics_every {
+                Some(every) if !every.is_zero() => loop {
+                    tokio::time::sleep(every).await;
+                    self.export_metrics_when_due().await;
+                },
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::pin!(export);
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
+                () = &mut export => {}
                 handled = self.run_once(&handle) => {
                     if handled? == 0 {
                         tokio::time::sleep(self.options.idle).await;

@@ -283,9 +283,9 @@ async fn a_worker_killed_mid_drain_loses_nothing_and_every_effect_happens_once()
     println!("crash test: {calls} deliveries for 1000 jobs, 1000 effects");
 }
 
-/// The child process of the poison test: drains `orders` one job at a time and hangs in
-/// the job `poison` (after saying so in the calls log) until it is killed; exits once
-/// nothing is ready or leased.
+/// The child process of the poison test: drains `orders` with the default batch (16) and
+/// hangs in the job `poison` (after saying so in the calls log) until it is killed; exits
+/// once nothing is ready or leased.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_child() {
     let Ok(path) = std::env::var("STORMWALL_POISON_DB") else {
@@ -299,7 +299,6 @@ async fn poison_child() {
             "orders",
             WorkerOptions {
                 name: format!("child-{}", std::process::id()),
-                batch: 1,
                 visibility: Duration::from_millis(200),
                 max_attempts: 3,
                 ..Default::default()
@@ -341,7 +340,15 @@ async fn a_job_that_kills_its_worker_every_time_becomes_a_dead_letter() {
     let calls = std::path::PathBuf::from(format!("{}.calls", path.display()));
     let _ = std::fs::remove_file(&calls);
     let queue = DurableQueue::open(&path, QueueOptions::default()).unwrap();
-    for job in ["a", "poison", "b"] {
+    // The poison job in the middle of one batch: five jobs before it in the batch, ten
+    // after it.
+    let innocent: Vec<String> = (1..=15).map(|i| format!("job-{i}")).collect();
+    for job in innocent[..5]
+        .iter()
+        .map(String::as_str)
+        .chain(["poison"])
+        .chain(innocent[5..].iter().map(String::as_str))
+    {
         queue.enqueue("orders", job, Some(job)).await.unwrap();
     }
     let poison_calls = || {
@@ -386,8 +393,16 @@ async fn a_job_that_kills_its_worker_every_time_becomes_a_dead_letter() {
     assert_eq!(dead[0].1.as_deref(), Some("poison"));
     let error = dead[0].2.clone().unwrap_or_default();
     assert!(error.starts_with("lease expired 3 times"), "{error}");
+    // The rest of its batch is done, not dead: after the first crash every job of the
+    // batch is suspect and leased alone, so the poison job's attempts are its own. A job
+    // that ran before the crash ran again (at least once), no job more than twice.
     let depth = queue.depth("orders").await.unwrap();
-    assert_eq!((depth.done, depth.ready, depth.leased), (2, 0, 0));
+    assert_eq!((depth.done, depth.ready, depth.leased), (15, 0, 0));
+    let log = std::fs::read_to_string(&calls).unwrap();
+    for job in &innocent {
+        let runs = log.lines().filter(|l| l == job).count();
+        assert!((1..=2).contains(&runs), "{job} ran {runs} times");
+    }
 }
 
 /// A database written before leases were counted (schema 1) is upgraded in place: its
@@ -401,6 +416,8 @@ async fn a_version_1_database_is_upgraded_in_place() {
         .await
         .unwrap();
     drop(queue);
+    // As version 1 made it: no index on `expired_leases`, no column.
+    sqlite(&path, "DROP INDEX stormwall_jobs_suspect");
     sqlite(
         &path,
         "ALTER TABLE stormwall_jobs DROP COLUMN expired_leases",
@@ -534,21 +551,54 @@ async fn a_running_worker_keeps_the_queue_gauges_current() {
         worker.run_once(&handle).await.unwrap();
         assert_eq!(ready_gauge(&snapshotter), Some(left));
     }
-    // A job enqueued behind the worker's back shows at its next round, while it idles.
-    queue.enqueue("orders", vec![9], None).await.unwrap();
-    let idle: Worker<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore> =
+    // While a handler runs (here: until the test lets it finish), a running worker exports
+    // the gauges on its timer: jobs enqueued behind its back show before the round ends.
+    let timed: Worker<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore> =
         Worker::new(
             queue.clone(),
             "orders",
             WorkerOptions {
-                batch: 0,
-                metrics_every: Some(Duration::ZERO),
+                batch: 1,
+                metrics_every: Some(Duration::from_millis(20)),
                 ..Default::default()
             },
             None,
         );
-    idle.run_once(&handle).await.unwrap();
-    assert_eq!(ready_gauge(&snapshotter), Some(1.0));
+    queue.enqueue("orders", vec![9], None).await.unwrap();
+    let (started, finish) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let slow = {
+        let (started, finish) = (started.clone(), finish.clone());
+        move |_job| {
+            let (started, finish) = (started.clone(), finish.clone());
+            async move {
+                started.notify_one();
+                finish.notified().await;
+                Ok(())
+            }
+        }
+    };
+    let check = async {
+        started.notified().await;
+        for i in 0..2u8 {
+            queue.enqueue("orders", vec![i], None).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ready_gauge(&snapshotter) != Some(2.0) {
+            assert!(
+                Instant::now() < deadline,
+                "the gauges stayed stale while the handler ran"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        finish.notify_one();
+    };
+    tokio::select! {
+        result = timed.run_until(slow, std::future::pending()) => panic!("{result:?}"),
+        () = check => {}
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,4 +630,70 @@ async fn queue_for_later_accepts_the_order_and_keeps_the_payment_durably() {
         DurableQueue::open(db("later"), QueueOptions::default()).unwrap(),
     )
     .await;
+}
+
+/// Options outside their documented ranges are refused, naming the option; none panics
+/// (a `wait` past SQLite's 32-bit busy timeout used to panic inside rusqlite).
+#[tokio::test]
+async fn options_out_of_range_are_typed_errors_naming_the_option() {
+    let path = db("options");
+    let refused = |options: QueueOptions| match DurableQueue::open(&path, options) {
+        Err(QueueError::InvalidOption(e)) => e.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let timeouts = stormwall_durable::StorageTimeouts::default();
+    for (options, field) in [
+        (
+            QueueOptions {
+                max_batch: 0,
+                ..Default::default()
+            },
+            "QueueOptions::max_batch",
+        ),
+        (
+            QueueOptions {
+                max_attempts: 0,
+                ..Default::default()
+            },
+            "QueueOptions::max_attempts",
+        ),
+        (
+            QueueOptions {
+                timeouts: stormwall_durable::StorageTimeouts {
+                    wait: Duration::MAX,
+                    ..timeouts
+                },
+                ..Default::default()
+            },
+            "QueueOptions::timeouts.wait",
+        ),
+        (
+            QueueOptions {
+                timeouts: stormwall_durable::StorageTimeouts {
+                    statement: Duration::ZERO,
+                    ..timeouts
+                },
+                ..Default::default()
+            },
+            "QueueOptions::timeouts.statement",
+        ),
+    ] {
+        let message = refused(options);
+        assert!(message.starts_with(field), "{message}");
+    }
+    let queue = DurableQueue::open(&path, QueueOptions::default()).unwrap();
+    let worker: Worker<stormwall::pipeline::OnError, stormwall::circuit_breaker::InMemoryStore> =
+        Worker::new(
+            queue,
+            "q",
+            WorkerOptions {
+                batch: 0,
+                ..Default::default()
+            },
+            None,
+        );
+    match worker.run_once(&|_job| async { Ok(()) }).await {
+        Err(QueueError::InvalidOption(e)) => assert_eq!(e.field, "WorkerOptions::batch"),
+        other => panic!("{other:?}"),
+    }
 }
