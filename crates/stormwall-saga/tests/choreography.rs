@@ -945,3 +945,63 @@ async fn postgres_poison_events_are_dead_lettered_inspected_and_requeued() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outbox_is_relayed_to_redis_by_one_relay_at_a_time() {
+    let server = PostgresServer::start();
+    let redis = RedisServer::start();
+    let url = server.database("relay");
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    PostgresOutbox::install(&mut client).await.unwrap();
+    let append = async |client: &mut tokio_postgres::Client, range: std::ops::Range<usize>| {
+        for i in range {
+            let tx = client.transaction().await.unwrap();
+            let m = Message::new("order.created", format!("order-{i}"), &i).unwrap();
+            PostgresOutbox::append(&tx, &m).await.unwrap();
+            if i == 3 {
+                continue; // dropped: rolled back
+            }
+            tx.commit().await.unwrap();
+        }
+    };
+    append(&mut client, 0..20).await;
+    let stream = RedisStreams::new(&redis.url(), "orders").unwrap();
+    let relay = || {
+        Relay::new(
+            stormwall_saga::choreography::PostgresOutboxSource::new(&url),
+            stream.clone(),
+            Pipeline::builder().build().unwrap(),
+        )
+        .batch(7)
+    };
+    let (first, second) = (relay(), relay());
+    assert_eq!(first.publish_pending().await.unwrap(), 19);
+    assert_eq!(
+        second.publish_pending().await.unwrap(),
+        0,
+        "the first one is the active relay"
+    );
+    append(&mut client, 20..25).await;
+    drop(first); // its connection, and its lock, go
+    let started = Instant::now();
+    let mut published = 0;
+    while published < 5 {
+        assert!(started.elapsed() < DEADLINE, "the second relay took over");
+        published += second.publish_pending().await.unwrap();
+    }
+    let keys: Vec<String> = stream
+        .entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.stream_key)
+        .collect();
+    let expected: Vec<String> = (0..25)
+        .filter(|i| *i != 3)
+        .map(|i| format!("order-{i}"))
+        .collect();
+    assert_eq!(keys, expected, "each committed event once, in commit order");
+}

@@ -355,7 +355,12 @@ impl PostgresSubscription {
 
     async fn side(&mut self) -> Result<&mut Client, SagaError> {
         if self.side.as_ref().is_none_or(Client::is_closed) {
-            self.side = Some(listening(&self.url).await?.0);
+            let (side, _) = listening(&self.url).await?;
+            // Attempt counts need not wait for the disk: a server crash may lose the last
+            // increments (a poison event then gets an attempt or two more), a consumer
+            // crash loses none. (The PostgreSQL bench: 200 → 254 events/s.)
+            side.batch_execute("SET synchronous_commit TO off").await?;
+            self.side = Some(side);
         }
         self.side
             .as_mut()

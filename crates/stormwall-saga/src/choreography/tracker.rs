@@ -29,7 +29,9 @@ pub struct SagaProgress {
     pub correlation_id: String,
     /// Its events, oldest first.
     pub events: Vec<TrackedEvent>,
-    /// Whether its last event is one of the tracker's terminal kinds.
+    /// Whether one of its events is of a terminal kind. (Events of different topics are
+    /// tracked in the order their consumers saw them, which need not be the order they
+    /// happened in: the terminal event may be seen before the one that caused it.)
     pub finished: bool,
 }
 
@@ -39,6 +41,14 @@ impl SagaProgress {
         self.events.last().map_or("", |e| e.kind.as_str())
     }
 
+    /// How it ended: its terminal event's kind (None while it runs).
+    pub fn outcome<'a>(&'a self, tracker: &SagaTracker) -> Option<&'a str> {
+        self.events
+            .iter()
+            .find(|e| tracker.terminal.contains(&e.kind))
+            .map(|e| e.kind.as_str())
+    }
+
     /// The kinds of its events, in order.
     pub fn kinds(&self) -> Vec<&str> {
         self.events.iter().map(|e| e.kind.as_str()).collect()
@@ -46,8 +56,9 @@ impl SagaProgress {
 }
 
 /// Keeps, per correlation id, the events of each saga (in a SQLite file): fed by a
-/// consumer group of its own ([`record`](Self::record) is idempotent per event id), it
-/// answers "how far did saga X get" and "which sagas stopped short".
+/// consumer group of its own on each topic ([`record`](Self::record) is idempotent per
+/// event id), it answers "how far did saga X get" and "which sagas stopped short, and
+/// where" ([`stalled`](Self::stalled)).
 ///
 /// ```
 /// # fn main() -> Result<(), stormwall_saga::SagaError> {
@@ -151,9 +162,7 @@ impl SagaTracker {
         if events.is_empty() {
             return Ok(None);
         }
-        let finished = events
-            .last()
-            .is_some_and(|e| self.terminal.contains(&e.kind));
+        let finished = events.iter().any(|e| self.terminal.contains(&e.kind));
         Ok(Some(SagaProgress {
             correlation_id: correlation_id.to_owned(),
             events,
