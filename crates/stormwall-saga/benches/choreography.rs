@@ -51,6 +51,36 @@ fn consume<S: Subscription + 'static>(
     (count, notify)
 }
 
+/// The benchmark group: 10 samples of `EVENTS` events each.
+fn group(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group("choreography");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    group.throughput(Throughput::Elements(EVENTS));
+    group
+}
+
+/// `iters` times: `EVENTS` events appended one by one by `append`, then waits until the
+/// consumer has acknowledged them; the time it all took.
+fn timed(
+    runtime: &tokio::runtime::Runtime,
+    iters: u64,
+    count: &AtomicU64,
+    notify: &Notify,
+    mut append: impl AsyncFnMut(Message),
+) -> Duration {
+    runtime.block_on(async {
+        let started = Instant::now();
+        for _ in 0..iters {
+            let target = count.load(Ordering::SeqCst) + EVENTS;
+            for i in 0..EVENTS {
+                append(Message::new("tick", format!("key-{}", i % 16), &i).unwrap()).await;
+            }
+            until(count, notify, target).await;
+        }
+        started.elapsed()
+    })
+}
+
 async fn until(count: &AtomicU64, notify: &Notify, target: u64) {
     while count.load(Ordering::SeqCst) < target {
         let _ = tokio::time::timeout(Duration::from_millis(50), notify.notified()).await;
@@ -72,24 +102,13 @@ fn postgres(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         .block_on(PostgresSubscription::connect(&url, "bench"))
         .unwrap();
     let (count, notify) = consume(runtime, subscription);
-    let mut group = c.benchmark_group("choreography");
-    group.sampling_mode(SamplingMode::Flat).sample_size(10);
-    group.throughput(Throughput::Elements(EVENTS));
+    let mut group = group(c);
     group.bench_function("postgres: append tx -> SKIP LOCKED group -> ack", |b| {
         b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    let target = count.load(Ordering::SeqCst) + EVENTS;
-                    for i in 0..EVENTS {
-                        let tx = client.transaction().await.unwrap();
-                        let m = Message::new("tick", format!("key-{}", i % 16), &i).unwrap();
-                        PostgresOutbox::append(&tx, &m).await.unwrap();
-                        tx.commit().await.unwrap();
-                    }
-                    until(&count, &notify, target).await;
-                }
-                started.elapsed()
+            timed(runtime, iters, &count, &notify, async |m| {
+                let tx = client.transaction().await.unwrap();
+                PostgresOutbox::append(&tx, &m).await.unwrap();
+                tx.commit().await.unwrap();
             })
         })
     });
@@ -115,26 +134,15 @@ fn redis(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     );
     runtime.spawn(async move { relay.run(std::future::pending()).await });
     let (count, notify) = consume(runtime, streams.subscribe("bench", "c1"));
-    let mut group = c.benchmark_group("choreography");
-    group.sampling_mode(SamplingMode::Flat).sample_size(10);
-    group.throughput(Throughput::Elements(EVENTS));
+    let mut group = group(c);
     group.bench_function(
         "redis: SQLite append tx -> relay -> XREADGROUP group -> XACK",
         |b| {
             b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iters {
-                        let target = count.load(Ordering::SeqCst) + EVENTS;
-                        for i in 0..EVENTS {
-                            let tx = db.transaction().unwrap();
-                            let m = Message::new("tick", format!("key-{}", i % 16), &i).unwrap();
-                            SqliteOutbox::append(&tx, &m).unwrap();
-                            tx.commit().unwrap();
-                        }
-                        until(&count, &notify, target).await;
-                    }
-                    started.elapsed()
+                timed(runtime, iters, &count, &notify, async |m| {
+                    let tx = db.transaction().unwrap();
+                    SqliteOutbox::append(&tx, &m).unwrap();
+                    tx.commit().unwrap();
                 })
             })
         },

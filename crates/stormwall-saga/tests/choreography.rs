@@ -131,6 +131,43 @@ impl Drop for PersistentRedis {
     }
 }
 
+/// A connection to the database at `url`, its outbox installed.
+async fn outbox_client(url: &str) -> tokio_postgres::Client {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    PostgresOutbox::install(&mut client).await.unwrap();
+    client
+}
+
+/// Appends `events` in one transaction.
+async fn append_all(client: &mut tokio_postgres::Client, events: &[Message]) {
+    let tx = client.transaction().await.unwrap();
+    for m in events {
+        PostgresOutbox::append(&tx, m).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// The environment of a consumer child of group `inventory`.
+fn consumer_env(
+    url: &str,
+    name: &str,
+    effects: &Path,
+    calls: &Path,
+    expect: usize,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("STORMWALL_CHOREO_URL", url.to_owned()),
+        ("STORMWALL_CHOREO_GROUP", "inventory".to_string()),
+        ("STORMWALL_CHOREO_CONSUMER", name.to_string()),
+        ("STORMWALL_CHOREO_EFFECTS", effects.display().to_string()),
+        ("STORMWALL_CHOREO_CALLS", calls.display().to_string()),
+        ("STORMWALL_CHOREO_EXPECT", expect.to_string()),
+    ]
+}
+
 fn child(mode: &str, env: &[(&str, String)]) -> Child {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
@@ -405,14 +442,7 @@ async fn killed_mid_handler(
     let (effects, calls) = (dir.join("effects.db"), dir.join("calls.log"));
     effects_db(&effects);
     let consumer = |name: &str, hang: bool| {
-        let mut env = vec![
-            ("STORMWALL_CHOREO_URL", url.clone()),
-            ("STORMWALL_CHOREO_GROUP", "inventory".to_string()),
-            ("STORMWALL_CHOREO_CONSUMER", name.to_string()),
-            ("STORMWALL_CHOREO_EFFECTS", effects.display().to_string()),
-            ("STORMWALL_CHOREO_CALLS", calls.display().to_string()),
-            ("STORMWALL_CHOREO_EXPECT", events.len().to_string()),
-        ];
+        let mut env = consumer_env(&url, name, &effects, &calls, events.len());
         if hang {
             env.push(("STORMWALL_CHOREO_HANG", "payment.completed".to_string()));
         }
@@ -497,17 +527,9 @@ async fn a_postgres_consumer_killed_mid_handler_gets_the_event_again_and_its_eff
     let url = server.database("kill");
     let dir = temp_dir("kill-postgres");
     let publish = async {
-        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        PostgresOutbox::install(&mut client).await.unwrap();
+        let mut client = outbox_client(&url).await;
         let events = six_events();
-        let tx = client.transaction().await.unwrap();
-        for m in &events {
-            PostgresOutbox::append(&tx, m).await.unwrap();
-        }
-        tx.commit().await.unwrap();
+        append_all(&mut client, &events).await;
         events
     };
     killed_mid_handler(&dir, "consumer-postgres", url.clone(), publish).await;
@@ -661,17 +683,8 @@ async fn two_redis_consumer_processes_of_one_group_never_handle_one_event_at_onc
     let (effects, calls) = (dir.join("effects.db"), dir.join("calls.log"));
     effects_db(&effects);
     let consumer = |name: &str| {
-        child(
-            "consumer-redis",
-            &[
-                ("STORMWALL_CHOREO_URL", redis.url()),
-                ("STORMWALL_CHOREO_GROUP", "inventory".to_string()),
-                ("STORMWALL_CHOREO_CONSUMER", name.to_string()),
-                ("STORMWALL_CHOREO_EFFECTS", effects.display().to_string()),
-                ("STORMWALL_CHOREO_CALLS", calls.display().to_string()),
-                ("STORMWALL_CHOREO_EXPECT", events.len().to_string()),
-            ],
-        )
+        let env = consumer_env(&redis.url(), name, &effects, &calls, events.len());
+        child("consumer-redis", &env)
     };
     let (a, b) = (consumer("c1"), consumer("c2"));
     for mut c in [a, b] {
@@ -688,19 +701,11 @@ async fn two_postgres_consumers_of_one_group_never_handle_one_event_at_once_and_
 {
     let server = PostgresServer::start();
     let url = server.database("race");
-    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    PostgresOutbox::install(&mut client).await.unwrap();
+    let mut client = outbox_client(&url).await;
     // 8 keys × 25 events, appended in 20 transactions, interleaved.
     let events = numbered("tick", |i| format!("key-{}", i % 8), 0..200);
     for chunk in events.chunks(10) {
-        let tx = client.transaction().await.unwrap();
-        for m in chunk {
-            PostgresOutbox::append(&tx, m).await.unwrap();
-        }
-        tx.commit().await.unwrap();
+        append_all(&mut client, chunk).await;
     }
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = Arc::new(Mutex::new(
@@ -925,16 +930,8 @@ async fn postgres_poison_events_are_dead_lettered_inspected_and_requeued() {
         ("crashy", numbered("boom", |_| "k".into(), 0..1)),
     ] {
         let url = server.database(db);
-        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        PostgresOutbox::install(&mut client).await.unwrap();
-        let tx = client.transaction().await.unwrap();
-        for m in &events {
-            PostgresOutbox::append(&tx, m).await.unwrap();
-        }
-        tx.commit().await.unwrap();
+        let mut client = outbox_client(&url).await;
+        append_all(&mut client, &events).await;
         let subscription = PostgresSubscription::connect(&url, "billing")
             .await
             .unwrap();
@@ -951,11 +948,7 @@ async fn a_postgres_outbox_is_relayed_to_redis_by_one_relay_at_a_time() {
     let server = PostgresServer::start();
     let redis = RedisServer::start();
     let url = server.database("relay");
-    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    PostgresOutbox::install(&mut client).await.unwrap();
+    let mut client = outbox_client(&url).await;
     let append = async |client: &mut tokio_postgres::Client, range: std::ops::Range<usize>| {
         for i in range {
             let tx = client.transaction().await.unwrap();

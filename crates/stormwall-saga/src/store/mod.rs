@@ -12,6 +12,7 @@ mod sqlite;
 
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+pub(crate) use sqlite::run_blocking;
 pub use sqlite::SqliteStore;
 
 /// The schema version this build writes (the number of migrations). Version 2 scoped

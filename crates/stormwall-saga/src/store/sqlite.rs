@@ -120,26 +120,33 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, SagaError> + Send + 'static,
     ) -> Result<T, SagaError> {
-        let (connection, deadline, wait) = (
-            self.connection.clone(),
-            self.deadline.clone(),
-            self.timeouts.wait,
-        );
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
-            deadline
-                .bound(|| work(&mut connection))
-                .map_err(|e| match e {
-                    SagaError::Sqlite(e) => match deadline.timed_out(&e, wait) {
-                        Some((what, after)) => SagaError::Timeout { what, after },
-                        None => SagaError::Sqlite(e),
-                    },
-                    other => other,
-                })
-        })
-        .await
-        .map_err(|e| SagaError::Unreachable(format!("the database task failed: {e}")))?
+        run_blocking(&self.connection, &self.deadline, &self.timeouts, work).await
     }
+}
+
+/// Runs `work` on `connection` in a blocking task, bounded by `deadline`; SQLite's
+/// timeouts become [`SagaError::Timeout`].
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    connection: &Arc<Mutex<Connection>>,
+    deadline: &SqliteDeadline,
+    timeouts: &StorageTimeouts,
+    work: impl FnOnce(&mut Connection) -> Result<T, SagaError> + Send + 'static,
+) -> Result<T, SagaError> {
+    let (connection, deadline, wait) = (connection.clone(), deadline.clone(), timeouts.wait);
+    tokio::task::spawn_blocking(move || {
+        let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+        deadline
+            .bound(|| work(&mut connection))
+            .map_err(|e| match e {
+                SagaError::Sqlite(e) => match deadline.timed_out(&e, wait) {
+                    Some((what, after)) => SagaError::Timeout { what, after },
+                    None => SagaError::Sqlite(e),
+                },
+                other => other,
+            })
+    })
+    .await
+    .map_err(|e| SagaError::Unreachable(format!("the database task failed: {e}")))?
 }
 
 fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordedEvent> {
