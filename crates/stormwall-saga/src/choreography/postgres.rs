@@ -307,6 +307,10 @@ pub struct PostgresSubscription {
     /// A second connection for what must commit outside the round: attempts, requeues.
     side: Option<Client>,
     round: Option<Round>,
+    /// Whether the round's connection is inside a transaction (set at BEGIN, cleared at
+    /// COMMIT or ROLLBACK): one left open by an error or a dropped call is rolled back
+    /// before the next round.
+    open: bool,
 }
 
 impl std::fmt::Debug for PostgresSubscription {
@@ -328,6 +332,7 @@ impl PostgresSubscription {
             client: None,
             side: None,
             round: None,
+            open: false,
         };
         subscription.client().await?;
         Ok(subscription)
@@ -336,6 +341,7 @@ impl PostgresSubscription {
     async fn client(&mut self) -> Result<&mut Client, SagaError> {
         if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             self.round = None;
+            self.open = false;
             let (mut client, notify) = listening(&self.url).await?;
             PostgresOutbox::install(&mut client).await?;
             client
@@ -372,8 +378,9 @@ impl PostgresSubscription {
     async fn try_round(&mut self, max: usize) -> Result<Vec<Delivery>, SagaError> {
         let group = self.group.clone();
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        self.client().await?.batch_execute("BEGIN").await?;
+        self.open = true;
         let client = self.client().await?;
-        client.batch_execute("BEGIN").await?;
         let locked = client
             .query_opt(
                 "SELECT o.partition, o.position FROM stormwall_outbox_offsets o
@@ -387,6 +394,7 @@ impl PostgresSubscription {
             .await?;
         let Some(locked) = locked else {
             client.batch_execute("ROLLBACK").await?;
+            self.open = false;
             return Ok(Vec::new());
         };
         let (partition, after): (i32, i64) = (locked.get(0), locked.get(1));
@@ -431,9 +439,12 @@ impl Subscription for PostgresSubscription {
     }
 
     async fn receive(&mut self, max: usize) -> Result<Vec<Delivery>, SagaError> {
-        if self.round.take().is_some() {
-            // The last round was not settled (its caller gave up): deliver it again.
+        self.round = None;
+        if self.open {
+            // The last round was not settled (its caller gave up, or a statement failed):
+            // its events are delivered again.
             self.client().await?.batch_execute("ROLLBACK").await?;
+            self.open = false;
         }
         let deliveries = self.try_round(max).await?;
         if !deliveries.is_empty() || self.round.is_some() {
@@ -522,6 +533,7 @@ impl Subscription for PostgresSubscription {
             )
             .await?;
         client.batch_execute("COMMIT").await?;
+        self.open = false;
         Ok(())
     }
 
