@@ -187,7 +187,7 @@ async fn chaos(listen: String, config: Option<PathBuf>) -> Result<(), String> {
 
 fn read_config(path: &std::path::Path) -> Result<stormwall_proxy::Config, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    stormwall_proxy::Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    stormwall_proxy::Config::parse_with_env(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parses the file and builds every route (so strategy options are checked too).

@@ -52,6 +52,42 @@ fn a_good_file_passes_and_a_bad_one_names_the_key() {
     assert!(stderr.contains("retries"), "{stderr}");
 }
 
+/// The example file the HTTP handler and the registry read too.
+#[test]
+fn the_shared_example_file_passes() {
+    let (ok, stdout, stderr) = check(include_str!("../../../examples/stormwall.toml"));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("OK (2 routes)"), "{stdout}");
+}
+
+/// `STORMWALL__<PIPELINE>__<KEY>` overrides a key of the file, and is checked like it.
+#[test]
+fn environment_overrides_are_applied_and_checked() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stormwall.toml");
+    let run = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_stormwall"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("STORMWALL__PAYMENT__RETRY__MAX_RETRIES", value)
+            .output()
+            .unwrap()
+    };
+    let out = run("5");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("0");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("pipelines.payment.retry.max_retries"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_refuses_each_bad_config_naming_the_key() {
     let cases = [

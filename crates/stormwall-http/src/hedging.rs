@@ -5,7 +5,7 @@ use crate::body::{Replay, ReplayBody};
 use crate::classify::{is_transient, AttemptOutcome, Classifier, HttpResponse, Transient};
 use http::uri::{Parts as UriParts, Uri};
 use http::{Request, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -18,48 +18,38 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 /// Options of the [hedging handler](HedgingLayer); defaults are .NET's
-/// `AddStandardHedgingHandler()`'s.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `AddStandardHedgingHandler()`'s. The hedging keys (`delay`, `max_hedged_attempts`) are the
+/// core's [`HedgingOptions`](CoreHedging), the endpoints' breaker is the core's
+/// [`CircuitBreakerOptions`] (`[circuit_breaker]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HedgingOptions {
     /// Bounds the whole request, hedges included. Default 30 s. Valid: > 0.
     #[serde(with = "humantime_serde")]
     pub total_request_timeout: Duration,
-    /// How long to wait for an answer before sending a hedge. Default 2 s. Valid: > 0.
-    #[serde(with = "humantime_serde")]
-    pub delay: Duration,
-    /// Hedges beyond the first attempt. Default 1. Valid: 1–10.
-    pub max_hedged_attempts: u32,
+    /// When hedges start and how many: `delay` (default 2 s; a duration, `"parallel"` or
+    /// `"fallback"`) and `max_hedged_attempts` (default 1, valid 1–10).
+    #[serde(flatten)]
+    pub hedging: CoreHedging,
     /// Bounds each attempt. Default 10 s. Valid: > 0 and ≤ the total.
     #[serde(with = "humantime_serde")]
     pub attempt_timeout: Duration,
     /// Endpoints (`scheme://host:port`) for attempt 0, 1, 2, ... in turn. Default: none —
     /// every attempt goes to the request's own authority.
     pub endpoints: Vec<String>,
-    /// Each endpoint's breaker: failure ratio. Default 0.1.
-    pub failure_ratio: f64,
-    /// Each endpoint's breaker: minimum throughput. Default 100.
-    pub minimum_throughput: u32,
-    /// Each endpoint's breaker: sampling duration. Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub sampling_duration: Duration,
-    /// Each endpoint's breaker: break duration. Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub break_duration: Duration,
+    /// Each endpoint's breaker. Default: the core's (ratio 0.1, minimum throughput 100,
+    /// sampling 30 s, break 5 s).
+    pub circuit_breaker: CircuitBreakerOptions,
 }
 
 impl Default for HedgingOptions {
     fn default() -> Self {
         HedgingOptions {
             total_request_timeout: Duration::from_secs(30),
-            delay: Duration::from_secs(2),
-            max_hedged_attempts: 1,
+            hedging: CoreHedging::default(),
             attempt_timeout: Duration::from_secs(10),
             endpoints: Vec::new(),
-            failure_ratio: 0.1,
-            minimum_throughput: 100,
-            sampling_duration: Duration::from_secs(30),
-            break_duration: Duration::from_secs(5),
+            circuit_breaker: CircuitBreakerOptions::default(),
         }
     }
 }
@@ -175,11 +165,9 @@ impl HedgingLayer {
         let mut endpoints = Vec::with_capacity(bases.len());
         for base in bases {
             let breaker = CircuitBreaker::new(
-                CircuitBreakerOptions::new()
-                    .failure_ratio(options.failure_ratio)
-                    .minimum_throughput(options.minimum_throughput)
-                    .sampling_duration(options.sampling_duration)
-                    .break_duration(options.break_duration)
+                options
+                    .circuit_breaker
+                    .clone()
                     .handle(Transient::new(classifier.clone())),
             )?;
             let pipeline = Pipeline::builder()
@@ -192,12 +180,8 @@ impl HedgingLayer {
                 breaker,
             });
         }
-        let hedging = Hedging::new(
-            CoreHedging::latency(options.delay)
-                .max_hedged_attempts(options.max_hedged_attempts)
-                .handle(HedgeOn { classifier }),
-        )
-        .map_err(|e| e.within("hedging"))?;
+        let hedging = Hedging::new(options.hedging.clone().handle(HedgeOn { classifier }))
+            .map_err(|e| e.within("hedging"))?;
         let outer = |hedging: Option<Hedging<HedgeOn>>| {
             Pipeline::builder()
                 .timeout(options.total_request_timeout)

@@ -35,7 +35,7 @@ pub use classify::{
     RetryAfter, Transient, IDEMPOTENCY_KEY,
 };
 pub use hedging::{HedgingLayer, HedgingOptions, HedgingService};
-pub use options::{CircuitBreakerOptions, RateLimiterOptions, RetryOptions, StandardOptions};
+pub use options::{HttpRetryOptions, StandardOptions};
 pub use reqwest_middleware_impl::StandardMiddleware;
 pub use standard::{
     authority_key, ResponseFuture, StandardLayer, StandardLayerBuilder, StandardService,

@@ -1,8 +1,16 @@
 //! The standard handler's options: Microsoft.Extensions.Http.Resilience's defaults, every
-//! value settable in code and from serde (TOML/JSON, durations like `"250ms"`).
+//! value settable in code and from serde (TOML/JSON, durations like `"250ms"`). Each
+//! strategy is configured with the core's own options type, so every core option is
+//! settable here, with the same key, default and range.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
+use stormwall::bulkhead::BulkheadOptions;
+use stormwall::circuit_breaker::CircuitBreakerOptions;
+use stormwall::registry::PipelineSpec;
+use stormwall::retry::RetryOptions;
+use stormwall::timeout::TimeoutOptions;
 use stormwall::ConfigError;
 
 /// Options of the [standard handler](crate::StandardLayer). Defaults are those of .NET's
@@ -10,9 +18,9 @@ use stormwall::ConfigError;
 ///
 /// | option | default |
 /// |---|---|
-/// | `rate_limiter.permit_limit` / `queue_limit` | 1000 concurrent requests / no queue |
+/// | `rate_limiter.max_concurrency` (or `permit_limit`) / `queue_limit` | 1000 concurrent requests / no queue |
 /// | `total_request_timeout` | 30 s |
-/// | `retry.max_retries`, `retry.delay`, backoff | 3, 2 s, exponential with jitter |
+/// | `retry.max_retries`, `retry.delay`, `retry.backoff`, `retry.jitter` | 3, 2 s, exponential, `decorrelated_v2` |
 /// | `retry.max_retry_after` | 60 s (longer `Retry-After`s are capped) |
 /// | `retry.retry_unsafe_methods` | false (POST/PATCH only with an `Idempotency-Key`) |
 /// | `circuit_breaker.failure_ratio` | 0.1 |
@@ -22,6 +30,10 @@ use stormwall::ConfigError;
 /// | `attempt_timeout` | 10 s |
 /// | `deadline_header` | none (e.g. `x-request-timeout-ms`) |
 ///
+/// `rate_limiter` is the core's [`BulkheadOptions`], `retry` the core's [`RetryOptions`]
+/// plus two HTTP keys, `circuit_breaker` the core's [`CircuitBreakerOptions`]: every key
+/// of docs/configuration.md for those strategies works here.
+///
 /// ```
 /// let options: stormwall_http::StandardOptions = toml::from_str(r#"
 ///     total_request_timeout = "5s"
@@ -29,21 +41,24 @@ use stormwall::ConfigError;
 ///     [retry]
 ///     max_retries = 2
 ///     delay = "100ms"
+///     jitter = "full"
+///     max_delay = "2s"
 ///     [circuit_breaker]
 ///     sampling_duration = "10s"
 /// "#).unwrap();
 /// assert!(options.validate().is_ok());
 /// ```
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StandardOptions {
-    /// Concurrency limit per authority (the outermost strategy).
-    pub rate_limiter: RateLimiterOptions,
-    /// Bounds the whole request, retries included. Default 30 s. Valid: > 0.
+    /// Concurrency limit per authority (the outermost strategy; .NET calls it the rate
+    /// limiter).
+    pub rate_limiter: BulkheadOptions,
+    /// Bounds the whole request, retries included. Default 30 s. Valid: > 0 and ≤ 1 day.
     #[serde(with = "humantime_serde")]
     pub total_request_timeout: Duration,
     /// Retries of transient failures.
-    pub retry: RetryOptions,
+    pub retry: HttpRetryOptions,
     /// One breaker per authority.
     pub circuit_breaker: CircuitBreakerOptions,
     /// Bounds each attempt. Default 10 s. Valid: > 0 and ≤ `total_request_timeout`.
@@ -51,57 +66,56 @@ pub struct StandardOptions {
     pub attempt_timeout: Duration,
     /// A request header that carries the remaining time budget in milliseconds to the
     /// upstream, so it can stop work its caller gave up on. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_header: Option<String>,
 }
 
-/// The concurrency limiter (.NET's "rate limiter" of the standard handler).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// The core's [`RetryOptions`] (every key: `max_retries`, `backoff`, `delay`, `max_delay`,
+/// `jitter`) and the HTTP handler's own two, in one `[retry]` table. Derefs to the core
+/// options, so `options.retry.max_retries = 5` works.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RateLimiterOptions {
-    /// Requests in flight per authority. Default 1000. Valid: ≥ 1.
-    pub permit_limit: u32,
-    /// Requests waiting for a permit. Default 0 (reject at once).
-    pub queue_limit: u32,
-}
-
-/// Retry options.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetryOptions {
-    /// Retries after the first attempt. Default 3. Valid: ≥ 1.
-    pub max_retries: u32,
-    /// The first retry's base delay (exponential, with jitter). Default 2 s. Valid: > 0.
-    #[serde(with = "humantime_serde")]
-    pub delay: Duration,
+pub struct HttpRetryOptions {
+    /// The core retry options.
+    #[serde(flatten)]
+    pub options: RetryOptions,
     /// The longest `Retry-After` honoured; longer ones wait this long. Default 60 s.
+    /// Valid: > 0.
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
     /// Retry POST and PATCH without an `Idempotency-Key` too. Default false.
     pub retry_unsafe_methods: bool,
 }
 
-/// Circuit breaker options (one breaker per scheme + host + port).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CircuitBreakerOptions {
-    /// Failure ratio that opens the circuit. Default 0.1. Valid: 0 < r ≤ 1.
-    pub failure_ratio: f64,
-    /// Calls in the window before the ratio counts. Default 100. Valid: ≥ 2.
-    pub minimum_throughput: u32,
-    /// The window. Default 30 s. Valid: ≥ 2 × `attempt_timeout`.
-    #[serde(with = "humantime_serde")]
-    pub sampling_duration: Duration,
-    /// How long the circuit stays open. Default 5 s. Valid: > 0.
-    #[serde(with = "humantime_serde")]
-    pub break_duration: Duration,
+impl Default for HttpRetryOptions {
+    fn default() -> Self {
+        HttpRetryOptions {
+            options: RetryOptions::default(),
+            max_retry_after: Duration::from_secs(60),
+            retry_unsafe_methods: false,
+        }
+    }
+}
+
+impl Deref for HttpRetryOptions {
+    type Target = RetryOptions;
+    fn deref(&self) -> &RetryOptions {
+        &self.options
+    }
+}
+
+impl DerefMut for HttpRetryOptions {
+    fn deref_mut(&mut self) -> &mut RetryOptions {
+        &mut self.options
+    }
 }
 
 impl Default for StandardOptions {
     fn default() -> Self {
         StandardOptions {
-            rate_limiter: RateLimiterOptions::default(),
+            rate_limiter: BulkheadOptions::default(),
             total_request_timeout: Duration::from_secs(30),
-            retry: RetryOptions::default(),
+            retry: HttpRetryOptions::default(),
             circuit_breaker: CircuitBreakerOptions::default(),
             attempt_timeout: Duration::from_secs(10),
             deadline_header: None,
@@ -109,80 +123,82 @@ impl Default for StandardOptions {
     }
 }
 
-impl Default for RateLimiterOptions {
-    fn default() -> Self {
-        RateLimiterOptions {
-            permit_limit: 1000,
-            queue_limit: 0,
-        }
-    }
-}
-
-impl Default for RetryOptions {
-    fn default() -> Self {
-        RetryOptions {
-            max_retries: 3,
-            delay: Duration::from_secs(2),
-            max_retry_after: Duration::from_secs(60),
-            retry_unsafe_methods: false,
-        }
-    }
-}
-
-impl Default for CircuitBreakerOptions {
-    fn default() -> Self {
-        CircuitBreakerOptions {
-            failure_ratio: 0.1,
-            minimum_throughput: 100,
-            sampling_duration: Duration::from_secs(30),
-            break_duration: Duration::from_secs(5),
-        }
-    }
-}
-
-fn positive(field: &str, value: Duration) -> Result<(), ConfigError> {
-    if value.is_zero() {
-        return Err(ConfigError::new(field, value, "> 0"));
-    }
-    Ok(())
+/// `timeout` as the timeout strategy checks it, named `key`.
+fn check_timeout(key: &str, timeout: Duration) -> Result<(), ConfigError> {
+    TimeoutOptions::new(timeout).validate().map_err(|mut e| {
+        e.field = key.to_owned();
+        e
+    })
 }
 
 impl StandardOptions {
-    /// Checks every value and the rules between them; the error names the field.
+    /// The standard handler configured from a named pipeline of a config file (a
+    /// [`PipelineSpec`], e.g. `[pipelines.payment]` of examples/stormwall.toml): its
+    /// `bulkhead` is the concurrency limit, `timeout.total` and `timeout.attempt` the two
+    /// timeouts, `retry` and `circuit_breaker` as they are; what it leaves out keeps the
+    /// standard default. `rate_limit` and `hedging` are refused, naming the key: the
+    /// standard handler has no such strategy (see [`HedgingLayer`](crate::HedgingLayer)).
+    pub fn from_pipeline(spec: &PipelineSpec) -> Result<StandardOptions, ConfigError> {
+        if spec.rate_limit.is_some() {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "set",
+                "not part of the standard handler (its limit is `bulkhead`)",
+            ));
+        }
+        if spec.hedging.is_some() {
+            return Err(ConfigError::new(
+                "hedging",
+                "set",
+                "not part of the standard handler (see HedgingLayer)",
+            ));
+        }
+        let defaults = StandardOptions::default();
+        let options = StandardOptions {
+            rate_limiter: spec.bulkhead.unwrap_or(defaults.rate_limiter),
+            total_request_timeout: spec
+                .timeout
+                .total
+                .map_or(defaults.total_request_timeout, |t| t.timeout),
+            retry: HttpRetryOptions {
+                options: spec.retry.clone().unwrap_or_default(),
+                ..defaults.retry
+            },
+            circuit_breaker: spec
+                .circuit_breaker
+                .clone()
+                .unwrap_or(defaults.circuit_breaker),
+            attempt_timeout: spec
+                .timeout
+                .attempt
+                .map_or(defaults.attempt_timeout, |t| t.timeout),
+            deadline_header: None,
+        };
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// Checks every value and the rules between them; the error names the key path.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        positive("total_request_timeout", self.total_request_timeout)?;
-        positive("attempt_timeout", self.attempt_timeout)?;
-        positive("retry.delay", self.retry.delay)?;
-        positive("retry.max_retry_after", self.retry.max_retry_after)?;
-        positive(
-            "circuit_breaker.sampling_duration",
-            self.circuit_breaker.sampling_duration,
-        )?;
-        positive(
-            "circuit_breaker.break_duration",
-            self.circuit_breaker.break_duration,
-        )?;
-        if self.rate_limiter.permit_limit == 0 {
-            return Err(ConfigError::new("rate_limiter.permit_limit", 0, "≥ 1"));
-        }
-        if self.retry.max_retries == 0 {
-            return Err(ConfigError::new("retry.max_retries", 0, "≥ 1"));
-        }
-        let ratio = self.circuit_breaker.failure_ratio;
-        if !(ratio > 0.0 && ratio <= 1.0) {
+        check_timeout("total_request_timeout", self.total_request_timeout)?;
+        check_timeout("attempt_timeout", self.attempt_timeout)?;
+        self.rate_limiter
+            .validate()
+            .map_err(|e| e.within("rate_limiter"))?;
+        self.retry
+            .options
+            .validate()
+            .map_err(|e| e.within("retry"))?;
+        if self.retry.max_retry_after.is_zero() {
             return Err(ConfigError::new(
-                "circuit_breaker.failure_ratio",
-                ratio,
-                "in (0, 1]",
+                "retry.max_retry_after",
+                self.retry.max_retry_after,
+                "must be greater than zero",
             ));
         }
-        if self.circuit_breaker.minimum_throughput < 2 {
-            return Err(ConfigError::new(
-                "circuit_breaker.minimum_throughput",
-                self.circuit_breaker.minimum_throughput,
-                "≥ 2",
-            ));
-        }
+        self.circuit_breaker
+            .validate()
+            .map_err(|e| e.within("circuit_breaker"))?;
         if self.attempt_timeout > self.total_request_timeout {
             return Err(ConfigError::new(
                 "attempt_timeout",
@@ -204,20 +220,56 @@ impl StandardOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stormwall::retry::{Backoff, Jitter};
 
     #[test]
     fn defaults_are_dotnets_and_valid() {
         let o = StandardOptions::default();
-        assert_eq!(o.rate_limiter.permit_limit, 1000);
+        assert_eq!(o.rate_limiter.max_concurrency, 1000);
         assert_eq!(o.total_request_timeout, Duration::from_secs(30));
         assert_eq!(o.retry.max_retries, 3);
         assert_eq!(o.retry.delay, Duration::from_secs(2));
-        assert_eq!(o.circuit_breaker.failure_ratio, 0.1);
+        assert_eq!(o.retry.backoff, Backoff::Exponential);
+        assert_eq!(o.circuit_breaker.failure_ratio, Some(0.1));
         assert_eq!(o.circuit_breaker.minimum_throughput, 100);
         assert_eq!(o.circuit_breaker.sampling_duration, Duration::from_secs(30));
         assert_eq!(o.circuit_breaker.break_duration, Duration::from_secs(5));
         assert_eq!(o.attempt_timeout, Duration::from_secs(10));
         o.validate().unwrap();
+    }
+
+    /// docs/configuration.md's table of the handler's own keys shows these defaults (the
+    /// strategies' keys are checked by the core's tests).
+    #[test]
+    fn the_configuration_doc_shows_the_handlers_own_defaults() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let own = doc
+            .split("## The HTTP handler's own keys")
+            .nth(1)
+            .unwrap()
+            .split("\n## ")
+            .next()
+            .unwrap();
+        let serialised: toml::Table =
+            toml::from_str(&toml::to_string(&StandardOptions::default()).unwrap()).unwrap();
+        let retry = serialised["retry"].as_table().unwrap();
+        for (key, default) in [
+            (
+                "total_request_timeout",
+                serialised.get("total_request_timeout"),
+            ),
+            ("attempt_timeout", serialised.get("attempt_timeout")),
+            ("retry.max_retry_after", retry.get("max_retry_after")),
+            (
+                "retry.retry_unsafe_methods",
+                retry.get("retry_unsafe_methods"),
+            ),
+            ("deadline_header", serialised.get("deadline_header")),
+        ] {
+            let default = default.map_or("none".to_owned(), |v| format!("`{v}`"));
+            let row = format!("| `{key}` | {default} |");
+            assert!(own.contains(&row), "docs/configuration.md lacks {row}");
+        }
     }
 
     #[test]
@@ -235,10 +287,7 @@ mod tests {
         o.attempt_timeout = Duration::ZERO;
         assert_eq!(o.validate().unwrap_err().field, "attempt_timeout");
         let o = StandardOptions {
-            circuit_breaker: CircuitBreakerOptions {
-                failure_ratio: 1.5,
-                ..Default::default()
-            },
+            circuit_breaker: CircuitBreakerOptions::new().failure_ratio(1.5),
             ..Default::default()
         };
         assert_eq!(
@@ -248,13 +297,25 @@ mod tests {
     }
 
     #[test]
-    fn serde_reads_durations_and_rejects_unknown_keys() {
-        let o: StandardOptions =
-            serde_json::from_str(r#"{"attempt_timeout": "250ms", "retry": {"max_retries": 5}}"#)
-                .unwrap();
+    fn serde_reads_every_core_key_and_rejects_unknown_keys() {
+        let o: StandardOptions = serde_json::from_str(
+            r#"{"attempt_timeout": "250ms", "retry": {"max_retries": 5, "jitter": "full",
+                "backoff": "linear", "max_delay": "3s", "max_retry_after": "9s"},
+                "rate_limiter": {"permit_limit": 7, "queue_timeout": "1s"},
+                "circuit_breaker": {"consecutive_failures": 4, "sampling_window": {"count": 200}}}"#,
+        )
+        .unwrap();
         assert_eq!(o.attempt_timeout, Duration::from_millis(250));
         assert_eq!(o.retry.max_retries, 5);
         assert_eq!(o.retry.delay, Duration::from_secs(2));
+        assert_eq!(o.retry.jitter, Jitter::Full);
+        assert_eq!(o.retry.backoff, Backoff::Linear);
+        assert_eq!(o.retry.max_delay, Some(Duration::from_secs(3)));
+        assert_eq!(o.retry.max_retry_after, Duration::from_secs(9));
+        assert_eq!(o.rate_limiter.max_concurrency, 7);
+        assert_eq!(o.rate_limiter.queue_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(o.circuit_breaker.consecutive_failures, Some(4));
+        o.validate().unwrap();
         let e = serde_json::from_str::<StandardOptions>(r#"{"retry": {"max_retires": 5}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("max_retires"), "{e}");
@@ -264,5 +325,9 @@ mod tests {
             e.to_string().contains("soon") || e.to_string().contains("duration"),
             "{e}"
         );
+        // options → TOML → options.
+        let text = toml::to_string(&o).unwrap();
+        let back: StandardOptions = toml::from_str(&text).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{o:?}"), "{text}");
     }
 }

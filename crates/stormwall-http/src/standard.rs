@@ -10,10 +10,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context as TaskContext, Poll};
-use stormwall::bulkhead::{Bulkhead, BulkheadOptions};
-use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions};
+use stormwall::bulkhead::Bulkhead;
+use stormwall::circuit_breaker::CircuitBreaker;
 use stormwall::pipeline::{Identity, Stack};
-use stormwall::retry::{Retry, RetryOptions};
+use stormwall::retry::Retry;
 use stormwall::telemetry::EventListener;
 use stormwall::timeout::Timeout;
 use stormwall::{ConfigError, Context, Error, Pipeline};
@@ -245,27 +245,13 @@ impl Recipe {
     fn build(&self, authority: &str) -> Result<Authority, ConfigError> {
         let o = &self.options;
         let transient = Transient::new(self.classifier.clone());
-        let limiter = Bulkhead::new(
-            BulkheadOptions::new(o.rate_limiter.permit_limit)
-                .queue_limit(o.rate_limiter.queue_limit),
-        )
-        .map_err(|e| e.within("rate_limiter"))?;
-        let breaker = CircuitBreaker::new(
-            CircuitBreakerOptions::new()
-                .failure_ratio(o.circuit_breaker.failure_ratio)
-                .minimum_throughput(o.circuit_breaker.minimum_throughput)
-                .sampling_duration(o.circuit_breaker.sampling_duration)
-                .break_duration(o.circuit_breaker.break_duration)
-                .handle(transient.clone()),
-        )?;
-        let retry = Retry::new(
-            RetryOptions::exponential(o.retry.delay)
-                .max_retries(o.retry.max_retries)
-                .handle(transient)
-                .delay_generator(RetryAfter {
-                    max: o.retry.max_retry_after,
-                }),
-        )?;
+        let limiter = Bulkhead::new(o.rate_limiter).map_err(|e| e.within("rate_limiter"))?;
+        let breaker = CircuitBreaker::new(o.circuit_breaker.clone().handle(transient.clone()))?;
+        let retry = Retry::new(o.retry.options.clone().handle(transient).delay_generator(
+            RetryAfter {
+                max: o.retry.max_retry_after,
+            },
+        ))?;
         let pipeline = |retry: Option<Retry<Transient, RetryAfter>>| {
             let mut builder = Pipeline::builder().name(format!("{}/{authority}", self.name));
             if let Some(listener) = &self.listener {

@@ -4,6 +4,7 @@ use http::{Request, Response, StatusCode};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use stormwall::hedging::HedgingOptions as CoreHedging;
 use stormwall_http::{HedgingLayer, HedgingOptions};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -38,7 +39,7 @@ fn endpoints(
 async fn a_stalled_primary_is_hedged_to_the_alternate_endpoint_which_wins() {
     let finished = Arc::new(AtomicU32::new(0));
     let layer = HedgingLayer::new(HedgingOptions {
-        delay: Duration::from_millis(200),
+        hedging: CoreHedging::latency(Duration::from_millis(200)),
         endpoints: vec![
             "http://primary.test:80".into(),
             "http://backup.test:80".into(),
@@ -68,7 +69,7 @@ async fn a_stalled_primary_is_hedged_to_the_alternate_endpoint_which_wins() {
 async fn a_fast_primary_is_not_hedged() {
     let finished = Arc::new(AtomicU32::new(0));
     let layer = HedgingLayer::new(HedgingOptions {
-        delay: Duration::from_millis(200),
+        hedging: CoreHedging::latency(Duration::from_millis(200)),
         endpoints: vec![
             "http://primary.test:80".into(),
             "http://backup.test:80".into(),
@@ -101,7 +102,7 @@ fn bad_endpoints_and_timeouts_name_the_field() {
     .unwrap_err();
     assert_eq!(e.field, "attempt_timeout");
     let e = HedgingLayer::new(HedgingOptions {
-        max_hedged_attempts: 0,
+        hedging: CoreHedging::default().max_hedged_attempts(0),
         ..Default::default()
     })
     .unwrap_err();

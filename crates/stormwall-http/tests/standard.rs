@@ -108,7 +108,7 @@ fn fast_options() -> StandardOptions {
     o.attempt_timeout = Duration::from_millis(500);
     o.total_request_timeout = Duration::from_secs(5);
     o.circuit_breaker.minimum_throughput = 4;
-    o.circuit_breaker.failure_ratio = 0.5;
+    o.circuit_breaker.failure_ratio = Some(0.5);
     o.circuit_breaker.sampling_duration = Duration::from_secs(10);
     o
 }
@@ -455,4 +455,34 @@ async fn authorities_beyond_the_limit_share_the_overflow_set() {
     }
     assert_eq!(layer.authorities(), vec!["http://a.test:80".to_string()]);
     assert_eq!(server.hits("b.test/x") + server.hits("c.test/x"), 2);
+}
+
+/// The example file the sidecar and the registry read too: its `payment` pipeline
+/// configures the standard handler.
+#[test]
+fn the_shared_example_file_configures_the_standard_handler() {
+    let spec: stormwall::registry::RegistrySpec =
+        toml::from_str(include_str!("../../../examples/stormwall.toml")).unwrap();
+    let options = StandardOptions::from_pipeline(&spec.pipelines["payment"]).unwrap();
+    assert_eq!(options.total_request_timeout, Duration::from_secs(30));
+    assert_eq!(options.attempt_timeout, Duration::from_secs(10));
+    assert_eq!(options.retry.delay, Duration::from_millis(200));
+    assert_eq!(options.retry.max_delay, Some(Duration::from_secs(5)));
+    assert_eq!(options.retry.jitter, stormwall::retry::Jitter::Full);
+    assert_eq!(options.circuit_breaker.failure_ratio, Some(0.5));
+    assert_eq!(options.rate_limiter.queue_limit, 50);
+    // What the file leaves out keeps the standard default.
+    assert_eq!(options.retry.max_retry_after, Duration::from_secs(60));
+    StandardLayer::new(options).unwrap();
+    let inventory = StandardOptions::from_pipeline(&spec.pipelines["inventory"]).unwrap();
+    assert_eq!(inventory.circuit_breaker.consecutive_failures, Some(5));
+    // A strategy the standard handler does not have is refused by its key.
+    let mut with_limit = spec.pipelines["payment"].clone();
+    with_limit.rate_limit = Some(stormwall::rate_limit::RateLimitOptions::per_second(5));
+    assert_eq!(
+        StandardOptions::from_pipeline(&with_limit)
+            .unwrap_err()
+            .field,
+        "rate_limit"
+    );
 }

@@ -2,16 +2,29 @@
 //! types, bad durations, invalid strategy options and overlapping routes are errors that
 //! name the key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
+use stormwall::bulkhead::BulkheadOptions;
+use stormwall::circuit_breaker::CircuitBreakerOptions;
+use stormwall::hedging::HedgingOptions;
+use stormwall::rate_limit::RateLimitOptions;
+use stormwall::registry::{PipelineSpec, TimeoutSpec};
+use stormwall::retry::RetryOptions;
 use stormwall::ConfigError;
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the proxy and its admin API listen.
     pub server: ServerConfig,
+    /// Named pipelines (`[pipelines.payment]`), the core's [`PipelineSpec`]: a route takes
+    /// its strategies from one with `pipeline = "payment"`. The same tables configure
+    /// `stormwall::registry::PipelineRegistry` and the HTTP handler.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineSpec>,
     /// The routes, tried in order: the first whose match fits serves the request.
     #[serde(default)]
     pub route: Vec<RouteConfig>,
@@ -154,8 +167,10 @@ fn socket_addr(key: &str, text: &str) -> Result<std::net::SocketAddr, ConfigErro
         .map_err(|_| ConfigError::new(key, text, "an ip:port address with a port of 0-65535"))
 }
 
-/// `[[route]]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `[[route]]`. The strategy keys are the core's options types (every key of
+/// docs/configuration.md), applied outer to inner: per-client rate limit → bulkhead → total
+/// timeout → hedging → retry → breaker → attempt timeout.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique; names the route in metrics, health and the admin API.
@@ -171,51 +186,105 @@ pub struct RouteConfig {
     /// The client key for per-client rate limits: a header name (`X-Tenant-Id`) or `ip`.
     #[serde(default)]
     pub client_key: Option<String>,
-    /// Total and attempt timeouts. Default: none.
-    pub timeout: Option<TimeoutConfig>,
-    /// Retries of transient failures (5xx, 408, 429, connection errors, timeouts). Default: none.
-    pub retry: Option<RetryConfig>,
+    /// Takes the strategies of `[pipelines.<name>]`; a strategy key set on the route too
+    /// replaces that strategy. Default: none.
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    /// Total and attempt timeouts: `{ total = "30s", attempt = "10s" }`. Default: none.
+    #[serde(default)]
+    pub timeout: Option<TimeoutSpec>,
+    /// Retries of transient failures (5xx, 408, 429, connection errors, timeouts),
+    /// honouring `Retry-After` up to 60 s. Default: none.
+    #[serde(default)]
+    pub retry: Option<RetryOptions>,
     /// The route's circuit breaker. Default: none.
+    #[serde(default)]
     pub circuit_breaker: Option<BreakerConfig>,
     /// Concurrency limit with a bounded queue. Default: none.
-    pub bulkhead: Option<BulkheadConfig>,
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadOptions>,
     /// Rate limit (per client key when `client_key` is set). Default: none.
-    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitOptions>,
     /// The answer when the pipeline gives up. Default: a status that says why.
     pub fallback: Option<FallbackConfig>,
     /// An active check of the upstream, reported in readiness. Default: none.
     pub health_check: Option<HealthCheckConfig>,
-    /// Hedging: a further attempt when the upstream has not answered within a delay; the
-    /// first acceptable answer wins. Idempotent methods only. Default: none.
-    pub hedging: Option<HedgingConfig>,
+    /// Hedging: `{ delay = "100ms", max_hedged_attempts = 1 }`: for a GET, HEAD, OPTIONS,
+    /// PUT, DELETE or TRACE whose body fits `server.retry_buffer_bytes`, a further attempt
+    /// starts when none has answered within `delay` (or at once when one fails); the first
+    /// acceptable answer wins and the others are cancelled. Each attempt goes through the
+    /// route's retry, breaker and attempt timeout. Counted in
+    /// `stormwall_strategy_events_total{strategy="hedging",event="hedge_started"}`.
+    /// Default: none.
+    #[serde(default)]
+    pub hedging: Option<HedgingOptions>,
     /// Store-and-forward: a request with an `Idempotency-Key` that cannot reach the upstream
     /// now is kept durably and answered 202; a worker replays it when the upstream is back.
     pub defer: Option<DeferConfig>,
 }
 
-/// `hedging = { delay = "100ms", max_hedged_attempts = 1 }` (latency mode): for a GET,
-/// HEAD, OPTIONS, PUT, DELETE or TRACE whose body fits `server.retry_buffer_bytes`, a
-/// further attempt starts when none has answered within `delay` (or at once when one
-/// fails); the first acceptable answer wins and the others are cancelled. Each attempt
-/// goes through the route's retry, breaker and attempt timeout. Counted in
-/// `stormwall_strategy_events_total{strategy="hedging",event="hedge_started"}`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HedgingConfig {
-    /// How long to wait before the next attempt. Default 2 s (Polly's); above 0, at most
-    /// 1 day.
-    #[serde(default = "default_hedging_delay", with = "humantime_serde")]
-    pub delay: Duration,
-    /// Attempts beyond the first. Default 1; valid 1–10.
-    #[serde(default = "default_hedged_attempts")]
-    pub max_hedged_attempts: u32,
+impl PartialEq for RouteConfig {
+    /// Compared on reload to keep unchanged routes (and their breakers). By `Debug`, which
+    /// prints every field: the strategy options read from a file hold data only.
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
 }
 
-fn default_hedging_delay() -> Duration {
-    Duration::from_secs(2)
+impl RouteConfig {
+    /// Fills the strategies the route does not set itself from `pipeline`.
+    fn inherit(&mut self, pipeline: &PipelineSpec) {
+        self.rate_limit = self.rate_limit.or(pipeline.rate_limit);
+        self.bulkhead = self.bulkhead.or(pipeline.bulkhead);
+        if self.timeout.is_none() && !pipeline.timeout.is_empty() {
+            self.timeout = Some(pipeline.timeout);
+        }
+        if self.hedging.is_none() {
+            self.hedging.clone_from(&pipeline.hedging);
+        }
+        if self.retry.is_none() {
+            self.retry.clone_from(&pipeline.retry);
+        }
+        if self.circuit_breaker.is_none() {
+            self.circuit_breaker = pipeline
+                .circuit_breaker
+                .clone()
+                .map(|options| BreakerConfig {
+                    options,
+                    redis: None,
+                });
+        }
+    }
 }
-fn default_hedged_attempts() -> u32 {
-    1
+
+/// `circuit_breaker = { failure_ratio = 0.5, sampling_duration = "10s", minimum_throughput =
+/// 10, break_duration = "30s" }`: the core's [`CircuitBreakerOptions`] (every key), plus
+/// `redis`. Derefs to the core options.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// The core breaker options.
+    #[serde(flatten)]
+    pub options: CircuitBreakerOptions,
+    /// Share the breaker's state with every replica of the sidecar through Redis
+    /// (`redis://host:port`): one replica's failures open the circuit on all. The breaker
+    /// is named after the route; while Redis is down each replica decides alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+}
+
+impl Deref for BreakerConfig {
+    type Target = CircuitBreakerOptions;
+    fn deref(&self) -> &CircuitBreakerOptions {
+        &self.options
+    }
+}
+
+impl DerefMut for BreakerConfig {
+    fn deref_mut(&mut self) -> &mut CircuitBreakerOptions {
+        &mut self.options
+    }
 }
 
 /// `defer = { database = "/var/lib/stormwall/payment.db", status = 202 }`.
@@ -294,103 +363,6 @@ impl Default for MatchConfig {
 
 fn default_prefix() -> String {
     "/".into()
-}
-
-/// `timeout = { total = "30s", attempt = "10s" }`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TimeoutConfig {
-    #[serde(default, with = "humantime_serde")]
-    /// Bounds the whole request, retries included.
-    pub total: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    /// Bounds each attempt.
-    pub attempt: Option<Duration>,
-}
-
-/// `retry = { max_retries = 3, backoff = "exponential", delay = "200ms", jitter = "full" }`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    #[serde(default = "default_retries")]
-    /// Retries after the first attempt. Default 3.
-    pub max_retries: u32,
-    /// `constant`, `linear` or `exponential` (default).
-    #[serde(default = "default_backoff")]
-    pub backoff: String,
-    #[serde(default = "default_delay", with = "humantime_serde")]
-    /// The base delay. Default 200 ms.
-    pub delay: Duration,
-    /// `none`, `full`, `equal`, `decorrelated` (default: Polly's decorrelated v2).
-    #[serde(default)]
-    pub jitter: Option<String>,
-}
-
-fn default_retries() -> u32 {
-    3
-}
-fn default_backoff() -> String {
-    "exponential".into()
-}
-fn default_delay() -> Duration {
-    Duration::from_millis(200)
-}
-
-/// `circuit_breaker = { failure_ratio = 0.5, sampling_duration = "10s", minimum_throughput =
-/// 10, break_duration = "30s" }`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerConfig {
-    #[serde(default)]
-    /// Failure ratio that opens the circuit (0–1).
-    pub failure_ratio: Option<f64>,
-    #[serde(default)]
-    /// Failures in a row that open the circuit.
-    pub consecutive_failures: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    /// The sampling window. Default 30 s.
-    pub sampling_duration: Option<Duration>,
-    #[serde(default)]
-    /// Calls in the window before the ratio counts. Default 100.
-    pub minimum_throughput: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    /// How long the circuit stays open. Default 5 s.
-    pub break_duration: Option<Duration>,
-    #[serde(default)]
-    /// Share the breaker's state with every replica of the sidecar through Redis
-    /// (`redis://host:port`): one replica's failures open the circuit on all. The breaker
-    /// is named after the route; while Redis is down each replica decides alone.
-    pub redis: Option<String>,
-}
-
-/// `bulkhead = { max_concurrency = 100, queue = 50 }`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BulkheadConfig {
-    /// Requests in flight to the upstream.
-    pub max_concurrency: u32,
-    #[serde(default)]
-    /// Requests waiting for a slot. Default 0.
-    pub queue: u32,
-}
-
-/// `rate_limit = { permits = 100, per = "1s", burst = 20 }`, per client key when the route
-/// has one.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Permits per `per`.
-    pub permits: u32,
-    #[serde(default = "default_per", with = "humantime_serde")]
-    /// The period of `permits`. Default 1 s.
-    pub per: Duration,
-    #[serde(default)]
-    /// Permits at once after a quiet spell. Default: `permits`.
-    pub burst: Option<u32>,
-}
-
-fn default_per() -> Duration {
-    Duration::from_secs(1)
 }
 
 /// `fallback = { status = 503, body = '{"status":"queued"}' }`.
@@ -493,7 +465,7 @@ impl Config {
     /// Parses and checks a configuration file's text. Errors name the key
     /// (`route[payment].timeout.total`), the value and the line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        let mut config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|e| {
                 let key = key_path(e.path(), text);
                 let e = e.into_inner();
@@ -511,7 +483,49 @@ impl Config {
                 ConfigError::new(key, value, reason)
             })?;
         config.check()?;
+        config.resolve_pipelines()?;
         Ok(config)
+    }
+
+    /// Like [`parse`](Self::parse), with the environment's overrides on top:
+    /// `STORMWALL__<PIPELINE>__<KEY>...=value` sets a key of `[pipelines.<pipeline>]`,
+    /// `STORMWALL__SERVER__<KEY>=value` one of `[server]` (keys lowercased, values read as
+    /// TOML values are, else as strings: `5`, `true`, `250ms`). Routes are a list, so a
+    /// route's strategies are overridden through the pipeline it names.
+    pub fn parse_with_env(text: &str) -> Result<Config, ConfigError> {
+        if !stormwall::registry::has_env_overrides() {
+            return Config::parse(text);
+        }
+        let merged: toml::Value = stormwall::registry::with_env_overrides(text)
+            .extract()
+            .map_err(stormwall::registry::figment_error)?;
+        let merged = toml::to_string(&merged).map_err(|e| {
+            ConfigError::new("config", "", format!("the file with its overrides: {e}"))
+        })?;
+        Config::parse(&merged)
+    }
+
+    /// Gives each route with `pipeline = "<name>"` that pipeline's strategies (checked first,
+    /// so that an error names the key where it is written: `pipelines.payment.retry.delay`).
+    fn resolve_pipelines(&mut self) -> Result<(), ConfigError> {
+        for (name, spec) in &self.pipelines {
+            spec.validate()
+                .map_err(|e| e.within(&format!("pipelines.{name}")))?;
+        }
+        for route in &mut self.route {
+            let Some(name) = route.pipeline.clone() else {
+                continue;
+            };
+            let Some(spec) = self.pipelines.get(&name) else {
+                return Err(ConfigError::new(
+                    format!("route[{}].pipeline", route.name),
+                    name,
+                    "the name of a [pipelines.<name>] table",
+                ));
+            };
+            route.inherit(spec);
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -641,10 +655,10 @@ fallback = { status = 503, body = '{"status":"queued"}' }
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.server.admin, "127.0.0.1:9901");
         assert_eq!(
-            c.route[0].timeout.as_ref().unwrap().attempt,
-            Some(Duration::from_secs(10))
+            c.route[0].timeout.unwrap().attempt,
+            Some(Duration::from_secs(10).into())
         );
-        assert_eq!(c.route[0].bulkhead.as_ref().unwrap().queue, 50);
+        assert_eq!(c.route[0].bulkhead.as_ref().unwrap().queue_limit, 50);
     }
 
     #[test]
@@ -693,6 +707,78 @@ fallback = { status = 503, body = '{"status":"queued"}' }
             e.to_string().contains("-3s") && e.to_string().contains("line 9"),
             "{e}"
         );
+    }
+
+    /// The example file the HTTP handler and the registry read too.
+    const EXAMPLE: &str = include_str!("../../../examples/stormwall.toml");
+
+    #[test]
+    fn the_shared_example_file_gives_routes_their_named_pipelines() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        let payment = &c.route[0];
+        assert_eq!(payment.pipeline.as_deref(), Some("payment"));
+        let retry = payment.retry.as_ref().unwrap();
+        assert_eq!(retry.max_retries, 3);
+        assert_eq!(retry.delay, Duration::from_millis(200));
+        assert_eq!(retry.max_delay, Some(Duration::from_secs(5)));
+        assert_eq!(retry.jitter, stormwall::retry::Jitter::Full);
+        let breaker = payment.circuit_breaker.as_ref().unwrap();
+        assert_eq!(breaker.failure_ratio, Some(0.5));
+        assert_eq!(payment.bulkhead.unwrap().queue_limit, 50);
+        assert_eq!(
+            payment.timeout.unwrap().attempt,
+            Some(Duration::from_secs(10).into())
+        );
+        let inventory = &c.route[1];
+        assert_eq!(
+            inventory
+                .circuit_breaker
+                .as_ref()
+                .unwrap()
+                .consecutive_failures,
+            Some(5)
+        );
+        for route in &c.route {
+            crate::Route::build(route, None).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_route_key_replaces_its_pipelines_strategy_and_errors_name_where_they_are_written() {
+        let own_retry = EXAMPLE.replace(
+            "pipeline = \"payment\"",
+            "pipeline = \"payment\"\nretry = { max_retries = 1, delay = \"1s\", backoff = \"constant\" }",
+        );
+        let c = Config::parse(&own_retry).unwrap();
+        let retry = c.route[0].retry.as_ref().unwrap();
+        assert_eq!(retry.max_retries, 1);
+        assert_eq!(retry.backoff, stormwall::retry::Backoff::Constant);
+        // The other strategies still come from the pipeline.
+        assert_eq!(c.route[0].bulkhead.unwrap().queue_limit, 50);
+        let e = Config::parse(&EXAMPLE.replace("max_retries = 3", "max_retries = 0")).unwrap_err();
+        assert_eq!(e.field, "pipelines.payment.retry.max_retries");
+        let e = Config::parse(&EXAMPLE.replace("max_retries = 3", "max_retry = 3")).unwrap_err();
+        assert!(e.to_string().contains("max_retry"), "{e}");
+        let e = Config::parse(&EXAMPLE.replace("pipeline = \"inventory\"", "pipeline = \"stock\""))
+            .unwrap_err();
+        assert_eq!(e.field, "route[inventory].pipeline");
+        // Every core key is settable on a route, and checked under the route's key path.
+        let own = GOOD.replace(
+            "bulkhead = { max_concurrency = 100, queue = 50 }",
+            "bulkhead = { max_concurrency = 100, queue_limit = 50, queue_timeout = \"0s\" }",
+        );
+        let route = &Config::parse(&own).unwrap().route[0];
+        let e = crate::Route::build(route, None).unwrap_err();
+        assert_eq!(e.field, "route[payment].bulkhead.queue_timeout");
+        let own = GOOD.replace(
+            "jitter = \"full\" }",
+            "jitter = \"full\", max_delay = \"100ms\" }",
+        );
+        let e = crate::Route::build(&Config::parse(&own).unwrap().route[0], None).unwrap_err();
+        assert_eq!(e.field, "route[payment].retry.max_delay");
+        let e = Config::parse(&GOOD.replace("jitter = \"full\"", "jitter = \"lots\"")).unwrap_err();
+        assert!(e.field.starts_with("route[payment].retry"), "{e}");
+        assert!(e.to_string().contains("lots"), "{e}");
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub(crate) fn start(
                     .timeout
                     .as_ref()
                     .and_then(|t| t.attempt.or(t.total))
-                    .unwrap_or(REPLAY_TIMEOUT);
+                    .map_or(REPLAY_TIMEOUT, |t| t.timeout);
                 let replay = async {
                     match client.request(request).await {
                         Ok(response)

@@ -25,9 +25,8 @@ mod upstream;
 
 pub use admin::router as admin_router;
 pub use config::{
-    BreakerConfig, BulkheadConfig, Config, DeferConfig, FallbackConfig, HealthCheckConfig,
-    HedgingConfig, MatchConfig, RateLimitConfig, RetryConfig, RouteConfig, ServerConfig,
-    TimeoutConfig,
+    BreakerConfig, Config, DeferConfig, FallbackConfig, HealthCheckConfig, MatchConfig,
+    RouteConfig, ServerConfig,
 };
 pub use prometheus::{install as install_metrics, DURATION_BUCKETS, UPKEEP_THREAD};
 pub use route::Route;

@@ -4,15 +4,15 @@
 use crate::config::RouteConfig;
 use std::sync::Arc;
 use std::time::Duration;
-use stormwall::bulkhead::{Bulkhead, BulkheadOptions};
+use stormwall::bulkhead::Bulkhead;
 use stormwall::circuit_breaker::{
-    Acquired, CallOutcome, CircuitBreaker, CircuitBreakerOptions, CircuitState, CircuitTransition,
-    Command, InMemoryStore, StateStore, Ticket, TransitionSink,
+    Acquired, CallOutcome, CircuitBreaker, CircuitState, CircuitTransition, Command, InMemoryStore,
+    StateStore, Ticket, TransitionSink,
 };
-use stormwall::hedging::{Hedging, HedgingOptions};
+use stormwall::hedging::Hedging;
 use stormwall::pipeline::{Identity, Stack};
-use stormwall::rate_limit::{KeyedRateLimiter, RateLimitOptions};
-use stormwall::retry::{Backoff, Jitter, Retry, RetryOptions};
+use stormwall::rate_limit::KeyedRateLimiter;
+use stormwall::retry::Retry;
 use stormwall::telemetry::EventListener;
 use stormwall::timeout::Timeout;
 use stormwall::{ConfigError, Pipeline};
@@ -147,24 +147,6 @@ impl std::fmt::Debug for Route {
     }
 }
 
-fn jitter(name: Option<&str>, at: &str) -> Result<Jitter, ConfigError> {
-    Ok(match name {
-        None => Jitter::DecorrelatedV2,
-        Some("none") => Jitter::None,
-        Some("full") => Jitter::Full,
-        Some("equal") => Jitter::Equal,
-        Some("decorrelated") => Jitter::Decorrelated,
-        Some("decorrelated_v2") => Jitter::DecorrelatedV2,
-        Some(other) => {
-            return Err(ConfigError::new(
-                at,
-                other,
-                "none, full, equal, decorrelated or decorrelated_v2",
-            ))
-        }
-    })
-}
-
 impl Route {
     /// Builds the route; strategy errors name the key (`route[payment].retry.delay`).
     pub fn build(
@@ -217,43 +199,18 @@ impl Route {
         let transient = Transient::default();
         let limiter = match &config.rate_limit {
             None => None,
-            Some(r) => {
-                let mut options = RateLimitOptions::per(r.permits, r.per);
-                if let Some(burst) = r.burst {
-                    options = options.burst(burst);
-                }
-                Some(KeyedRateLimiter::new(options, 100_000).map_err(within)?)
-            }
+            Some(options) => Some(KeyedRateLimiter::new(*options, 100_000).map_err(within)?),
         };
         let bulkhead = match &config.bulkhead {
             None => None,
-            Some(b) => Some(
-                Bulkhead::new(BulkheadOptions::new(b.max_concurrency).queue_limit(b.queue))
-                    .map_err(within)?,
-            ),
+            Some(options) => Some(Bulkhead::new(*options).map_err(within)?),
         };
-        let total = config.timeout.as_ref().and_then(|t| t.total);
-        let attempt = config.timeout.as_ref().and_then(|t| t.attempt);
+        let total = config.timeout.and_then(|t| t.total).map(|t| t.timeout);
+        let attempt = config.timeout.and_then(|t| t.attempt).map(|t| t.timeout);
         let breaker = match &config.circuit_breaker {
             None => None,
             Some(b) => {
-                let mut options = CircuitBreakerOptions::new();
-                if let Some(ratio) = b.failure_ratio {
-                    options = options.failure_ratio(ratio);
-                }
-                if let Some(n) = b.consecutive_failures {
-                    options = options.consecutive_failures(n);
-                }
-                if let Some(d) = b.sampling_duration {
-                    options = options.sampling_duration(d);
-                }
-                if let Some(n) = b.minimum_throughput {
-                    options = options.minimum_throughput(n);
-                }
-                if let Some(d) = b.break_duration {
-                    options = options.break_duration(d);
-                }
-                let options = options.handle(transient.clone());
+                let options = b.options.clone().handle(transient.clone());
                 options
                     .validate()
                     .map_err(|e| e.within(&format!("{prefix}.circuit_breaker")))?;
@@ -288,25 +245,8 @@ impl Route {
         let retry = match &config.retry {
             None => None,
             Some(r) => {
-                let backoff = match r.backoff.as_str() {
-                    "constant" => Backoff::Constant,
-                    "linear" => Backoff::Linear,
-                    "exponential" => Backoff::Exponential,
-                    other => {
-                        return Err(ConfigError::new(
-                            format!("{prefix}.retry.backoff"),
-                            other,
-                            "constant, linear or exponential",
-                        ))
-                    }
-                };
-                let options = RetryOptions::exponential(r.delay)
-                    .backoff(backoff)
-                    .max_retries(r.max_retries)
-                    .jitter(jitter(
-                        r.jitter.as_deref(),
-                        &format!("{prefix}.retry.jitter"),
-                    )?)
+                let options = r
+                    .clone()
                     .handle(transient.clone())
                     .delay_generator(RetryAfter {
                         max: Duration::from_secs(60),
@@ -324,18 +264,7 @@ impl Route {
         let (total, attempt) = (timeout(total, "total")?, timeout(attempt, "attempt")?);
         let hedging = match &config.hedging {
             None => None,
-            Some(h) => Some(
-                Hedging::new(
-                    HedgingOptions::latency(h.delay)
-                        .max_hedged_attempts(h.max_hedged_attempts)
-                        .handle(transient.clone()),
-                )
-                .map_err(|mut e| {
-                    // `hedging.mode.delay` is `delay` in the file.
-                    e.field = format!("{prefix}.{}", e.field.replace("mode.delay", "delay"));
-                    e
-                })?,
-            ),
+            Some(h) => Some(Hedging::new(h.clone().handle(transient.clone())).map_err(within)?),
         };
         let pipeline = |hedging: Option<Hedging<Transient>>,
                         retry: Option<Retry<Transient, RetryAfter>>| {

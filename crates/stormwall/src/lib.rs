@@ -105,7 +105,8 @@
 //!
 //! ## Features
 //!
-//! All on by default; `default-features = false` leaves tokio (and a few small crates) only.
+//! All on by default but `env`; `default-features = false` leaves tokio (and a few small
+//! crates) only.
 //!
 //! | feature | adds |
 //! |---|---|
@@ -114,6 +115,7 @@
 //! | `serde` | serde for every strategy's options, [`registry::PipelineSpec`] and the health report |
 //! | `fast-clock` | [`Clock::Fast`](clock::Clock::Fast) and the default clock's fine readings on the CPU counter (`quanta`) |
 //! | `tracing` | [`telemetry::TracingListener`], and a span per execution and per attempt |
+//! | `env` (not default) | `STORMWALL__PAYMENT__RETRY__MAX_RETRIES=5` overrides of a config file (`registry::RegistrySpec::from_toml_with_env`, on `figment`) |
 
 pub mod bulkhead;
 pub mod cache;

@@ -190,9 +190,9 @@ async fn an_open_breaker_survives_a_reload_that_changes_only_the_retry() {
     let inventory_spec = changed.pipelines.get_mut("inventory").unwrap();
     inventory_spec.retry = Some(RetryOptions::constant(Duration::from_millis(5)).max_retries(1));
     let report = registry.reload(changed.clone()).unwrap();
-    assert_eq!(report["inventory"].rebuilt, ["retry"]);
+    assert_eq!(report["inventory"].rebuilt.names(), ["retry"]);
     assert_eq!(
-        report["inventory"].kept,
+        report["inventory"].kept.names(),
         ["timeout.total", "circuit_breaker", "timeout.attempt"]
     );
     assert!(report["payment"].rebuilt.is_empty());
@@ -220,7 +220,7 @@ async fn an_open_breaker_survives_a_reload_that_changes_only_the_retry() {
     let inventory_spec = changed.pipelines.get_mut("inventory").unwrap();
     inventory_spec.circuit_breaker = Some(CircuitBreakerOptions::consecutive(6));
     let report = registry.reload(changed).unwrap();
-    assert_eq!(report["inventory"].rebuilt, ["circuit_breaker"]);
+    assert_eq!(report["inventory"].rebuilt.names(), ["circuit_breaker"]);
     assert_eq!(
         registry.circuit_breaker("inventory").unwrap().state(),
         CircuitState::Closed
@@ -235,7 +235,7 @@ async fn an_open_breaker_survives_a_reload_that_changes_only_the_retry() {
         .find(|(name, _)| name == "inventory")
         .unwrap();
     match &last.1 {
-        Event::PipelineReloaded(r) => assert_eq!(r.rebuilt, ["circuit_breaker"]),
+        Event::PipelineReloaded(r) => assert_eq!(r.rebuilt.names(), ["circuit_breaker"]),
         other => panic!("{other:?}"),
     }
 }
@@ -254,4 +254,135 @@ async fn a_bad_spec_is_refused_whole_and_the_old_pipelines_keep_serving() {
     // Nothing changed: payment is still there, the very same pipeline.
     assert!(Arc::ptr_eq(&before, &registry.get("payment").unwrap()));
     assert_eq!(registry.names(), ["inventory", "payment"]);
+}
+
+/// The keys of a struct as serde reads them (its `FIELDS`), found by asking it to
+/// deserialize from a deserializer that only records them.
+fn keys<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Probe(&'static [&'static str]);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("stop")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> de::Deserializer<'de> for &mut Probe {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut probe = Probe(&[]);
+    let _ = T::deserialize(&mut probe);
+    probe.0
+}
+
+/// The rows of docs/configuration.md about the core's strategies (the sections before the
+/// HTTP handler's): key → default cell, backticks dropped.
+fn documented() -> std::collections::BTreeMap<String, String> {
+    let doc = include_str!("../../../docs/configuration.md");
+    let core = doc
+        .split("## The HTTP handler's own keys")
+        .next()
+        .unwrap_or_default();
+    core.lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let unquote = |cell: &str| cell.trim_matches('`').to_owned();
+            (unquote(cells[1]), unquote(cells[2]))
+        })
+        .collect()
+}
+
+/// Every key of `T` under `prefix` has a row whose default is what `default` serialises
+/// to (`none` for a key the default leaves unset); no row names a key `T` lacks.
+fn check_documented<T: Serialize + DeserializeOwned>(
+    prefix: &str,
+    default: T,
+    rows: &std::collections::BTreeMap<String, String>,
+) {
+    let serialised: toml::Table = toml::from_str(&toml::to_string(&default).unwrap()).unwrap();
+    let fields = keys::<T>();
+    assert!(!fields.is_empty(), "{prefix}: no keys found");
+    for field in fields {
+        let key = format!("{prefix}.{field}");
+        let Some(cell) = rows.get(&key) else {
+            // serde lists aliases among the keys: the doc names them on the main key's row.
+            let doc = include_str!("../../../docs/configuration.md");
+            assert!(
+                doc.contains(&format!("also read as `{field}`")),
+                "docs/configuration.md has no row for `{key}`"
+            );
+            continue;
+        };
+        match serialised.get(*field) {
+            Some(value) => assert_eq!(
+                cell,
+                &value.to_string(),
+                "docs/configuration.md: the default of `{key}`"
+            ),
+            None => assert!(
+                cell.starts_with("none"),
+                "docs/configuration.md: `{key}` has no default, the doc says {cell}"
+            ),
+        }
+    }
+    for key in rows.keys() {
+        if let Some(field) = key.strip_prefix(&format!("{prefix}.")) {
+            assert!(
+                fields.contains(&field),
+                "docs/configuration.md documents `{key}`, which {prefix} does not have"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_configuration_doc_lists_every_key_with_its_default() {
+    let rows = documented();
+    check_documented("retry", RetryOptions::default(), &rows);
+    check_documented("circuit_breaker", CircuitBreakerOptions::new(), &rows);
+    check_documented("bulkhead", BulkheadOptions::default(), &rows);
+    check_documented("rate_limit", RateLimitOptions::default(), &rows);
+    check_documented("hedging", HedgingOptions::default(), &rows);
+    check_documented("chaos", ChaosOptions::default(), &rows);
+    check_documented(
+        "timeout",
+        stormwall::registry::TimeoutSpec::default(),
+        &rows,
+    );
+    // A pipeline's keys are exactly the strategies documented.
+    let mut strategies: Vec<&str> = keys::<PipelineSpec>().to_vec();
+    strategies.sort_unstable();
+    let mut sections: Vec<String> = rows
+        .keys()
+        .filter_map(|key| key.split_once('.').map(|(strategy, _)| strategy.to_owned()))
+        .filter(|strategy| strategy != "chaos")
+        .collect();
+    sections.sort_unstable();
+    sections.dedup();
+    assert_eq!(sections, strategies);
 }

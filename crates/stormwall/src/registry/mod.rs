@@ -26,8 +26,12 @@
 //! # } }
 //! ```
 
+#[cfg(feature = "env")]
+mod env;
 mod spec;
 
+#[cfg(feature = "env")]
+pub use env::{env_overrides, figment_error, has_env_overrides, with_env_overrides, ENV_PREFIX};
 pub use spec::{PipelineSpec, RegistrySpec, TimeoutSpec};
 
 use crate::bulkhead::Bulkhead;
@@ -66,14 +70,64 @@ pub type SpecPipeline = Pipeline<SpecStrategies>;
 
 /// What a reload did to one pipeline (carried by
 /// [`Event::PipelineReloaded`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineReloaded {
-    /// Strategies built anew (their options changed, or they are new), by key:
-    /// `rate_limit`, `bulkhead`, `timeout.total`, `hedging`, `retry`, `circuit_breaker`,
-    /// `timeout.attempt`.
-    pub rebuilt: Vec<&'static str>,
+    /// Strategies built anew (their options changed, or they are new).
+    pub rebuilt: SpecKeys,
     /// Strategies kept as they were, state included.
-    pub kept: Vec<&'static str>,
+    pub kept: SpecKeys,
+}
+
+/// A set of a [`PipelineSpec`]'s strategy keys, in pipeline order: `rate_limit`,
+/// `bulkhead`, `timeout.total`, `hedging`, `retry`, `circuit_breaker`, `timeout.attempt`.
+/// One byte, so that an [`Event`] stays small on the hot path.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecKeys(u8);
+
+impl SpecKeys {
+    /// Every key, in pipeline order.
+    pub const ALL: [&'static str; 7] = [
+        "rate_limit",
+        "bulkhead",
+        "timeout.total",
+        "hedging",
+        "retry",
+        "circuit_breaker",
+        "timeout.attempt",
+    ];
+
+    fn insert(&mut self, key: &str) {
+        if let Some(i) = Self::ALL.iter().position(|k| *k == key) {
+            self.0 |= 1 << i;
+        }
+    }
+
+    /// Whether `key` is in the set.
+    pub fn contains(self, key: &str) -> bool {
+        Self::ALL
+            .iter()
+            .position(|k| *k == key)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    /// The keys in the set, in pipeline order.
+    pub fn names(self) -> Vec<&'static str> {
+        (0..Self::ALL.len())
+            .filter(|i| self.0 & (1 << i) != 0)
+            .map(|i| Self::ALL[i])
+            .collect()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl Debug for SpecKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
 }
 
 /// One pipeline's built strategies, kept apart so a reload can reuse them one by one.
@@ -196,7 +250,7 @@ impl PipelineRegistry {
                     .pipeline
                     .telemetry()
                     .emit(crate::telemetry::strategy::REGISTRY, || {
-                        Event::PipelineReloaded(what.clone())
+                        Event::PipelineReloaded(*what)
                     });
             }
         }
@@ -210,8 +264,8 @@ impl PipelineRegistry {
         old: Option<&Entry>,
     ) -> Result<(Entry, PipelineReloaded), ConfigError> {
         let mut what = PipelineReloaded {
-            rebuilt: Vec::new(),
-            kept: Vec::new(),
+            rebuilt: SpecKeys::default(),
+            kept: SpecKeys::default(),
         };
         let parts = Parts {
             rate_limit: reuse(
@@ -302,10 +356,10 @@ fn reuse<O: Debug, S: Clone>(
     };
     if let Some((Some(old_options), Some(old_strategy))) = old {
         if format!("{old_options:?}") == format!("{options:?}") {
-            what.kept.push(key);
+            what.kept.insert(key);
             return Ok(Some(old_strategy.clone()));
         }
     }
-    what.rebuilt.push(key);
+    what.rebuilt.insert(key);
     build(options).map(Some)
 }
