@@ -34,8 +34,12 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
     );
     for s in scenarios {
         let name = s["name"].as_str().unwrap();
-        let (plain, resilient) = (&s["without_resilience"], &s["with_resilience"]);
-        for run in [plain, resilient] {
+        let (plain, resilient, recommended) = (
+            &s["without_resilience"],
+            &s["with_resilience"],
+            &s["recommended"],
+        );
+        for run in [plain, resilient, recommended] {
             for field in [
                 "orders",
                 "accepted",
@@ -77,11 +81,27 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
             "healthy" | "payment-latency" => {
                 assert_eq!((before, after), (1.0, 1.0), "{name}")
             }
-            _ => assert!(
-                after > before && after >= 0.95,
-                "{name}: stormwall {after} vs plain {before}"
-            ),
+            _ => {
+                assert!(
+                    after > before && after >= 0.95,
+                    "{name}: stormwall {after} vs plain {before}"
+                );
+                let best = recommended["success_rate"].as_f64().unwrap();
+                assert!(best >= 0.95, "{name}: recommended {best}");
+            }
         }
+    }
+    // The recommended setup has breakers on inventory and notification: a dead one is
+    // called far less than with the seeds' setup (retried on every order).
+    for i in [2, 4] {
+        let calls = |run: &str| scenarios[i][run]["calls_to_failing_dependency"].as_u64();
+        assert!(
+            calls("recommended") < calls("with_resilience"),
+            "{}: {:?} vs {:?}",
+            scenarios[i]["name"],
+            calls("recommended"),
+            calls("with_resilience")
+        );
     }
     // Inventory down after its first quarter: stormwall served the popular items' last good
     // answers from the cache (each some time old), and the default for items never cached.

@@ -8,8 +8,9 @@ use std::time::Duration;
 use stormwall::cache::{Cached, MemoryCache, StaleOnError, StaleOnErrorOptions, ValueCache};
 use stormwall::circuit_breaker::{CircuitBreaker, CircuitBreakerOptions, CircuitState};
 use stormwall::fallback::FallbackOptions;
+use stormwall::hedging::HedgingOptions;
 use stormwall::pipeline::Properties;
-use stormwall::retry::RetryOptions;
+use stormwall::retry::{RetryBudget, RetryBudgetOptions, RetryOptions};
 use stormwall::{Context, Pipeline};
 use stormwall_durable::{
     Deferred, DurableQueue, QueueForLater, QueueOptions, Worker, WorkerOptions,
@@ -229,12 +230,26 @@ enum Step {
     Fallback,
 }
 
+/// Which stormwall configuration a resilient run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// As in the seeds: a breaker on payment only, no hedging, no retry budget.
+    Seeds,
+    /// Breakers on all three dependencies, hedged inventory reads, a retry budget per
+    /// dependency.
+    Recommended,
+}
+
+/// The breakers' states at one moment: payment, inventory, notification (`None`: that
+/// dependency has no breaker in the run's setup).
+pub type BreakerStates = [Option<CircuitState>; 3];
+
 /// Everything one run recorded.
 #[derive(Debug, Default)]
 pub struct RunRecord {
     pub orders: Vec<OrderRecord>,
-    /// The payment breaker's state over time (resilient runs).
-    pub breaker: Vec<(Duration, CircuitState)>,
+    /// The breakers' states over time (resilient runs).
+    pub breaker: Vec<(Duration, BreakerStates)>,
     pub calls: [u64; 3],
     pub served: [u64; 3],
     /// Payments queued for later (the payment fallback), and how many of them the worker
@@ -258,7 +273,19 @@ pub struct Deferrals {
 
 /// What a resilient run returns: its orders, the payment breaker's timeline, its deferred
 /// payments.
-pub type Resilient = (Vec<OrderRecord>, Vec<(Duration, CircuitState)>, Deferrals);
+pub type Resilient = (Vec<OrderRecord>, Vec<(Duration, BreakerStates)>, Deferrals);
+
+type Outcome<T> = Result<T, stormwall::Error<CallError>>;
+
+/// Hedge an inventory read that failed (the recommended setup).
+fn failed(outcome: &Outcome<Stock>) -> bool {
+    outcome.is_err()
+}
+
+/// Never hedge (the seeds' setup, which has no hedging).
+fn never(_: &Outcome<Stock>) -> bool {
+    false
+}
 
 /// The load: `orders` orders arriving one every `interval` (the same for every run, whatever
 /// the answers), at most `concurrency` in flight.
@@ -349,6 +376,7 @@ pub async fn run_plain(
 /// A payment that fails is queued durably (SQLite) and the order accepted as
 /// PaymentPending; after the load a worker charges the queued payments, waiting while the
 /// payment breaker is open, with each order's idempotency key.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_resilient(
     deps: &Dependencies,
     t: &Timings,
@@ -357,6 +385,7 @@ pub async fn run_resilient(
     listener: Option<Arc<dyn stormwall::telemetry::EventListener>>,
     files: &Path,
     stock_cache: StockCache,
+    setup: Setup,
 ) -> Result<Resilient, String> {
     let builder = |name: &'static str| {
         let builder = Pipeline::builder().name(name);
@@ -372,16 +401,46 @@ pub async fn run_resilient(
     ));
     let queue = DurableQueue::open(&path, QueueOptions::default())
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    // Every breaker: 50 % over 10 s, at least 10 calls, open 5 s.
+    let new_breaker = || {
+        CircuitBreaker::new(
+            CircuitBreakerOptions::new()
+                .failure_ratio(0.5)
+                .minimum_throughput(10)
+                .sampling_duration(t.scaled(10.0))
+                .break_duration(t.scaled(5.0)),
+        )
+        .map_err(|e| e.to_string())
+    };
+    let recommended = setup == Setup::Recommended;
+    let breaker = new_breaker()?;
+    let (inventory_breaker, notification_breaker) = (new_breaker()?, new_breaker()?);
+    if !recommended {
+        // The seeds have no breaker there: one that admits every call and counts nothing
+        // (disabled before the pipelines are built, so no listener hears of it).
+        inventory_breaker.disable();
+        notification_breaker.disable();
+    }
+    // Retries: the seeds' counts; the recommended setup adds a retry budget per dependency
+    // (Finagle's: 20 % of requests, at least 10 retries a second).
+    let retry = |max_retries: u32| -> Result<RetryOptions, String> {
+        let retry = RetryOptions::exponential(t.scaled(1.0)).max_retries(max_retries);
+        if !recommended {
+            return Ok(retry);
+        }
+        let budget = RetryBudget::new(RetryBudgetOptions::default()).map_err(|e| e.to_string())?;
+        Ok(retry.budget(budget))
+    };
+    // Inventory reads are hedged in the recommended setup: a second read when the first has
+    // not answered in 0.5 s (scaled), or at once when it failed.
+    let hedging = if recommended {
+        HedgingOptions::latency(t.scaled(0.5)).handle(failed as fn(&Outcome<Stock>) -> bool)
+    } else {
+        HedgingOptions::latency(Duration::from_secs(86_400))
+            .handle(never as fn(&Outcome<Stock>) -> bool)
+    };
     // payment: attempt 10 s, total 30 s, 3 retries, breaker 50 % over 10 s; fallback: queue
     // the payment for later (the order is accepted as PaymentPending).
-    let breaker = CircuitBreaker::new(
-        CircuitBreakerOptions::new()
-            .failure_ratio(0.5)
-            .minimum_throughput(10)
-            .sampling_duration(t.scaled(10.0))
-            .break_duration(t.scaled(5.0)),
-    )
-    .map_err(|e| e.to_string())?;
     let payment = builder("payment")
         .fallback(FallbackOptions::action(QueueForLater::new(
             queue.clone(),
@@ -389,7 +448,7 @@ pub async fn run_resilient(
             Step::Fallback,
         )))
         .timeout(t.scaled(30.0))
-        .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(3))
+        .retry(retry(3)?)
         .circuit_breaker(breaker.clone())
         .timeout(t.scaled(10.0))
         .build()
@@ -402,7 +461,9 @@ pub async fn run_resilient(
             StaleOnError::new(stock_cache, StaleOnErrorOptions::new(t.scaled(600.0)))
                 .map_err(|e| e.to_string())?,
         )
-        .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(2))
+        .retry(retry(2)?)
+        .circuit_breaker(inventory_breaker.clone())
+        .hedging(hedging)
         .timeout(t.scaled(5.0))
         .build()
         .map_err(|e| e.to_string())?;
@@ -420,21 +481,27 @@ pub async fn run_resilient(
                 }
             },
         ))
-        .retry(RetryOptions::exponential(t.scaled(1.0)).max_retries(1))
+        .retry(retry(1)?)
+        .circuit_breaker(notification_breaker.clone())
         .timeout(t.scaled(3.0))
         .build()
         .map_err(|e| e.to_string())?;
     let timeline = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
-        let (breaker, timeline) = (breaker.clone(), timeline.clone());
+        let breakers = [
+            breaker.clone(),
+            inventory_breaker.clone(),
+            notification_breaker.clone(),
+        ];
+        let timeline = timeline.clone();
         let every = t.scaled(0.2).max(Duration::from_millis(5));
         tokio::spawn(async move {
             let start = Instant::now();
             loop {
-                timeline
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((start.elapsed(), breaker.state()));
+                timeline.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    start.elapsed(),
+                    [0, 1, 2].map(|i| (i == 0 || recommended).then(|| breakers[i].state())),
+                ));
                 tokio::time::sleep(every).await;
             }
         })

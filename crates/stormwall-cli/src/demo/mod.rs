@@ -9,7 +9,7 @@ mod report;
 mod scenarios;
 mod services;
 
-use flow::{Dependencies, Load, RunRecord};
+use flow::{Dependencies, Load, RunRecord, Setup};
 use scenarios::Scenario;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -95,6 +95,19 @@ pub struct ScenarioResult {
     pub failing_dependency: Option<&'static str>,
     pub without_resilience: RunStats,
     pub with_resilience: RunStats,
+    /// The recommended setup: breakers on all three dependencies, hedged inventory reads, a
+    /// retry budget.
+    pub recommended: RunStats,
+}
+
+/// The client's name in the table: `plain`, `stormwall` (the seeds' setup),
+/// `stormwall (recommended)`.
+pub fn client_name(setup: Option<Setup>) -> &'static str {
+    match setup {
+        None => "plain",
+        Some(Setup::Seeds) => "stormwall",
+        Some(Setup::Recommended) => "stormwall (recommended)",
+    }
 }
 
 /// The whole demo's result (what `--json` prints).
@@ -183,7 +196,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     let progress = if args.json {
         indicatif::ProgressBar::hidden()
     } else {
-        let bar = indicatif::ProgressBar::new(scenarios.len() as u64 * 2 * shape.orders);
+        let bar = indicatif::ProgressBar::new(scenarios.len() as u64 * 3 * shape.orders);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} {msg:28} [{bar:30}] {pos}/{len} orders",
@@ -205,18 +218,14 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     }
     'scenarios: for scenario in scenarios.into_iter().filter(|_| !interrupted) {
         let mut runs = Vec::new();
-        for resilient in [false, true] {
-            progress.set_message(format!(
-                "{} {}",
-                scenario.title(),
-                if resilient { "(stormwall)" } else { "(plain)" }
-            ));
+        for setup in [None, Some(Setup::Seeds), Some(Setup::Recommended)] {
+            progress.set_message(format!("{} ({})", scenario.title(), client_name(setup)));
             let listener = dashboard
                 .clone()
                 .map(|d| d as std::sync::Arc<dyn stormwall::telemetry::EventListener>);
             let one = run_once(
                 scenario,
-                resilient,
+                setup,
                 &chaos,
                 &proxies,
                 &services,
@@ -236,6 +245,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             };
             runs.push(record);
         }
+        let recommended = runs.pop().unwrap_or_default();
         let with = runs.pop().unwrap_or_default();
         let without = runs.pop().unwrap_or_default();
         results.push(ScenarioResult {
@@ -244,8 +254,9 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
             failing_dependency: scenario.failing().map(|i| DEPENDENCIES[i]),
             without_resilience: stats(&without, scenario),
             with_resilience: stats(&with, scenario),
+            recommended: stats(&recommended, scenario),
         });
-        records.push((scenario, without, with));
+        records.push((scenario, [without, with, recommended]));
     }
     progress.finish_and_clear();
     let mut result = DemoResult {
@@ -286,7 +297,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
 #[allow(clippy::too_many_arguments)]
 async fn run_once(
     scenario: Scenario,
-    resilient: bool,
+    setup: Option<Setup>,
     chaos: &ChaosServer,
     proxies: &[String],
     services: &[services::Service; 3],
@@ -303,10 +314,10 @@ async fn run_once(
         .await
         .map_err(|e| format!("injecting {}: {e}", scenario.name()))?;
     let served_before = services.each_ref().map(|s| s.served());
-    let (orders, breaker, payments) = if resilient {
-        let run = format!("{}-{}", std::process::id(), scenario.name());
+    let (orders, breaker, payments) = if let Some(setup) = setup {
+        let run = format!("{}-{}-{setup:?}", std::process::id(), scenario.name());
         let cache = flow::StockCache::new(redis, &run)?;
-        flow::run_resilient(&deps, t, shape, progress, listener, files, cache).await?
+        flow::run_resilient(&deps, t, shape, progress, listener, files, cache, setup).await?
     } else {
         let orders = flow::run_plain(&deps, t, shape, progress).await;
         (orders, Vec::new(), flow::Deferrals::default())

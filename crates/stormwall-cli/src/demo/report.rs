@@ -3,7 +3,7 @@
 
 use super::flow::RunRecord;
 use super::scenarios::Scenario;
-use super::{DemoResult, RunStats};
+use super::{DemoResult, RunStats, ScenarioResult};
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -41,7 +41,7 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
         result.orders_per_run, result.scale
     );
     let head = format!(
-        "{:<26} {:<10} {:>8} {:>9} {:>9} {:>15} {:>10} {:>16} {:>7} {:>21}",
+        "{:<26} {:<23} {:>8} {:>9} {:>9} {:>15} {:>10} {:>16} {:>7} {:>21}",
         "scenario",
         "client",
         "success",
@@ -55,10 +55,7 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
     );
     let _ = writeln!(out, "{}", paint(head, "1", colour));
     for s in &result.scenarios {
-        for (label, run) in [
-            ("plain", &s.without_resilience),
-            ("stormwall", &s.with_resilience),
-        ] {
+        for (label, run) in clients(s) {
             let title = if label == "plain" { s.title } else { "" };
             let rate = format!("{:.1} %", run.success_rate * 100.0);
             let calls = match s.failing_dependency {
@@ -67,7 +64,7 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<26} {:<10} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10} {:>16} {:>7} {:>21}",
+                "{:<26} {:<23} {} {:>7.1}ms {:>7.1}ms {:>16} {:>10} {:>16} {:>7} {:>21}",
                 title,
                 label,
                 paint(format!("{rate:>8}"), rate_colour(run.success_rate), colour),
@@ -82,13 +79,11 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
         }
     }
     out.push('\n');
-    for (s, label, run) in result.scenarios.iter().flat_map(|s| {
-        [
-            ("plain", &s.without_resilience),
-            ("stormwall", &s.with_resilience),
-        ]
-        .map(|(label, run)| (s, label, run))
-    }) {
+    for (s, label, run) in result
+        .scenarios
+        .iter()
+        .flat_map(|s| clients(s).map(|(label, run)| (s, label, run)))
+    {
         if let Some(why) = &run.payments_left {
             let _ = writeln!(
                 out,
@@ -104,33 +99,51 @@ pub fn table(result: &DemoResult, colour: bool) -> String {
     out
 }
 
-/// Inventory answers served stale, with the oldest one's age; `-` when none.
-fn stale(run: &RunStats) -> String {
-    if run.served_stale == 0 {
+/// A scenario's runs, named as in the table.
+fn clients(s: &ScenarioResult) -> [(&'static str, &RunStats); 3] {
+    [
+        (super::client_name(None), &s.without_resilience),
+        (
+            super::client_name(Some(super::Setup::Seeds)),
+            &s.with_resilience,
+        ),
+        (
+            super::client_name(Some(super::Setup::Recommended)),
+            &s.recommended,
+        ),
+    ]
+}
+
+/// `text()`, or `-` when `count` is 0.
+fn or_dash(count: u64, text: impl FnOnce() -> String) -> String {
+    if count == 0 {
         "-".into()
     } else {
+        text()
+    }
+}
+
+/// Inventory answers served stale, with the oldest one's age.
+fn stale(run: &RunStats) -> String {
+    or_dash(run.served_stale, || {
         format!(
             "{} ({:.2} s)",
             run.served_stale,
             run.stale_age_max_ms / 1000.0
         )
-    }
+    })
 }
 
-/// Inventory answers that were the default (never cached); `-` when none.
+/// Inventory answers that were the default (never cached).
 fn defaults(run: &RunStats) -> String {
-    if run.inventory_defaults == 0 {
-        "-".into()
-    } else {
+    or_dash(run.inventory_defaults, || {
         run.inventory_defaults.to_string()
-    }
+    })
 }
 
-/// "queued=charged+pending+dead" payments of a run, `-` when none was queued.
+/// "queued=charged+pending+dead" payments of a run.
 fn paid_later(run: &RunStats) -> String {
-    if run.payments_queued == 0 {
-        "-".into()
-    } else {
+    or_dash(run.payments_queued, || {
         format!(
             "{}={}+{}+{}",
             run.payments_queued,
@@ -138,7 +151,7 @@ fn paid_later(run: &RunStats) -> String {
             run.payments_pending,
             run.payments_dead
         )
-    }
+    })
 }
 
 fn row(label: &str, run: &RunStats) -> String {
@@ -157,7 +170,7 @@ fn row(label: &str, run: &RunStats) -> String {
 }
 
 /// The HTML report: the table and, per scenario, two SVG charts.
-pub fn html(result: &DemoResult, records: &[(Scenario, RunRecord, RunRecord)]) -> String {
+pub fn html(result: &DemoResult, records: &[(Scenario, [RunRecord; 3])]) -> String {
     let mut out = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>stormwall demo</title>\
          <style>body{font-family:sans-serif;margin:2em;max-width:1100px}\
@@ -175,43 +188,44 @@ pub fn html(result: &DemoResult, records: &[(Scenario, RunRecord, RunRecord)]) -
         if result.interrupted { " (interrupted: partial)" } else { "" }
     );
     for s in &result.scenarios {
+        let [plain, seeds, recommended] = clients(s).map(|(label, run)| row(label, run));
         let _ = write!(
             out,
-            "<tr><td rowspan=2>{}</td>{}</tr><tr>{}</tr>",
+            "<tr><td rowspan=3>{}</td>{plain}</tr><tr>{seeds}</tr><tr>{recommended}</tr>",
             s.title,
-            row("plain", &s.without_resilience),
-            row("stormwall", &s.with_resilience)
         );
     }
     out.push_str("</table>");
     for s in &result.scenarios {
-        for (label, run) in [
-            ("plain", &s.without_resilience),
-            ("stormwall", &s.with_resilience),
-        ] {
+        for (label, run) in clients(s) {
             if let Some(why) = &run.payments_left {
                 let _ = write!(out, "<p>{} ({label}): payments left: {why}</p>", s.title);
             }
         }
     }
-    for (scenario, plain, resilient) in records {
+    for (scenario, runs) in records {
         let _ = write!(out, "<h2>{}</h2><div class=\"charts\">", scenario.title());
-        out.push_str(&latency_chart(plain, resilient));
-        out.push_str(&breaker_chart(resilient));
+        out.push_str(&latency_chart(runs));
+        out.push_str(&breaker_chart(&runs[1], &runs[2]));
         out.push_str("</div>");
     }
     out.push_str("</body></html>\n");
     out
 }
 
-/// Each order's latency by when it started: red plain, green stormwall (failed orders as
-/// hollow circles).
-fn latency_chart(plain: &RunRecord, resilient: &RunRecord) -> String {
+/// Each order's latency by when it started: red plain, green stormwall (the seeds' setup),
+/// blue the recommended setup (failed orders as hollow circles).
+fn latency_chart(runs: &[RunRecord; 3]) -> String {
+    let [plain, resilient, recommended] = runs;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (540, 300)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        let all = plain.orders.iter().chain(&resilient.orders);
+        let all = plain
+            .orders
+            .iter()
+            .chain(&resilient.orders)
+            .chain(&recommended.orders);
         let max_x = all
             .clone()
             .map(|o| o.started.as_secs_f64())
@@ -233,7 +247,11 @@ fn latency_chart(plain: &RunRecord, resilient: &RunRecord) -> String {
             .x_desc("start (s)")
             .y_desc("latency (ms)")
             .draw();
-        for (run, colour, label) in [(plain, RED, "plain"), (resilient, GREEN, "stormwall")] {
+        for (run, colour, label) in [
+            (plain, RED, "plain"),
+            (resilient, GREEN, "stormwall"),
+            (recommended, BLUE, "recommended"),
+        ] {
             let points = run.orders.iter().map(|o| {
                 let at = (o.started.as_secs_f64(), o.latency.as_secs_f64() * 1000.0);
                 let style = if o.accepted {
@@ -259,8 +277,10 @@ fn latency_chart(plain: &RunRecord, resilient: &RunRecord) -> String {
     svg
 }
 
-/// The payment breaker's state over the stormwall run: 0 closed, 1 half-open, 2 open.
-fn breaker_chart(resilient: &RunRecord) -> String {
+/// Every breaker's state over the stormwall runs: the seeds' payment breaker, and the
+/// recommended setup's three (0 closed, 1 half-open, 2 open; each line raised a little so
+/// they do not hide each other).
+fn breaker_chart(seeds: &RunRecord, recommended: &RunRecord) -> String {
     let level = |s: CircuitState| match s {
         CircuitState::Closed | CircuitState::Disabled => 0.0,
         CircuitState::HalfOpen => 1.0,
@@ -270,28 +290,53 @@ fn breaker_chart(resilient: &RunRecord) -> String {
     {
         let root = SVGBackend::with_string(&mut svg, (540, 300)).into_drawing_area();
         let _ = root.fill(&WHITE);
-        let max_x = resilient
-            .breaker
-            .last()
-            .map_or(0.01, |(at, _)| at.as_secs_f64().max(0.01));
+        let max_x = [seeds, recommended]
+            .iter()
+            .filter_map(|r| r.breaker.last())
+            .map(|(at, _)| at.as_secs_f64())
+            .fold(0.01, f64::max);
         let chart = ChartBuilder::on(&root)
             .caption(
-                "payment breaker (0 closed, 1 half-open, 2 open)",
+                "breakers (0 closed, 1 half-open, 2 open)",
                 ("sans-serif", 16),
             )
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(45)
-            .build_cartesian_2d(0.0..max_x * 1.02, -0.2..2.2);
+            .build_cartesian_2d(0.0..max_x * 1.02, -0.2..2.5);
         let Ok(mut chart) = chart else {
             return String::new();
         };
         let _ = chart.configure_mesh().x_desc("time (s)").draw();
-        let points = resilient
-            .breaker
-            .iter()
-            .map(|(at, state)| (at.as_secs_f64(), level(*state)));
-        let _ = chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2)));
+        let series = [
+            (seeds, 0, GREEN, "payment (stormwall)"),
+            (recommended, 0, BLUE, "payment (recommended)"),
+            (recommended, 1, MAGENTA, "inventory (recommended)"),
+            (recommended, 2, CYAN, "notification (recommended)"),
+        ];
+        for (n, (run, which, colour, label)) in series.into_iter().enumerate() {
+            let raise = n as f64 * 0.06;
+            let points: Vec<_> = run
+                .breaker
+                .iter()
+                .filter_map(|(at, states)| {
+                    states[which].map(|s| (at.as_secs_f64(), level(s) + raise))
+                })
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            if let Ok(drawn) = chart.draw_series(LineSeries::new(points, colour.stroke_width(2))) {
+                drawn
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], colour));
+            }
+        }
+        let _ = chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw();
         let _ = root.present();
     }
     svg
