@@ -84,8 +84,12 @@ impl Client {
                 }
                 () = tokio::time::sleep_until(self.next_view) => {
                     self.next_view = Instant::now() + VIEW_EVERY;
-                    let view = serde_json::to_string(&self.dashboard.view()).unwrap_or_default();
-                    return SseEvent::default().data(view);
+                    // Every transition in the view goes out as its own event first: the
+                    // snapshot is read before the transitions are, so none can be missed.
+                    let (view, _) = self.dashboard.snapshot();
+                    self.queue_transitions();
+                    let view = serde_json::to_string(&view).unwrap_or_default();
+                    self.ready.push_back(SseEvent::default().data(view));
                 }
             }
         }
