@@ -202,11 +202,14 @@ impl Postgres {
                             expired_leases = expired_leases + 1,
                             last_error = 'lease expired: worker ' || quote_literal(leased_by) || ' neither acked nor failed it'
                       WHERE id IN (SELECT id FROM stormwall_jobs
-                                    WHERE queue = $1 AND state = 'leased' AND lease_until < ",
+                                    WHERE queue = $1 AND state = 'leased' AND attempts < $2
+                                      AND lease_until < ",
                     now_ms!(),
                     " FOR UPDATE SKIP LOCKED)"
                 ),
-                &[&queue],
+                // A job at its last attempt whose lease ran out after the statement above
+                // read the clock stays leased: the next lease dead-letters it.
+                &[&queue, &limit],
             )
             .await?;
             // A suspect job is leased alone: a job that kills its worker costs only its own

@@ -34,13 +34,13 @@ CREATE INDEX IF NOT EXISTS stormwall_jobs_pending ON stormwall_jobs (queue, id)
     WHERE state IN ('ready', 'leased');
 ";
 
-/// Leases that ran out with attempts left (queue ?1, now ?2): the job is ready again and
+/// Leases that ran out with attempts left (queue ?1, now ?2, attempts allowed ?3): the job is ready again and
 /// suspect — its worker died or hung while holding it, on it or on another job of its batch.
 const EXPIRE: &str = "UPDATE stormwall_jobs
        SET state = 'ready', lease_until = NULL, leased_by = NULL,
            expired_leases = expired_leases + 1,
            last_error = 'lease expired: worker ' || quote(leased_by) || ' neither acked nor failed it'
-     WHERE queue = ?1 AND state = 'leased' AND lease_until < ?2";
+     WHERE queue = ?1 AND state = 'leased' AND lease_until < ?2 AND attempts < ?3";
 
 /// The first due suspect job of queue ?1 (now ?2), if any: it is leased alone, so a job that
 /// kills its worker costs only its own attempts, not its batch's.
@@ -329,7 +329,7 @@ impl Sqlite {
                     params![error, id],
                 )?;
             }
-            tx.prepare_cached(EXPIRE)?.execute(params![queue, now])?;
+            tx.prepare_cached(EXPIRE)?.execute(params![queue, now, max_attempts])?;
             let suspect: Option<i64> = tx
                 .prepare_cached(SUSPECT)?
                 .query_row(params![queue, now], |r| r.get(0))
