@@ -45,16 +45,22 @@ impl StorageTimeouts {
             ("wait", self.wait),
             ("statement", self.statement),
         ] {
-            if value < Duration::from_millis(1) || value > MAX_TIMEOUT {
-                return Err(InvalidOption {
-                    field: format!("{prefix}.{name}"),
-                    value: format!("{value:?}"),
-                    valid: "between 1 ms and 2147483647 ms (≈ 24.8 days)",
-                });
-            }
+            check_duration(&format!("{prefix}.{name}"), value)?;
         }
         Ok(())
     }
+}
+
+/// Checks a bound `field` is within 1 ms ..= [`MAX_TIMEOUT`].
+pub(crate) fn check_duration(field: &str, value: Duration) -> Result<(), InvalidOption> {
+    if value < Duration::from_millis(1) || value > MAX_TIMEOUT {
+        return Err(InvalidOption::new(
+            field,
+            value,
+            "between 1 ms and 2147483647 ms (≈ 24.8 days)",
+        ));
+    }
+    Ok(())
 }
 
 /// An option outside its valid range: which one, its value, what is valid.

@@ -66,14 +66,7 @@ impl WorkerOptions {
             ("WorkerOptions::visibility", self.visibility),
             ("WorkerOptions::idle", self.idle),
         ] {
-            if value < Duration::from_millis(1) || value > crate::storage::MAX_TIMEOUT {
-                return Err(InvalidOption::new(
-                    field,
-                    value,
-                    "between 1 ms and 2147483647 ms (≈ 24.8 days)",
-                )
-                .into());
-            }
+            crate::storage::check_duration(field, value)?;
         }
         Ok(())
     }
