@@ -308,12 +308,24 @@ async fn main() -> Result<(), Error> {
         ["order.completed", "order.cancelled"],
     )?;
     for service in services {
-        let t = tracker.clone();
-        consumers.push(consume(
-            "tracker",
-            service.name,
-            Arc::new(move |e: &Message| t.record(e).map(|_| ()).map_err(|e| e.to_string())),
-        ));
+        let subscription =
+            RedisStreams::new(&url, topic(service.name))?.subscribe("tracker", "tracker-1");
+        let (tracker, shutdown) = (tracker.clone(), shutdown());
+        consumers.push(tokio::spawn(async move {
+            let mut consumer = Consumer::new(subscription, pipeline(), ConsumerOptions::default());
+            let record = move |m: Message| {
+                let tracker = tracker.clone();
+                async move {
+                    tracker
+                        .record(&m)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            };
+            consumer.run(record, shutdown).await;
+            Ok(())
+        }));
     }
 
     // Three orders, each committed with its event.
@@ -344,17 +356,11 @@ async fn main() -> Result<(), Error> {
 
     // Until the tracker has seen every saga finish.
     let started = Instant::now();
-    while !sagas.iter().all(|(_, c)| {
-        tracker
-            .progress(c)
-            .ok()
-            .flatten()
-            .is_some_and(|p| p.finished)
-    }) {
+    while tracker.all().await?.iter().filter(|p| p.finished()).count() < sagas.len() {
         if started.elapsed() > Duration::from_secs(60) {
             return Err(format!(
                 "sagas not finished after 60 s: {:#?}",
-                tracker.stalled(Duration::ZERO)?
+                tracker.in_progress().await?
             )
             .into());
         }
@@ -371,9 +377,12 @@ async fn main() -> Result<(), Error> {
     println!("\nsagas, as the tracker saw them:");
     let mut outcome = Vec::new();
     for (id, correlation) in &sagas {
-        let progress = tracker.progress(correlation)?.ok_or("untracked saga")?;
+        let progress = tracker
+            .progress(correlation)
+            .await?
+            .ok_or("untracked saga")?;
         println!("  {id}: {}", progress.kinds().join(" → "));
-        outcome.push(progress.outcome(&tracker).unwrap_or_default().to_owned());
+        outcome.push(progress.outcome().unwrap_or_default().to_owned());
     }
     let status = |id: &str| -> Result<String, Error> {
         Ok(order.db.lock().unwrap().query_row(

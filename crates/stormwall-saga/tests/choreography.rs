@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use stormwall::retry::RetryOptions;
 use stormwall::Pipeline;
 use stormwall_saga::choreography::{
-    Consumer, ConsumerOptions, Message, PostgresOutbox, PostgresSubscription, Publisher,
-    RedisStreams, Relay, SqliteInbox, SqliteOutbox, SqliteOutboxSource, Subscription,
+    Consumer, ConsumerOptions, Message, OutboxSource, PostgresOutbox, PostgresOutboxSource,
+    PostgresSubscription, Publisher, RedisStreams, Relay, RetentionOptions, SagaStatus,
+    SagaTracker, SqliteInbox, SqliteOutbox, SqliteOutboxSource, Subscription,
 };
 use stormwall_testkit::{free_port, PostgresServer, RedisServer};
 
@@ -221,6 +222,34 @@ fn commit_orders(db: &mut Connection, from: usize, n: usize) {
     drop(tx); // rolls back
 }
 
+/// Commits `n` orders in PostgreSQL, each with its `order.created` event; and one that
+/// rolls back.
+async fn commit_orders_postgres(client: &mut tokio_postgres::Client, from: usize, n: usize) {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)")
+        .await
+        .unwrap();
+    for i in from..from + n {
+        let tx = client.transaction().await.unwrap();
+        let id = format!("order-{i}");
+        tx.execute("INSERT INTO orders VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+        PostgresOutbox::append(&tx, &Message::new("order.created", &id, &i).unwrap())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO orders VALUES ('rolled-back')", &[])
+        .await
+        .unwrap();
+    PostgresOutbox::append(&tx, &Message::new("order.rolled_back", "x", &()).unwrap())
+        .await
+        .unwrap();
+    drop(tx); // rolls back
+}
+
 /// A publisher that, in the child about to be killed, stops before or after publishing
 /// (writing `marker` first).
 struct Stalling {
@@ -356,6 +385,30 @@ async fn choreography_child() {
             relay.publish_pending().await.unwrap();
             unreachable!("the publisher stalls until the process is killed");
         }
+        "relay-postgres" => {
+            let dir = PathBuf::from(env("DIR"));
+            let url = env("URL");
+            let mut client = outbox_client(&url).await;
+            let from: usize = env("FROM").parse().unwrap();
+            commit_orders_postgres(&mut client, from, 5).await;
+            let publisher = Stalling {
+                inner: RedisStreams::new(&env("REDIS"), "orders").unwrap(),
+                marker: dir.join("stalled"),
+                after_publishing: env("AFTER") == "1",
+            };
+            let relay = Relay::new(
+                PostgresOutboxSource::new(&url),
+                publisher,
+                Pipeline::builder().build().unwrap(),
+            )
+            .batch(3);
+            // Until the server has seen the killed relay's connection close (its advisory
+            // lock goes with it), this one is not the active relay and publishes nothing.
+            loop {
+                relay.publish_pending().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         "consumer-redis" => {
             let streams = RedisStreams::new(&env("URL"), "orders").unwrap();
             let subscription = streams
@@ -427,6 +480,80 @@ async fn a_relay_killed_before_publishing_or_before_marking_publishes_each_event
         "nothing rolled back"
     );
     assert!(relay.source().unpublished().await.unwrap().is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_relay_killed_before_publishing_or_before_marking_publishes_each_event_once() {
+    let server = PostgresServer::start();
+    let redis = RedisServer::start();
+    let url = server.database("relay_kill");
+    let dir = temp_dir("relay-postgres");
+    let stream = RedisStreams::new(&redis.url(), "orders").unwrap();
+    let run = |from: usize, after: bool| {
+        let _ = std::fs::remove_file(dir.join("stalled"));
+        child(
+            "relay-postgres",
+            &[
+                ("STORMWALL_CHOREO_DIR", dir.display().to_string()),
+                ("STORMWALL_CHOREO_URL", url.clone()),
+                ("STORMWALL_CHOREO_REDIS", redis.url()),
+                ("STORMWALL_CHOREO_FROM", from.to_string()),
+                (
+                    "STORMWALL_CHOREO_AFTER",
+                    if after { "1" } else { "0" }.into(),
+                ),
+            ],
+        )
+    };
+    let client = outbox_client(&url).await;
+    let unpublished = async || -> i64 {
+        client
+            .query_one(
+                "SELECT COUNT(*) FROM stormwall_outbox WHERE published_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    // 1. Five orders committed; the relay is killed before it publishes anything.
+    let relay = run(0, false);
+    wait_until("the relay stalls", || dir.join("stalled").exists()).await;
+    kill(relay);
+    assert_eq!(stream.len().await.unwrap(), 0);
+    // 2. Five more committed; the next relay (once the killed one's lock is gone)
+    //    publishes its first batch (three events) and is killed before marking them.
+    let relay = run(5, true);
+    wait_until("the relay stalls", || dir.join("stalled").exists()).await;
+    kill(relay);
+    assert_eq!(stream.len().await.unwrap(), 3);
+    assert_eq!(unpublished().await, 10);
+
+    // A new relay publishes all ten, the three already in the stream not again.
+    let relay = Relay::new(
+        PostgresOutboxSource::new(&url),
+        stream.clone(),
+        Pipeline::builder().build().unwrap(),
+    );
+    let started = Instant::now();
+    let mut published = 0;
+    while published < 10 {
+        assert!(started.elapsed() < DEADLINE, "the new relay took over");
+        published += relay.publish_pending().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(published, 10);
+    assert_eq!(relay.publish_pending().await.unwrap(), 0);
+    assert_eq!(unpublished().await, 0);
+    let published = stream.entries().await.unwrap();
+    let keys: Vec<&str> = published.iter().map(|m| m.stream_key.as_str()).collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("order-{i}")).collect();
+    assert_eq!(keys, expected, "each committed event once, in commit order");
+    assert!(
+        published.iter().all(|m| m.kind == "order.created"),
+        "nothing rolled back"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -997,4 +1124,366 @@ async fn a_postgres_outbox_is_relayed_to_redis_by_one_relay_at_a_time() {
         .map(|i| format!("order-{i}"))
         .collect();
     assert_eq!(keys, expected, "each committed event once, in commit order");
+}
+
+/// The tracker's suite, on either backend: `tracker` stalls sagas after a minute;
+/// `backdate(correlation_id)` moves a saga's events ten minutes into the past.
+async fn tracker_suite(tracker: SagaTracker, backdate: impl AsyncFn(&str)) {
+    let saga = |kinds: &[&str]| {
+        let first = Message::new(kinds[0], "order-1", &()).unwrap();
+        let mut events = vec![first.clone()];
+        for kind in &kinds[1..] {
+            events.push(Message::reacting_to(&first, *kind, "order-1", &()).unwrap());
+        }
+        events
+    };
+    let done = saga(&["order.created", "payment.completed", "order.completed"]);
+    let stuck = saga(&["order.created", "payment.completed"]);
+    let going = saga(&["order.created"]);
+    for event in done.iter().chain(&stuck).chain(&going) {
+        assert!(tracker.record(event).await.unwrap(), "new: recorded");
+    }
+    assert!(
+        !tracker.record(&stuck[1]).await.unwrap(),
+        "delivered again: tracked once"
+    );
+    backdate(&stuck[0].correlation_id).await;
+    let id = |events: &[Message]| events[0].correlation_id.clone();
+    let ids = |sagas: Vec<stormwall_saga::choreography::SagaProgress>| {
+        sagas
+            .into_iter()
+            .map(|p| (p.correlation_id, p.status))
+            .collect::<Vec<_>>()
+    };
+
+    let finished = tracker.progress(&id(&done)).await.unwrap().unwrap();
+    assert_eq!(finished.status, SagaStatus::Finished);
+    assert_eq!(
+        finished.kinds(),
+        ["order.created", "payment.completed", "order.completed"]
+    );
+    assert_eq!(finished.outcome(), Some("order.completed"));
+    assert!(tracker.progress("unknown").await.unwrap().is_none());
+    let stalled = tracker.stalled().await.unwrap();
+    assert_eq!(ids(stalled.clone()), [(id(&stuck), SagaStatus::Stalled)]);
+    assert_eq!(
+        stalled[0].last_kind(),
+        "payment.completed",
+        "where it stopped"
+    );
+    assert_eq!(stalled[0].outcome(), None);
+    assert_eq!(
+        ids(tracker.in_progress().await.unwrap()),
+        [
+            (id(&stuck), SagaStatus::Stalled),
+            (id(&going), SagaStatus::Running)
+        ]
+    );
+    assert_eq!(
+        ids(tracker.all().await.unwrap()),
+        [
+            (id(&done), SagaStatus::Finished),
+            (id(&stuck), SagaStatus::Stalled),
+            (id(&going), SagaStatus::Running)
+        ]
+    );
+    // The two with the latest events, in the order they started.
+    assert_eq!(
+        ids(tracker.recent(2).await.unwrap()),
+        [
+            (id(&stuck), SagaStatus::Stalled),
+            (id(&going), SagaStatus::Running)
+        ]
+    );
+    // As the dashboard reads it.
+    let json = serde_json::to_value(&stalled[0]).unwrap();
+    assert_eq!(json["status"], "stalled");
+    assert_eq!(json["events"][1]["kind"], "payment.completed");
+    // With no patience every unfinished saga is stalled.
+    let impatient = tracker.clone().stalled_after(Duration::ZERO);
+    assert_eq!(impatient.stalled().await.unwrap().len(), 2);
+}
+
+const TEN_MINUTES_MS: i64 = 600_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracker_suite_passes_on_sqlite_and_postgres() {
+    let dir = temp_dir("tracker");
+    let path = dir.join("tracker.db");
+    let terminal = ["order.completed", "order.cancelled"];
+    let tracker = SagaTracker::open(&path, terminal)
+        .unwrap()
+        .stalled_after(Duration::from_secs(60));
+    tracker_suite(tracker, async |correlation: &str| {
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE stormwall_saga_tracking SET seen_at = seen_at - ?2 WHERE correlation_id = ?1",
+                rusqlite::params![correlation, TEN_MINUTES_MS],
+            )
+            .unwrap();
+    })
+    .await;
+
+    let server = PostgresServer::start();
+    let url = server.database("tracker");
+    let tracker = SagaTracker::connect(&url, terminal)
+        .await
+        .unwrap()
+        .stalled_after(Duration::from_secs(60));
+    let client = outbox_client(&url).await;
+    tracker_suite(tracker, async |correlation: &str| {
+        client
+            .execute(
+                "UPDATE stormwall_saga_tracking SET seen_at = seen_at - $2 WHERE correlation_id = $1",
+                &[&correlation, &TEN_MINUTES_MS],
+            )
+            .await
+            .unwrap();
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A publisher that keeps what it is given.
+#[derive(Default)]
+struct Collect(Mutex<Vec<Message>>);
+
+impl Publisher for Collect {
+    async fn publish(&self, batch: &[Message]) -> Result<(), String> {
+        self.0.lock().unwrap().extend_from_slice(batch);
+        Ok(())
+    }
+}
+
+const EIGHT_DAYS_MS: i64 = 8 * 24 * 3_600_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_outbox_events_and_old_inbox_records_are_purged_on_sqlite() {
+    let dir = temp_dir("purge-sqlite");
+    let path = dir.join("service.db");
+    let mut db = service_db(&path);
+    commit_orders(&mut db, 0, 4);
+    let relay = Relay::new(
+        SqliteOutboxSource::open(&path).unwrap(),
+        Collect::default(),
+        Pipeline::builder().build().unwrap(),
+    )
+    .retention(RetentionOptions::default())
+    .unwrap();
+    assert_eq!(relay.publish_pending().await.unwrap(), 4);
+    commit_orders(&mut db, 4, 1); // committed, not published
+                                  // Two published eight days ago, the unpublished one committed eight days ago.
+    db.execute(
+        "UPDATE stormwall_outbox SET published_at = published_at - ?1 WHERE position <= 2",
+        [EIGHT_DAYS_MS],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE stormwall_outbox SET created_at = created_at - ?1 WHERE published_at IS NULL",
+        [EIGHT_DAYS_MS],
+    )
+    .unwrap();
+    // The relay purges when it starts (then hourly).
+    let outbox = |db: &Connection| -> Vec<String> {
+        let mut s = db
+            .prepare("SELECT stream_key FROM stormwall_outbox ORDER BY position")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    relay
+        .run(wait_until("the relay purged", || outbox(&db).len() == 3))
+        .await;
+    assert_eq!(
+        outbox(&db),
+        ["order-2", "order-3", "order-4"],
+        "published within the retention, or not published: kept"
+    );
+    assert_eq!(
+        SqliteOutbox::purge(&db, &RetentionOptions::default()).unwrap(),
+        0
+    );
+
+    // The inbox: two ids processed eight days ago go; the recent one still deduplicates.
+    let events = numbered("order.created", |i| format!("order-{i}"), 0..3);
+    let tx = db.transaction().unwrap();
+    SqliteInbox::install(&tx).unwrap();
+    for m in &events {
+        assert!(SqliteInbox::first_time(&tx, "billing", m).unwrap());
+    }
+    tx.execute(
+        "UPDATE stormwall_inbox SET processed_at = processed_at - ?1 WHERE event_id <> ?2",
+        rusqlite::params![EIGHT_DAYS_MS, events[2].id],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let week = RetentionOptions {
+        inbox: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    };
+    assert_eq!(SqliteInbox::purge(&db, &week).unwrap(), 2);
+    let tx = db.transaction().unwrap();
+    assert!(
+        !SqliteInbox::first_time(&tx, "billing", &events[2]).unwrap(),
+        "within the retention: still deduplicated"
+    );
+    assert!(
+        SqliteInbox::first_time(&tx, "billing", &events[0]).unwrap(),
+        "past the retention: processed again"
+    );
+    drop(tx);
+    let invalid = RetentionOptions {
+        outbox: Duration::ZERO,
+        ..Default::default()
+    };
+    assert!(matches!(
+        SqliteOutbox::purge(&db, &invalid),
+        Err(stormwall_saga::SagaError::Config(m)) if m.contains("RetentionOptions::outbox")
+    ));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outbox_events_go_once_every_group_passed_them_and_old_inbox_records_go() {
+    let server = PostgresServer::start();
+    let url = server.database("purge");
+    let mut client = outbox_client(&url).await;
+    let retention = RetentionOptions::default();
+    let keys = async |client: &tokio_postgres::Client| -> Vec<String> {
+        client
+            .query(
+                "SELECT stream_key FROM stormwall_outbox ORDER BY position",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let age = async |client: &tokio_postgres::Client| {
+        client
+            .execute(
+                "UPDATE stormwall_outbox SET created_at = created_at - $1,
+                        published_at = published_at - $1",
+                &[&EIGHT_DAYS_MS],
+            )
+            .await
+            .unwrap();
+    };
+    // One stream key: one partition, consumed in order.
+    let mut events = numbered("order.created", |_| "order-1".into(), 0..4);
+    events[2].kind = "poison".into();
+    append_all(&mut client, &events).await;
+    age(&client).await;
+    assert_eq!(
+        PostgresOutbox::purge(&client, &retention).await.unwrap(),
+        0,
+        "no group and no relay yet: nothing consumed them"
+    );
+
+    let mut consumer = Consumer::new(
+        PostgresSubscription::connect(&url, "billing")
+            .await
+            .unwrap(),
+        Pipeline::builder().build().unwrap(),
+        ConsumerOptions {
+            batch: 2,
+            max_attempts: 1,
+            ..Default::default()
+        },
+    );
+    let handle = |m: Message| async move {
+        if m.kind == "poison" {
+            Err("cannot parse".to_string())
+        } else {
+            Ok(())
+        }
+    };
+    assert_eq!(consumer.poll_once(&handle).await.unwrap(), 2);
+    assert_eq!(PostgresOutbox::purge(&client, &retention).await.unwrap(), 2);
+    assert_eq!(consumer.poll_once(&handle).await.unwrap(), 2); // the poison dead-lettered
+    assert_eq!(PostgresOutbox::purge(&client, &retention).await.unwrap(), 1);
+    assert_eq!(keys(&client).await.len(), 1, "the dead letter is kept");
+    assert_eq!(
+        consumer.subscription().dead_letters().await.unwrap().len(),
+        1
+    );
+
+    // A relay publishes from this outbox now: the group's checkpoint must pass an event
+    // too, and an event no relay published stays.
+    append_all(
+        &mut client,
+        &numbered("order.created", |_| "order-1".into(), 4..6),
+    )
+    .await;
+    let relay = Relay::new(
+        PostgresOutboxSource::new(&url),
+        Collect::default(),
+        Pipeline::builder().build().unwrap(),
+    );
+    assert_eq!(relay.publish_pending().await.unwrap(), 3);
+    age(&client).await;
+    assert_eq!(
+        PostgresOutbox::purge(&client, &retention).await.unwrap(),
+        0,
+        "published, but the group has not passed them"
+    );
+    assert_eq!(consumer.poll_once(&handle).await.unwrap(), 2);
+    assert_eq!(PostgresOutbox::purge(&client, &retention).await.unwrap(), 2);
+    append_all(
+        &mut client,
+        &numbered("order.created", |_| "order-1".into(), 6..7),
+    )
+    .await;
+    assert_eq!(consumer.poll_once(&handle).await.unwrap(), 1);
+    age(&client).await;
+    assert_eq!(
+        PostgresOutbox::purge(&client, &retention).await.unwrap(),
+        0,
+        "consumed but not yet published by the relay"
+    );
+    assert_eq!(relay.publish_pending().await.unwrap(), 1);
+    assert_eq!(
+        relay
+            .source()
+            .purge(&RetentionOptions {
+                outbox: Duration::from_secs(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        0,
+        "published just now"
+    );
+
+    // The inbox.
+    let processed = numbered("order.created", |i| format!("order-{i}"), 0..3);
+    let tx = client.transaction().await.unwrap();
+    for m in &processed {
+        assert!(PostgresOutbox::first_time(&tx, "billing", m).await.unwrap());
+    }
+    tx.execute(
+        "UPDATE stormwall_inbox SET processed_at = processed_at - $1 WHERE event_id <> $2",
+        &[&EIGHT_DAYS_MS, &processed[2].id],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        PostgresOutbox::purge_inbox(&client, &retention)
+            .await
+            .unwrap(),
+        2
+    );
+    let tx = client.transaction().await.unwrap();
+    assert!(!PostgresOutbox::first_time(&tx, "billing", &processed[2])
+        .await
+        .unwrap());
+    assert!(PostgresOutbox::first_time(&tx, "billing", &processed[0])
+        .await
+        .unwrap());
 }

@@ -1,7 +1,7 @@
 //! The inbox: which events a consumer group has processed, kept in the consumer's own
 //! database so that recording one commits with its effect.
 
-use super::{now_ms, Message};
+use super::{now_ms, Message, RetentionOptions};
 use crate::SagaError;
 use rusqlite::{params, Connection, Transaction};
 
@@ -64,5 +64,19 @@ impl SqliteInbox {
             )?
             .execute(params![group, message.id, message.kind, now_ms()])?;
         Ok(added == 1)
+    }
+
+    /// Deletes the records of events processed longer than `retention.inbox` ago; how
+    /// many. Deduplication holds for at least that long after an event was processed (see
+    /// [`RetentionOptions`]). Call it now and then (hourly) on the consumer's database.
+    pub fn purge(
+        connection: &Connection,
+        retention: &RetentionOptions,
+    ) -> Result<usize, SagaError> {
+        let cutoff = retention.inbox_cutoff()?;
+        Ok(connection.execute(
+            "DELETE FROM stormwall_inbox WHERE processed_at <= ?1",
+            params![cutoff],
+        )?)
     }
 }

@@ -52,6 +52,7 @@ mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 mod relay;
+mod retention;
 mod tracker;
 
 pub use consumer::{Consumer, ConsumerOptions, DeadLetter, Delivery, Subscription};
@@ -62,8 +63,9 @@ pub use outbox::{SqliteOutbox, SqliteOutboxSource};
 pub use postgres::{PostgresOutbox, PostgresOutboxSource, PostgresSubscription};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStreams, RedisSubscription};
-pub use relay::{OutboxSource, Publisher, Relay};
-pub use tracker::{SagaProgress, SagaTracker, TrackedEvent};
+pub use relay::{OutboxSource, Publisher, Relay, PURGE_EVERY};
+pub use retention::RetentionOptions;
+pub use tracker::{SagaProgress, SagaStatus, SagaTracker, TrackedEvent};
 
 /// How many partitions the stream keys of a PostgreSQL outbox hash to: the most
 /// consumers of one group that make progress at the same time.

@@ -2,7 +2,7 @@
 //! read back by a [`Relay`](super::Relay) through [`SqliteOutboxSource`].
 
 use super::relay::OutboxSource;
-use super::{now_ms, Message};
+use super::{now_ms, Message, RetentionOptions};
 use crate::SagaError;
 use rusqlite::{params, Connection, Transaction};
 use std::path::Path;
@@ -70,6 +70,19 @@ impl SqliteOutbox {
             now_ms()
         ])?;
         Ok(tx.last_insert_rowid())
+    }
+
+    /// Deletes the events published longer than `retention.outbox` ago; how many. (A
+    /// relay with a [`retention`](super::Relay::retention) does it every hour.)
+    pub fn purge(
+        connection: &Connection,
+        retention: &RetentionOptions,
+    ) -> Result<usize, SagaError> {
+        let cutoff = retention.outbox_cutoff()?;
+        Ok(connection.execute(
+            "DELETE FROM stormwall_outbox WHERE published_at IS NOT NULL AND published_at <= ?1",
+            params![cutoff],
+        )?)
     }
 }
 
@@ -166,5 +179,10 @@ impl OutboxSource for SqliteOutboxSource {
 
     async fn wait_for_more(&self, at_most: Duration) {
         tokio::time::sleep(at_most.min(self.poll_interval)).await;
+    }
+
+    async fn purge(&self, retention: &RetentionOptions) -> Result<usize, SagaError> {
+        let retention = *retention;
+        self.run(move |c| SqliteOutbox::purge(c, &retention)).await
     }
 }

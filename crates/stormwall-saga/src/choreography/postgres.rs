@@ -5,7 +5,7 @@
 
 use super::consumer::{DeadLetter, Delivery, Subscription};
 use super::relay::OutboxSource;
-use super::{now_ms, partition_of, Message, PARTITIONS};
+use super::{now_ms, partition_of, Message, RetentionOptions, PARTITIONS};
 use crate::SagaError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,7 +129,49 @@ impl PostgresOutbox {
             .await?;
         Ok(added == 1)
     }
+
+    /// Deletes the outbox's events older than `retention.outbox` that nothing needs any
+    /// more; how many. An event goes once it is older than that (counted from its
+    /// publication by a relay, or from its commit if no relay ever published from this
+    /// outbox and it has consumer groups), every consumer group's checkpoint has passed
+    /// it, and it is not a dead letter. (A relay with a
+    /// [`retention`](super::Relay::retention) does it every hour.) A consumer group created
+    /// later starts from the oldest event left.
+    pub async fn purge(
+        client: &impl GenericClient,
+        retention: &RetentionOptions,
+    ) -> Result<u64, SagaError> {
+        let cutoff = retention.outbox_cutoff()?;
+        Ok(client.execute(PURGE, &[&cutoff]).await?)
+    }
+
+    /// Deletes the inbox's records of events processed longer than `retention.inbox` ago;
+    /// how many. Deduplication holds for at least that long after an event was processed
+    /// (see [`RetentionOptions`]). Call it now and then (hourly).
+    pub async fn purge_inbox(
+        client: &impl GenericClient,
+        retention: &RetentionOptions,
+    ) -> Result<u64, SagaError> {
+        let cutoff = retention.inbox_cutoff()?;
+        Ok(client
+            .execute(
+                "DELETE FROM stormwall_inbox WHERE processed_at <= $1",
+                &[&cutoff],
+            )
+            .await?)
+    }
 }
+
+/// The events no one needs any more, published (or committed) at or before `$1`.
+const PURGE: &str = "
+DELETE FROM stormwall_outbox e
+ WHERE COALESCE(e.published_at, e.created_at) <= $1
+   AND (e.published_at IS NOT NULL
+        OR (EXISTS (SELECT 1 FROM stormwall_outbox_offsets)
+            AND NOT EXISTS (SELECT 1 FROM stormwall_outbox WHERE published_at IS NOT NULL)))
+   AND NOT EXISTS (SELECT 1 FROM stormwall_outbox_offsets o
+                    WHERE o.partition = e.partition AND o.position < e.position)
+   AND NOT EXISTS (SELECT 1 FROM stormwall_outbox_dead d WHERE d.position = e.position)";
 
 async fn insert(
     client: &impl GenericClient,
@@ -268,6 +310,14 @@ impl OutboxSource for PostgresOutboxSource {
                 )
                 .await?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn purge(&self, retention: &RetentionOptions) -> Result<usize, SagaError> {
+        let retention = *retention;
+        self.with_client(async |client, _| {
+            Ok(PostgresOutbox::purge(&*client, &retention).await? as usize)
         })
         .await
     }

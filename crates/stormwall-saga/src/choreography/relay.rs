@@ -1,7 +1,7 @@
 //! The relay: publishes an outbox's committed events to a broker, in order, at least
 //! once, through a stormwall pipeline.
 
-use super::Message;
+use super::{Message, RetentionOptions};
 use crate::SagaError;
 use std::future::Future;
 use std::time::Duration;
@@ -17,7 +17,19 @@ pub trait OutboxSource: Send + Sync {
     fn mark_published(&self, through: i64) -> impl Future<Output = Result<(), SagaError>> + Send;
     /// Returns when new events may have been committed, or after `at_most`.
     fn wait_for_more(&self, at_most: Duration) -> impl Future<Output = ()> + Send;
+    /// Deletes the published events older than `retention.outbox`; how many. (A source
+    /// that keeps nothing need not.)
+    fn purge(
+        &self,
+        retention: &RetentionOptions,
+    ) -> impl Future<Output = Result<usize, SagaError>> + Send {
+        let _ = retention;
+        async { Ok(0) }
+    }
 }
+
+/// How often a relay with a retention purges its outbox.
+pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Where a relay publishes: a broker.
 pub trait Publisher: Send + Sync {
@@ -36,6 +48,9 @@ pub struct Relay<S, P, St> {
     pipeline: Pipeline<St>,
     batch: usize,
     idle: Duration,
+    /// Set by [`retention`](Self::retention): [`run`](Self::run) purges the outbox with
+    /// it every [`PURGE_EVERY`].
+    retention: Option<RetentionOptions>,
 }
 
 impl<S: OutboxSource, P: Publisher, St: Strategy<(), String>> Relay<S, P, St> {
@@ -48,6 +63,7 @@ impl<S: OutboxSource, P: Publisher, St: Strategy<(), String>> Relay<S, P, St> {
             pipeline,
             batch: 256,
             idle: Duration::from_secs(1),
+            retention: None,
         }
     }
 
@@ -55,6 +71,15 @@ impl<S: OutboxSource, P: Publisher, St: Strategy<(), String>> Relay<S, P, St> {
     pub fn batch(mut self, events: usize) -> Self {
         self.batch = events.max(1);
         self
+    }
+
+    /// Makes [`run`](Self::run) purge the outbox's published events older than
+    /// `retention.outbox`, when it starts and every [`PURGE_EVERY`] (an hour). Default: no
+    /// purge. Fails when `retention` is invalid ([`RetentionOptions::validate`]).
+    pub fn retention(mut self, retention: RetentionOptions) -> Result<Self, SagaError> {
+        retention.validate()?;
+        self.retention = Some(retention);
+        Ok(self)
     }
 
     /// The source.
@@ -84,7 +109,19 @@ impl<S: OutboxSource, P: Publisher, St: Strategy<(), String>> Relay<S, P, St> {
     /// after a second.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut next_purge = tokio::time::Instant::now();
         loop {
+            if let Some(retention) = &self.retention {
+                if tokio::time::Instant::now() >= next_purge {
+                    next_purge += PURGE_EVERY;
+                    match self.source.purge(retention).await {
+                        Ok(n) => {
+                            tracing::debug!(purged = n, "outbox relay: purged published events")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "outbox relay: purging failed"),
+                    }
+                }
+            }
             if let Err(e) = self.publish_pending().await {
                 tracing::warn!(error = %e, "outbox relay: publishing failed; trying again");
             }
