@@ -2,10 +2,14 @@
 //! strategy alone (keyed ones on a key they know), and with a listener attached.
 //!
 //! A counting global allocator wraps the system one; the count is read around the calls.
+//! Only the counting thread's allocations count: the test harness allocates on its own
+//! threads whenever another test finishes (the runtimes here are current-thread, so every
+//! allocation the code under test makes happens on the counting thread).
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use stormwall::bulkhead::BulkheadOptions;
 use stormwall::circuit_breaker::CircuitBreakerOptions;
@@ -17,14 +21,25 @@ use stormwall::{Context, Pipeline};
 struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Whether this thread's allocations are being counted.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counting() -> bool {
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
+
+fn set_counting(on: bool) {
+    COUNTING.with(|c| c.set(on));
+}
 /// The counter is global: tests that count take turns.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // SAFETY: every call is forwarded unchanged to `System`; the wrapper only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
@@ -35,7 +50,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
@@ -65,7 +80,7 @@ fn allocations_with<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>, ctx: Context) 
             ready_call(pipeline, &ctx).await;
             pending_call(pipeline, &ctx).await;
         }
-        COUNTING.store(true, Ordering::SeqCst);
+        set_counting(true);
         for _ in 0..1000 {
             ready_call(pipeline, &ctx).await;
         }
@@ -74,7 +89,7 @@ fn allocations_with<S: Strategy<u64, ()>>(pipeline: &Pipeline<S>, ctx: Context) 
             pending_call(pipeline, &ctx).await;
         }
         let pending = ALLOCATIONS.swap(0, Ordering::SeqCst);
-        COUNTING.store(false, Ordering::SeqCst);
+        set_counting(false);
         (ready, pending)
     })
 }
@@ -250,9 +265,9 @@ fn a_pipeline_with_a_listener_allocates_nothing_on_success() {
 fn the_counter_sees_allocations() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Proves the allocator above counts: without this, a broken counter passes the test.
-    COUNTING.store(true, Ordering::SeqCst);
+    set_counting(true);
     let v = std::hint::black_box(vec![1u8; 64]);
-    COUNTING.store(false, Ordering::SeqCst);
+    set_counting(false);
     drop(v);
     assert!(ALLOCATIONS.swap(0, Ordering::SeqCst) >= 1);
 }
