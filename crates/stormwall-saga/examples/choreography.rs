@@ -14,11 +14,16 @@
 //! ```
 //!
 //! Order 1 goes through (the payment gateway fails once: the pipeline retries); order 2's
-//! payment is declined; order 3 is paid, then out of stock: refunded, cancelled. A
-//! tracker (its own consumer group on every topic) shows how far each saga got.
+//! payment is declined; order 3 is paid, then out of stock: refunded, cancelled; order 4
+//! is paid and reserved, but no courier takes pianos: its `inventory.reserved` event is
+//! dead-lettered in shipping's group and the saga stalls there. A tracker (its own
+//! consumer group on every topic) shows how far each saga got — on the live dashboard too
+//! (stormwall's dashboard, with its saga panel fed by the tracker, and each consumer's
+//! pipeline as a route).
 //!
-//! `cargo run -p stormwall-saga --features redis --example choreography`
-//! (starts a throwaway redis-server on a free port; or set `REDIS_URL`).
+//! `cargo run -p stormwall-saga --features redis --example choreography [-- --serve]`
+//! (starts a throwaway redis-server on a free port, or set `REDIS_URL`; prints the
+//! dashboard's address; `--serve` keeps serving it after the flow until Ctrl-C).
 
 use rusqlite::{params, Connection, Transaction};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,10 +32,12 @@ use std::time::{Duration, Instant};
 use stormwall::circuit_breaker::CircuitBreakerOptions;
 use stormwall::pipeline::Strategy;
 use stormwall::retry::RetryOptions;
+use stormwall::telemetry::EventListener;
 use stormwall::Pipeline;
+use stormwall_proxy::dashboard::Dashboard;
 use stormwall_saga::choreography::{
-    Consumer, ConsumerOptions, Message, RedisStreams, Relay, SagaTracker, SqliteInbox,
-    SqliteOutbox, SqliteOutboxSource,
+    Consumer, ConsumerOptions, Message, RedisStreams, Relay, SagaStatus, SagaTracker, SqliteInbox,
+    SqliteOutbox, SqliteOutboxSource, Subscription,
 };
 use tokio::sync::watch;
 
@@ -78,9 +85,12 @@ impl Service {
     }
 }
 
-/// Every handler runs through this: a timeout per attempt, three retries, a breaker.
-fn pipeline() -> Pipeline<impl Strategy<(), String>> {
+/// Every handler runs through this: a timeout per attempt, three retries, a breaker;
+/// shown on the dashboard as route `name`.
+fn pipeline(name: String, dashboard: &Arc<Dashboard>) -> Pipeline<impl Strategy<(), String>> {
     Pipeline::builder()
+        .name(name)
+        .listener(Arc::clone(dashboard) as Arc<dyn EventListener>)
         .retry(RetryOptions::exponential(Duration::from_millis(20)).max_retries(3))
         .circuit_breaker(CircuitBreakerOptions::consecutive(20))
         .timeout(Duration::from_secs(2))
@@ -126,7 +136,7 @@ async fn main() -> Result<(), Error> {
         &dir,
         "inventory",
         "CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER);
-        INSERT INTO stock VALUES ('lamp', 5), ('sofa', 0)",
+        INSERT INTO stock VALUES ('lamp', 5), ('sofa', 0), ('piano', 1)",
     )?;
     let shipping = Service::open(
         &dir,
@@ -134,6 +144,24 @@ async fn main() -> Result<(), Error> {
         "CREATE TABLE shipments (order_id TEXT PRIMARY KEY)",
     )?;
     let services = [&order, &payment, &inventory, &shipping];
+
+    // The dashboard: each consumer's pipeline as a route, the sagas as the tracker sees
+    // them (a stalled saga after a second without news).
+    let dashboard = Dashboard::new();
+    let listener = stormwall_proxy::dashboard::bind(0).await?;
+    println!("dashboard: http://{}/dashboard", listener.local_addr()?);
+    let router = dashboard.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let tracker = SagaTracker::open(
+        dir.join("tracker.db"),
+        ["order.completed", "order.cancelled"],
+    )?
+    .stalled_after(Duration::from_secs(1));
+    let reader = tracker.clone();
+    dashboard.feed_sagas(Duration::from_millis(250), move || {
+        let tracker = reader.clone();
+        async move { tracker.recent(50).await }
+    });
 
     let (stop, stopped) = watch::channel(false);
     let shutdown = move || {
@@ -157,13 +185,22 @@ async fn main() -> Result<(), Error> {
         tasks.push(tokio::spawn(async move { relay.run(shutdown).await }));
     }
 
-    // The consumers: (service, topic it listens to, handler).
+    // The consumers: (service, topic it listens to, handler). An event whose handler
+    // fails twice (each time after the pipeline's retries) goes to the dead letters.
+    let options = ConsumerOptions {
+        max_attempts: 2,
+        ..Default::default()
+    };
     let consume = |group: &str, from: &str, handler: Handler| {
+        let (pipeline, options) = (
+            pipeline(format!("{group} ← {from}"), &dashboard),
+            options.clone(),
+        );
         let subscription =
             RedisStreams::new(&url, topic(from)).map(|s| s.subscribe(group, format!("{group}-1")));
         let shutdown = shutdown();
         tokio::spawn(async move {
-            let mut consumer = Consumer::new(subscription?, pipeline(), ConsumerOptions::default());
+            let mut consumer = Consumer::new(subscription?, pipeline, options);
             consumer
                 .run(
                     move |m: Message| {
@@ -268,6 +305,9 @@ async fn main() -> Result<(), Error> {
                 return Ok(());
             }
             let o: Order = e.payload().map_err(|e| e.to_string())?;
+            if o.sku == "piano" {
+                return Err("no courier takes pianos".into()); // dead-lettered: the saga stalls
+            }
             s.react(e, |tx| {
                 tx.execute("INSERT INTO shipments VALUES (?1)", params![o.id])?;
                 Ok(vec![Message::reacting_to(
@@ -303,16 +343,13 @@ async fn main() -> Result<(), Error> {
         ));
     }
     // The tracker: a group of its own on every topic.
-    let tracker = SagaTracker::open(
-        dir.join("tracker.db"),
-        ["order.completed", "order.cancelled"],
-    )?;
     for service in services {
         let subscription =
             RedisStreams::new(&url, topic(service.name))?.subscribe("tracker", "tracker-1");
         let (tracker, shutdown) = (tracker.clone(), shutdown());
+        let pipeline = pipeline(format!("tracker ← {}", service.name), &dashboard);
         consumers.push(tokio::spawn(async move {
-            let mut consumer = Consumer::new(subscription, pipeline(), ConsumerOptions::default());
+            let mut consumer = Consumer::new(subscription, pipeline, ConsumerOptions::default());
             let record = move |m: Message| {
                 let tracker = tracker.clone();
                 async move {
@@ -328,12 +365,13 @@ async fn main() -> Result<(), Error> {
         }));
     }
 
-    // Three orders, each committed with its event.
+    // Four orders, each committed with its event.
     let mut sagas = Vec::new();
     for (id, sku, amount) in [
         ("order-1", "lamp", 40),
         ("order-2", "lamp", 5000),
         ("order-3", "sofa", 900),
+        ("order-4", "piano", 700),
     ] {
         let o = Order {
             id: id.into(),
@@ -354,15 +392,24 @@ async fn main() -> Result<(), Error> {
         sagas.push((id, created.correlation_id));
     }
 
-    // Until the tracker has seen every saga finish.
+    // Until the tracker has seen three sagas finish and order 4 stall, its event in
+    // shipping's dead letters.
+    let mut shipping_group =
+        RedisStreams::new(&url, topic("inventory"))?.subscribe("shipping", "inspector");
     let started = Instant::now();
-    while tracker.all().await?.iter().filter(|p| p.finished()).count() < sagas.len() {
+    loop {
+        let all = tracker.all().await?;
+        let finished = all.iter().filter(|p| p.finished()).count();
+        let stalled = all.iter().any(|p| {
+            p.correlation_id == sagas[3].1
+                && p.status == SagaStatus::Stalled
+                && p.last_kind() == "inventory.reserved"
+        });
+        if finished == 3 && stalled && !shipping_group.dead_letters().await?.is_empty() {
+            break;
+        }
         if started.elapsed() > Duration::from_secs(60) {
-            return Err(format!(
-                "sagas not finished after 60 s: {:#?}",
-                tracker.in_progress().await?
-            )
-            .into());
+            return Err(format!("sagas not where expected after 60 s: {all:#?}").into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -393,7 +440,16 @@ async fn main() -> Result<(), Error> {
     };
     assert_eq!(
         outcome,
-        ["order.completed", "order.cancelled", "order.cancelled"]
+        ["order.completed", "order.cancelled", "order.cancelled", ""]
+    );
+    let stalled = tracker.stalled().await?;
+    assert_eq!(stalled.len(), 1);
+    assert_eq!(stalled[0].last_kind(), "inventory.reserved");
+    println!(
+        "stalled: {} after {} (shipping's dead letter: {})",
+        sagas[3].0,
+        stalled[0].last_kind(),
+        shipping_group.dead_letters().await?[0].reason
     );
     assert_eq!(status("order-1")?, "completed");
     assert_eq!(status("order-3")?, "cancelled");
@@ -407,6 +463,10 @@ async fn main() -> Result<(), Error> {
         "gateway calls: {} (one failure retried)",
         gateway_calls.load(Ordering::SeqCst)
     );
+    if std::env::args().any(|a| a == "--serve") {
+        println!("serving the dashboard until Ctrl-C");
+        tokio::signal::ctrl_c().await?;
+    }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

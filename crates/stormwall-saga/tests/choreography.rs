@@ -1202,6 +1202,18 @@ async fn tracker_suite(tracker: SagaTracker, backdate: impl AsyncFn(&str)) {
     // With no patience every unfinished saga is stalled.
     let impatient = tracker.clone().stalled_after(Duration::ZERO);
     assert_eq!(impatient.stalled().await.unwrap().len(), 2);
+
+    // Finished sagas are forgotten after a while; unfinished ones, however old, are kept.
+    assert_eq!(tracker.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(tracker.purge(Duration::ZERO).await.unwrap(), 3);
+    assert!(tracker.progress(&id(&done)).await.unwrap().is_none());
+    assert_eq!(
+        ids(tracker.all().await.unwrap()),
+        [
+            (id(&stuck), SagaStatus::Stalled),
+            (id(&going), SagaStatus::Running)
+        ]
+    );
 }
 
 const TEN_MINUTES_MS: i64 = 600_000;

@@ -3,13 +3,18 @@
 //! sparkline, and the breaker transitions seen — pushed to the page over server-sent events.
 //!
 //! [`Dashboard`] is a stormwall `EventListener`: attach it to the pipelines to show.
+//! Choreographed sagas appear on it when a tracker feeds it ([`Dashboard::feed_sagas`]):
+//! each saga's steps, its state, and where a stalled one stopped.
 //!
 //! The stream (`/dashboard/stream`) sends a view every 250 ms and each breaker transition
 //! as it is recorded (`event: transition`, numbered by `id:` in the order the breaker made
 //! them). A browser that reconnects sends the last number it received (`Last-Event-ID`)
 //! and gets the transitions it missed, in order, before anything else.
 
+mod sagas;
 mod stream;
+
+pub use sagas::{SagaState, SagaStepView, SagaView};
 
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse};
@@ -168,6 +173,9 @@ pub struct View {
     pub routes: Vec<RouteView>,
     /// The breaker transitions seen (the last 200), oldest first.
     pub transitions: Vec<TransitionRecord>,
+    /// The sagas a tracker fed in ([`Dashboard::feed_sagas`]), in its order; empty when
+    /// none is fed.
+    pub sagas: Vec<SagaView>,
 }
 
 /// What the listener has recorded.
@@ -188,6 +196,8 @@ pub struct Dashboard {
     recorded: tokio::sync::watch::Sender<u64>,
     /// How many streams are open.
     clients: tokio::sync::watch::Sender<usize>,
+    /// The saga panel: replaced whole by each [`show_sagas`](Self::show_sagas).
+    sagas: Mutex<Vec<SagaView>>,
 }
 
 impl Default for Dashboard {
@@ -197,6 +207,7 @@ impl Default for Dashboard {
             inner: Mutex::new(Inner::default()),
             recorded: tokio::sync::watch::Sender::new(0),
             clients: tokio::sync::watch::Sender::new(0),
+            sagas: Mutex::new(Vec::new()),
         }
     }
 }
@@ -366,6 +377,7 @@ impl Dashboard {
         let view = View {
             routes,
             transitions: transitions.iter().cloned().collect(),
+            sagas: self.sagas.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         };
         (view, *last_id)
     }

@@ -16,8 +16,14 @@
 //!   in the consumer's own transaction so that its effect happens once per group.
 //!
 //! Every [`Message`] carries a correlation id, copied from the event it reacts to
-//! ([`Message::reacting_to`]); a [`SagaTracker`] keeps, per correlation id, the events
-//! seen so far: a saga's progress and where it stopped.
+//! ([`Message::reacting_to`]); a [`SagaTracker`] (SQLite or PostgreSQL) keeps, per
+//! correlation id, the events seen so far: a saga's progress, whether it finished or
+//! stalled, and where it stopped — queryable, and shown on stormwall's live dashboard (its
+//! rows are what `stormwall_proxy::dashboard::Dashboard::feed_sagas` reads).
+//!
+//! [`RetentionOptions`] bound what the tables keep: a [`Relay`] with a retention purges
+//! its outbox's published events every hour; inboxes are purged by `purge` on the
+//! consumer's database, and deduplicate for at least their retention.
 //!
 //! # Delivery and ordering guarantees
 //!

@@ -343,6 +343,33 @@ impl SagaTracker {
             .await
     }
 
+    /// Forgets the sagas that finished (their last event seen) more than `finished_for`
+    /// ago; how many events went. Unfinished sagas are kept whatever their age. An event
+    /// of a forgotten saga delivered again afterwards is tracked again, as a saga of its
+    /// own: keep `finished_for` longer than the longest redelivery you expect (as an inbox's
+    /// retention).
+    pub async fn purge(&self, finished_for: Duration) -> Result<u64, SagaError> {
+        let age = i64::try_from(finished_for.as_millis()).unwrap_or(i64::MAX);
+        let before = now_ms().saturating_sub(age);
+        const PURGE: &str = "DELETE FROM stormwall_saga_tracking WHERE correlation_id IN (
+            SELECT correlation_id FROM stormwall_saga_tracking GROUP BY correlation_id
+            HAVING MAX(terminal) = 1 AND MAX(seen_at) <= ?1)";
+        Ok(match &self.backend {
+            Backend::Sqlite {
+                connection,
+                deadline,
+                timeouts,
+            } => {
+                crate::store::run_blocking(connection, deadline, timeouts, move |c| {
+                    Ok(c.execute(PURGE, [before])? as u64)
+                })
+                .await?
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => pool.execute(&postgres_sql(PURGE), &[&before]).await?,
+        })
+    }
+
     async fn select(&self, select: Select) -> Result<Vec<SagaProgress>, SagaError> {
         let rows = match &self.backend {
             Backend::Sqlite {
