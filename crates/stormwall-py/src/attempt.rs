@@ -1,0 +1,305 @@
+//! One attempt of the operation, as the Rust future the strategies run.
+//!
+//! [`PyAttempt`] calls the coroutine function and steps the coroutine on the event loop's
+//! thread, as an asyncio task would: it sends `None` into it, and when the coroutine yields
+//! a future it waits on, it asks that future to wake the pipeline when it is done. Dropping
+//! the attempt (a timeout, a losing hedge, a cancelled caller) cancels the future it waits
+//! on and throws `CancelledError` into the coroutine, so its `finally` blocks run.
+//!
+//! [`SyncAttempt`] calls a plain function: inline, or on a blocking thread when the pipeline
+//! may have to give up on it (a timeout or hedging), Polly's "pessimistic" mode.
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::iterator::PySendResult;
+use pyo3::types::{PyDict, PyIterator, PyTuple};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// The operation and its arguments, called once per attempt.
+pub(crate) struct Call {
+    pub(crate) func: Py<PyAny>,
+    pub(crate) args: Py<PyTuple>,
+    pub(crate) kwargs: Option<Py<PyDict>>,
+}
+
+impl Call {
+    fn call<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.func
+            .bind(py)
+            .call(self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)))
+    }
+}
+
+/// The waker a coroutine's awaited future wakes when done: the latest one the attempt was
+/// polled with (a future may be polled with a different waker each time).
+#[pyclass(frozen)]
+struct WakeOnDone {
+    waker: Arc<Mutex<Waker>>,
+}
+
+#[pymethods]
+impl WakeOnDone {
+    fn __call__(&self, _future: &Bound<'_, PyAny>) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        waker.wake();
+    }
+}
+
+/// `asyncio.CancelledError`.
+fn cancelled_error(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let class = CLASS.get_or_try_init(py, || {
+        PyModule::import(py, "asyncio")?
+            .getattr("CancelledError")
+            .map(Bound::unbind)
+    })?;
+    class.bind(py).call0()
+}
+
+/// A coroutine function's attempt.
+pub(crate) struct PyAttempt {
+    /// `None` when made from a running awaitable.
+    call: Option<Arc<Call>>,
+    /// The coroutine's `__await__` iterator: made at the first poll, dropped when done.
+    running: Option<Py<PyIterator>>,
+    /// The future the coroutine waits on, set when it yields one, taken when it is done.
+    waiting: Option<Py<PyAny>>,
+    /// Shared with the done-callback of `waiting`.
+    waker: Option<Arc<Mutex<Waker>>>,
+    /// What to call the operation in errors (`fn` or `fallback handler`).
+    role: &'static str,
+}
+
+impl PyAttempt {
+    pub(crate) fn new(call: Arc<Call>) -> Self {
+        Self::with_role(call, "fn")
+    }
+
+    pub(crate) fn with_role(call: Arc<Call>, role: &'static str) -> Self {
+        PyAttempt {
+            call: Some(call),
+            running: None,
+            waiting: None,
+            waker: None,
+            role,
+        }
+    }
+
+    /// Steps an awaitable that was already made (a fallback handler's).
+    pub(crate) fn running(iterator: Py<PyIterator>, role: &'static str) -> Self {
+        PyAttempt {
+            call: None,
+            running: Some(iterator),
+            waiting: None,
+            waker: None,
+            role,
+        }
+    }
+
+    /// The awaitable's iterator, or a `TypeError` naming the argument.
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        let Some(call) = &self.call else {
+            return Err(PyRuntimeError::new_err(format!(
+                "{} was already awaited",
+                self.role
+            )));
+        };
+        let awaitable = call.call(py)?;
+        iterator_of(py, &awaitable, self.role)
+    }
+
+    fn step(&mut self, py: Python<'_>, cx: &mut Context<'_>) -> Poll<PyResult<Py<PyAny>>> {
+        if let Some(future) = &self.waiting {
+            match future
+                .bind(py)
+                .call_method0(intern!(py, "done"))
+                .and_then(|d| d.is_truthy())
+            {
+                Ok(false) => {
+                    self.remember(cx);
+                    return Poll::Pending;
+                }
+                Ok(true) => self.waiting = None,
+                Err(e) => return self.finish(Err(e)),
+            }
+        }
+        let iterator = match &self.running {
+            Some(it) => it.bind(py).clone(),
+            None => match self.start(py) {
+                Ok(it) => {
+                    self.running = Some(it.clone().unbind());
+                    it
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            },
+        };
+        match iterator.send(&py.None().into_bound(py)) {
+            Ok(PySendResult::Return(value)) => self.finish(Ok(value.unbind())),
+            Err(e) => self.finish(Err(e)),
+            Ok(PySendResult::Next(yielded)) => {
+                if yielded.is_none() {
+                    // A bare `yield` (asyncio.sleep(0)): run again on the next round.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                match self.wait_on(py, &yielded, cx) {
+                    Ok(()) => Poll::Pending,
+                    Err(e) => self.finish(Err(e)),
+                }
+            }
+        }
+    }
+
+    /// The coroutine awaits `future`: wake the pipeline when it is done (what an asyncio
+    /// task does with the futures its coroutine yields).
+    fn wait_on(
+        &mut self,
+        py: Python<'_>,
+        future: &Bound<'_, PyAny>,
+        cx: &mut Context<'_>,
+    ) -> PyResult<()> {
+        let blocking = intern!(py, "_asyncio_future_blocking");
+        match future.getattr(blocking) {
+            Ok(flag) if flag.is_truthy()? => future.setattr(blocking, false)?,
+            _ => {
+                return Err(PyRuntimeError::new_err(format!(
+                    "the coroutine of {} yielded {} instead of awaiting an asyncio future",
+                    self.role,
+                    future.repr()?
+                )))
+            }
+        }
+        let waker = Arc::new(Mutex::new(cx.waker().clone()));
+        future.call_method1(
+            intern!(py, "add_done_callback"),
+            (WakeOnDone {
+                waker: Arc::clone(&waker),
+            },),
+        )?;
+        self.waker = Some(waker);
+        self.waiting = Some(future.clone().unbind());
+        Ok(())
+    }
+
+    /// Keeps the latest waker for the done-callback.
+    fn remember(&self, cx: &Context<'_>) {
+        if let Some(waker) = &self.waker {
+            let mut slot = waker.lock().unwrap_or_else(|e| e.into_inner());
+            if !slot.will_wake(cx.waker()) {
+                *slot = cx.waker().clone();
+            }
+        }
+    }
+
+    fn finish(&mut self, outcome: PyResult<Py<PyAny>>) -> Poll<PyResult<Py<PyAny>>> {
+        self.running = None;
+        self.waiting = None;
+        self.waker = None;
+        Poll::Ready(outcome)
+    }
+
+    /// Cancels the coroutine as asyncio would: the future it waits on is cancelled and
+    /// `CancelledError` is thrown in, so `finally` blocks and `async with` exits run. A
+    /// coroutine that awaits again while cancelled is closed.
+    fn cancel(&mut self, py: Python<'_>) {
+        let Some(iterator) = self.running.take() else {
+            return;
+        };
+        if let Some(future) = self.waiting.take() {
+            if let Err(e) = future.bind(py).call_method0(intern!(py, "cancel")) {
+                e.write_unraisable(py, None);
+            }
+        }
+        let iterator = iterator.bind(py);
+        let thrown = cancelled_error(py)
+            .and_then(|error| iterator.call_method1(intern!(py, "throw"), (error,)));
+        // An error (CancelledError, StopIteration, its own) means it has ended; an answer
+        // means it swallowed the cancellation and awaits something else: close it.
+        if thrown.is_ok() {
+            if let Err(e) = iterator.call_method0(intern!(py, "close")) {
+                e.write_unraisable(py, Some(iterator.as_any()));
+            }
+        }
+    }
+}
+
+impl Future for PyAttempt {
+    type Output = PyResult<Py<PyAny>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        Python::attach(|py| this.step(py, cx))
+    }
+}
+
+impl Drop for PyAttempt {
+    fn drop(&mut self) {
+        if self.running.is_some() {
+            Python::attach(|py| self.cancel(py));
+        }
+    }
+}
+
+/// The iterator that drives `awaitable` (a coroutine or anything with `__await__`), or a
+/// `TypeError` saying that `role` had to return one.
+pub(crate) fn iterator_of<'py>(
+    py: Python<'py>,
+    awaitable: &Bound<'py, PyAny>,
+    role: &str,
+) -> PyResult<Bound<'py, PyIterator>> {
+    let Ok(iterator) = awaitable.call_method0(intern!(py, "__await__")) else {
+        return Err(PyTypeError::new_err(format!(
+            "{role} must be a coroutine function (async def) or return an awaitable; it returned {} \
+             (use execute_sync for plain functions)",
+            awaitable.get_type().name()?
+        )));
+    };
+    Ok(iterator.cast_into::<PyIterator>()?)
+}
+
+/// A plain function's attempt.
+pub(crate) enum SyncAttempt {
+    /// Called on the first poll, on the calling thread.
+    Inline(Option<Arc<Call>>),
+    /// Running on a blocking thread; dropping it abandons the call (its result is ignored).
+    Blocking(tokio::task::JoinHandle<PyResult<Py<PyAny>>>),
+}
+
+impl SyncAttempt {
+    pub(crate) fn new(call: Arc<Call>, blocking: bool) -> Self {
+        if blocking {
+            SyncAttempt::Blocking(tokio::task::spawn_blocking(move || {
+                Python::attach(|py| call.call(py).map(Bound::unbind))
+            }))
+        } else {
+            SyncAttempt::Inline(Some(call))
+        }
+    }
+}
+
+impl Future for SyncAttempt {
+    type Output = PyResult<Py<PyAny>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            SyncAttempt::Inline(call) => {
+                let Some(call) = call.take() else {
+                    return Poll::Pending;
+                };
+                Poll::Ready(Python::attach(|py| call.call(py).map(Bound::unbind)))
+            }
+            SyncAttempt::Blocking(handle) => match Pin::new(handle).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(result)) => Poll::Ready(result),
+                Poll::Ready(Err(join)) => Poll::Ready(Err(PyRuntimeError::new_err(format!(
+                    "the function's thread failed: {join}"
+                )))),
+            },
+        }
+    }
+}

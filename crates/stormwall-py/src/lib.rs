@@ -1,0 +1,35 @@
+//! Python bindings of stormwall: the `stormwall._stormwall` extension module that the
+//! `stormwall` package (python/stormwall) wraps. See the crate README for the Python API.
+//!
+//! How an `await pipeline.execute(fn)` runs: the pipeline's Rust future is polled on the
+//! event loop's thread, inside the awaiting task (`driver.rs`); each attempt steps the
+//! coroutine `fn` returned (`attempt.rs`), so the success path crosses no thread. Timers
+//! (backoff, timeouts, break durations) and the Redis store run on a tokio runtime on a
+//! background thread (`runtime.rs`), whose wake-ups reach the loop through
+//! `call_soon_threadsafe`.
+
+mod attempt;
+mod breaker;
+mod chain;
+mod driver;
+mod errors;
+mod events;
+mod fallback;
+mod handle;
+mod options;
+mod pipeline;
+mod runtime;
+
+use pyo3::prelude::*;
+
+/// The extension module.
+#[pymodule]
+fn _stormwall(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<pipeline::PyPipelineBuilder>()?;
+    m.add_class::<pipeline::PyPipeline>()?;
+    m.add_class::<breaker::PyCircuitBreaker>()?;
+    m.add_class::<driver::Execution>()?;
+    m.add_function(wrap_pyfunction!(driver::panicking_execution, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

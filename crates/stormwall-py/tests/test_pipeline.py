@@ -1,0 +1,366 @@
+"""The asyncio pipeline: retry, timeouts, cancellation both ways, bulkhead, rate limiter,
+hedging, fallback, events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+import stormwall
+from stormwall import Pipeline
+
+
+class Flaky:
+    """Fails `failures` times with `error`, then answers `value`."""
+
+    def __init__(self, failures: int, error: type[BaseException] = ConnectionError, value: Any = "ok"):
+        self.failures = failures
+        self.error = error
+        self.value = value
+        self.calls = 0
+
+    async def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.calls <= self.failures:
+            raise self.error(f"failure {self.calls}")
+        return (self.value, args) if args else self.value
+
+
+def events_of(kind: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == kind]
+
+
+@pytest.mark.asyncio
+async def test_retry_retries_until_success_and_waits_the_configured_delays() -> None:
+    events: list[dict[str, Any]] = []
+    p = (
+        Pipeline.builder()
+        .name("payments")
+        .on_event(events.append)
+        .retry(max_retries=3, delay=0.01, backoff="linear", jitter="none")
+        .build()
+    )
+    flaky = Flaky(2)
+    assert await p.execute(flaky, 1, 2) == ("ok", (1, 2))
+    assert flaky.calls == 3
+    retries = events_of("retry", events)
+    assert [r["delay"] for r in retries] == pytest.approx([0.01, 0.02])
+    assert all(r["pipeline"] == "payments" and r["strategy"] == "retry" for r in retries)
+    assert len(events_of("attempt_completed", events)) == 3
+
+
+@pytest.mark.asyncio
+async def test_retry_gives_up_after_max_retries_with_the_last_exception() -> None:
+    p = Pipeline.builder().retry(max_retries=2, delay=0.001).build()
+    flaky = Flaky(10)
+    with pytest.raises(ConnectionError, match="failure 3"):
+        await p.execute(flaky)
+    assert flaky.calls == 3
+
+
+@pytest.mark.asyncio
+async def test_retry_handles_only_the_given_exception_types_or_predicate() -> None:
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001, handle=(ConnectionError, TimeoutError)).build()
+    flaky = Flaky(1, error=ValueError)
+    with pytest.raises(ValueError):
+        await p.execute(flaky)
+    assert flaky.calls == 1
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001, handle=lambda e: "retry me" in str(e)).build()
+
+    async def picky() -> str:
+        picky.calls += 1  # type: ignore[attr-defined]
+        if picky.calls == 1:  # type: ignore[attr-defined]
+            raise RuntimeError("retry me")
+        raise RuntimeError("final")
+
+    picky.calls = 0  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="final"):
+        await p.execute(picky)
+    assert picky.calls == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_retry_never_retries_base_exceptions_such_as_cancellation() -> None:
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001).build()
+    flaky = Flaky(5, error=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        await p.execute(flaky)
+    assert flaky.calls == 1
+
+
+@pytest.mark.asyncio
+async def test_retry_honours_a_retry_after_hint_on_the_exception() -> None:
+    class Busy(Exception):
+        retry_after = 0.005
+
+    events: list[dict[str, Any]] = []
+    p = Pipeline.builder().on_event(events.append).retry(max_retries=1, delay=5, retry_after=True).build()
+    flaky = Flaky(1, error=Busy)
+    assert await p.execute(flaky) == "ok"
+    assert [r["delay"] for r in events_of("retry", events)] == pytest.approx([0.005])
+    seen: list[tuple[str, int]] = []
+
+    def generator(exc: BaseException, attempt: int) -> float:
+        seen.append((type(exc).__name__, attempt))
+        return 0.001
+
+    events.clear()
+    p = Pipeline.builder().on_event(events.append).retry(max_retries=2, delay=5, delay_generator=generator).build()
+    assert await p.execute(Flaky(2)) == "ok"
+    assert seen == [("ConnectionError", 0), ("ConnectionError", 1)]
+    assert [r["delay"] for r in events_of("retry", events)] == pytest.approx([0.001, 0.001])
+
+
+@pytest.mark.asyncio
+async def test_a_timeout_cancels_the_coroutine_and_raises_timeout_rejected() -> None:
+    seen: list[str] = []
+
+    async def hangs() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        finally:
+            seen.append("finally")
+
+    p = Pipeline.builder().timeout(0.02).build()
+    with pytest.raises(stormwall.TimeoutRejected) as caught:
+        await p.execute(hangs)
+    assert isinstance(caught.value, TimeoutError)
+    assert caught.value.timeout == pytest.approx(0.02)
+    assert seen == ["cancelled", "finally"]
+
+
+@pytest.mark.asyncio
+async def test_attempt_timeouts_are_retried_and_the_total_timeout_bounds_them() -> None:
+    started: list[int] = []
+
+    async def hangs() -> None:
+        started.append(1)
+        await asyncio.Event().wait()
+
+    p = Pipeline.builder().retry(max_retries=2, delay=0.001).timeout(0.01).build()
+    with pytest.raises(stormwall.TimeoutRejected):
+        await p.execute(hangs)
+    assert len(started) == 3
+    started.clear()
+    p = Pipeline.builder().timeout(0.05).retry(max_retries=1000, delay=0.001, jitter="none", backoff="constant").timeout(0.01).build()
+    with pytest.raises(stormwall.TimeoutRejected) as caught:
+        await p.execute(hangs)
+    assert caught.value.timeout == pytest.approx(0.05)
+    assert 1 <= len(started) < 1000
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_caller_cancels_the_running_attempt() -> None:
+    entered = asyncio.Event()
+    seen: list[str] = []
+
+    async def hangs() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001).timeout(30).build()
+    task = asyncio.ensure_future(p.execute(hangs))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == ["cancelled"]
+    # asyncio.wait_for cancels the same way.
+    entered.clear()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(p.execute(hangs), 0.01)
+    assert seen == ["cancelled", "cancelled"]
+
+
+@pytest.mark.asyncio
+async def test_bulkhead_limits_concurrency_and_queue() -> None:
+    p = Pipeline.builder().bulkhead(max_concurrency=2, queue_limit=1).build()
+    release = asyncio.Event()
+    running = 0
+    peak = 0
+
+    async def work() -> str:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        return "done"
+
+    tasks = [asyncio.ensure_future(p.execute(work)) for _ in range(3)]
+    while running < 2:
+        await asyncio.sleep(0)
+    with pytest.raises(stormwall.BulkheadFull) as caught:
+        await p.execute(work)
+    assert isinstance(caught.value, stormwall.RejectedError)
+    release.set()
+    assert await asyncio.gather(*tasks) == ["done"] * 3
+    assert peak == 2
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_call_releases_its_bulkhead_slot() -> None:
+    p = Pipeline.builder().bulkhead(max_concurrency=1).build()
+    entered = asyncio.Event()
+
+    async def holds() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    async def quick() -> str:
+        return "in"
+
+    holder = asyncio.ensure_future(p.execute(holds))
+    await entered.wait()
+    with pytest.raises(stormwall.BulkheadFull):
+        await p.execute(quick)
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    assert await p.execute(quick) == "in"
+
+
+@pytest.mark.asyncio
+async def test_rate_limiter_rejects_past_its_quota_per_key() -> None:
+    async def ok() -> str:
+        return "ok"
+
+    p = Pipeline.builder().rate_limit(permits=2, period=60).build()
+    assert [await p.execute(ok) for _ in range(2)] == ["ok", "ok"]
+    with pytest.raises(stormwall.RateLimited) as caught:
+        await p.execute(ok)
+    assert 0 < caught.value.retry_after <= 30
+    keyed = Pipeline.builder().rate_limit(permits=1, period=60, keyed=True).build()
+    assert await keyed.execute_keyed("tenant-a", ok) == "ok"
+    assert await keyed.execute_keyed("tenant-b", ok) == "ok"
+    with pytest.raises(stormwall.RateLimited):
+        await keyed.execute_keyed("tenant-a", ok)
+
+
+@pytest.mark.asyncio
+async def test_hedging_answers_with_the_first_success_and_cancels_the_loser() -> None:
+    seen: list[str] = []
+    calls = 0
+
+    async def first_slow() -> str:
+        nonlocal calls
+        calls += 1
+        me = calls
+        if me == 1:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                seen.append("loser cancelled")
+                raise
+        return f"attempt {me}"
+
+    p = Pipeline.builder().hedging(delay=0.005, max_hedged_attempts=1).build()
+    assert await p.execute(first_slow) == "attempt 2"
+    assert seen == ["loser cancelled"]
+
+
+@pytest.mark.asyncio
+async def test_fallback_value_handler_and_async_handler() -> None:
+    async def fails() -> str:
+        raise ConnectionError("down")
+
+    p = Pipeline.builder().fallback(value=None).build()
+    assert await p.execute(fails) is None
+    p = Pipeline.builder().fallback(handler=lambda e: f"cached ({e})").build()
+    assert await p.execute(fails) == "cached (down)"
+
+    async def from_cache(e: BaseException) -> str:
+        await asyncio.sleep(0)
+        return f"async {type(e).__name__}"
+
+    p = Pipeline.builder().fallback(handler=from_cache, handle=ConnectionError).build()
+    assert await p.execute(fails) == "async ConnectionError"
+    # Not handled: passes through.
+    p = Pipeline.builder().fallback(value="x", handle=ValueError).build()
+    with pytest.raises(ConnectionError):
+        await p.execute(fails)
+    # Covers the strategies' own rejections too, when outermost.
+    p = Pipeline.builder().fallback(value="stale").timeout(0.001).build()
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    assert await p.execute(hangs) == "stale"
+
+
+@pytest.mark.asyncio
+async def test_an_exception_inside_the_fallback_becomes_fallback_error_with_its_cause() -> None:
+    async def fails() -> str:
+        raise ConnectionError("down")
+
+    def broken(e: BaseException) -> str:
+        raise KeyError("no cache")
+
+    p = Pipeline.builder().fallback(handler=broken).build()
+    with pytest.raises(stormwall.FallbackError) as caught:
+        await p.execute(fails)
+    assert isinstance(caught.value.__cause__, KeyError)
+    assert isinstance(caught.value.original, ConnectionError)
+
+    async def broken_async(e: BaseException) -> str:
+        raise KeyError("no async cache")
+
+    p = Pipeline.builder().fallback(handler=broken_async).build()
+    with pytest.raises(stormwall.FallbackError) as caught:
+        await p.execute(fails)
+    assert isinstance(caught.value.__cause__, KeyError)
+
+
+@pytest.mark.asyncio
+async def test_events_reach_the_logging_module() -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("stormwall")
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        p = Pipeline.builder().name("inventory").log_events().retry(max_retries=1, delay=0.001).build()
+        await p.execute(Flaky(1))
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert len(messages) == 1 and "stormwall inventory retry" in messages[0], messages
+    assert records[0].levelno == logging.INFO
+
+
+@pytest.mark.asyncio
+async def test_the_pipeline_is_reentrant_across_many_concurrent_tasks() -> None:
+    p = Pipeline.builder().timeout(10).retry(max_retries=3, delay=0.001).circuit_breaker(consecutive_failures=100, failure_ratio="off").bulkhead(max_concurrency=50, queue_limit=1000).build()
+
+    async def work(i: int) -> int:
+        await asyncio.sleep(0)
+        if i % 7 == 0 and not hasattr(work, f"failed{i}"):
+            setattr(work, f"failed{i}", True)
+            raise ConnectionError
+        return i
+
+    results = await asyncio.gather(*(p.execute(work, i) for i in range(500)))
+    assert results == list(range(500))
+
+
+@pytest.mark.asyncio
+async def test_a_rust_panic_becomes_internal_error() -> None:
+    with pytest.raises(stormwall.InternalError, match="deliberate panic"):
+        await stormwall._stormwall._panicking_execution()  # type: ignore[attr-defined]
+    assert issubclass(stormwall.InternalError, stormwall.StormwallError)

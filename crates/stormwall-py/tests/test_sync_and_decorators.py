@@ -1,0 +1,193 @@
+"""The synchronous path (GIL released while the pipeline waits), circuit breaker states and
+manual control, and the decorators."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+import stormwall
+from stormwall import CircuitBreaker, Pipeline
+
+
+def test_execute_sync_retries_a_plain_function() -> None:
+    calls = 0
+
+    def flaky(x: int, *, y: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError
+        return x + y
+
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001).build()
+    assert p.execute_sync(flaky, 1, y=2) == 3
+    assert calls == 3
+
+
+def test_execute_sync_releases_the_gil_while_it_waits() -> None:
+    # Another thread counts while the pipeline waits out a 300 ms backoff: had the GIL been
+    # held from the first attempt's end to the second's start, it could not have counted.
+    stop = threading.Event()
+    counter = [0]
+
+    def count() -> None:
+        while not stop.is_set():
+            counter[0] += 1
+
+    marks: list[int] = []
+
+    def flaky() -> str:
+        marks.append(counter[0])
+        if len(marks) == 1:
+            threading.Thread(target=count, daemon=True).start()
+            marks[0] = counter[0]
+            raise ConnectionError
+        return "ok"
+
+    p = Pipeline.builder().retry(max_retries=1, delay=0.3, backoff="constant", jitter="none").build()
+    try:
+        assert p.execute_sync(flaky) == "ok"
+    finally:
+        stop.set()
+    assert marks[1] > marks[0], marks
+
+
+def test_execute_sync_times_out_a_blocking_function_without_waiting_for_it() -> None:
+    release = threading.Event()
+
+    def blocks() -> str:
+        release.wait(30)
+        return "late"
+
+    p = Pipeline.builder().timeout(0.02).build()
+    try:
+        with pytest.raises(stormwall.TimeoutRejected):
+            p.execute_sync(blocks)
+    finally:
+        release.set()
+
+
+def test_breaker_opens_half_opens_and_closes_with_events() -> None:
+    breaker = CircuitBreaker(consecutive_failures=2, failure_ratio="off", break_duration=0.05)
+    transitions: list[tuple[str, str]] = []
+    breaker.on_transition(lambda e: transitions.append((e["from"], e["to"])))
+    p = Pipeline.builder().circuit_breaker(breaker).build()
+    healthy = False
+
+    def call() -> str:
+        if not healthy:
+            raise ConnectionError
+        return "ok"
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            p.execute_sync(call)
+    assert breaker.state == "open"
+    with pytest.raises(stormwall.CircuitOpenError) as caught:
+        p.execute_sync(call)
+    assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 0.05
+    healthy = True
+    # The break ends after 50 ms: the next call is the probe, and it closes the circuit.
+    answers: list[Any] = []
+
+    def probe() -> bool:
+        try:
+            answers.append(p.execute_sync(call))
+            return True
+        except stormwall.CircuitOpenError:
+            return False
+
+    from conftest import eventually
+
+    eventually(probe, "the break to end")
+    assert answers == ["ok"]
+    assert breaker.state == "closed"
+    assert transitions == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_manual_isolate_close_and_disable() -> None:
+    breaker = CircuitBreaker(consecutive_failures=1, failure_ratio="off")
+    p = Pipeline.builder().circuit_breaker(breaker).build()
+    breaker.isolate()
+    assert breaker.state == "isolated"
+    with pytest.raises(stormwall.CircuitOpenError) as caught:
+        p.execute_sync(lambda: 1)
+    assert caught.value.retry_after is None
+    breaker.close()
+    assert p.execute_sync(lambda: 1) == 1
+    breaker.disable()
+
+    def fails() -> None:
+        raise ConnectionError
+
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            p.execute_sync(fails)
+    assert breaker.state == "disabled"
+    assert p.circuit_breaker is not None and p.circuit_breaker.state == "disabled"
+
+
+def test_decorators_wrap_async_and_plain_functions() -> None:
+    calls = {"a": 0, "s": 0}
+
+    @stormwall.retry(max_retries=2, delay=0.001)
+    async def fetch(x: int) -> int:
+        """Fetches."""
+        calls["a"] += 1
+        if calls["a"] == 1:
+            raise ConnectionError
+        return x
+
+    @stormwall.retry(max_retries=2, delay=0.001)
+    def compute(x: int) -> int:
+        calls["s"] += 1
+        if calls["s"] == 1:
+            raise ConnectionError
+        return x * 2
+
+    assert asyncio.run(fetch(5)) == 5
+    assert compute(5) == 10
+    assert calls == {"a": 2, "s": 2}
+    assert fetch.__name__ == "fetch" and fetch.__doc__ == "Fetches."
+
+    shared = CircuitBreaker(consecutive_failures=1, failure_ratio="off")
+
+    @stormwall.circuit_breaker(shared)
+    def down() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        down()
+    with pytest.raises(stormwall.CircuitOpenError):
+        down()
+
+    @stormwall.circuit_breaker(consecutive_failures=1, failure_ratio="off")
+    async def also_down() -> None:
+        raise ConnectionError
+
+    async def twice() -> None:
+        with pytest.raises(ConnectionError):
+            await also_down()
+        with pytest.raises(stormwall.CircuitOpenError):
+            await also_down()
+
+    asyncio.run(twice())
+
+    @stormwall.timeout(0.01)
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(hangs())
+
+    p = Pipeline.builder().fallback(value="fallback").build()
+
+    @stormwall.pipeline(p)
+    def broken() -> str:
+        raise RuntimeError
+
+    assert broken() == "fallback"
