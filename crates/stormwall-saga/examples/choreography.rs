@@ -160,7 +160,7 @@ async fn main() -> Result<(), Error> {
     let reader = tracker.clone();
     dashboard.feed_sagas(Duration::from_millis(250), move || {
         let tracker = reader.clone();
-        async move { tracker.recent(50).await }
+        async move { tracker.overview(50).await }
     });
 
     let (stop, stopped) = watch::channel(false);

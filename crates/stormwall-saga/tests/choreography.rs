@@ -1147,6 +1147,9 @@ async fn tracker_suite(tracker: SagaTracker, backdate: impl AsyncFn(&str)) {
         !tracker.record(&stuck[1]).await.unwrap(),
         "delivered again: tracked once"
     );
+    // A finished saga's late event (its consumer was slow): the latest of all.
+    let late = Message::reacting_to(&done[0], "invoice.sent", "order-1", &()).unwrap();
+    assert!(tracker.record(&late).await.unwrap());
     backdate(&stuck[0].correlation_id).await;
     let id = |events: &[Message]| events[0].correlation_id.clone();
     let ids = |sagas: Vec<stormwall_saga::choreography::SagaProgress>| {
@@ -1160,7 +1163,12 @@ async fn tracker_suite(tracker: SagaTracker, backdate: impl AsyncFn(&str)) {
     assert_eq!(finished.status, SagaStatus::Finished);
     assert_eq!(
         finished.kinds(),
-        ["order.created", "payment.completed", "order.completed"]
+        [
+            "order.created",
+            "payment.completed",
+            "order.completed",
+            "invoice.sent"
+        ]
     );
     assert_eq!(finished.outcome(), Some("order.completed"));
     assert!(tracker.progress("unknown").await.unwrap().is_none());
@@ -1191,10 +1199,19 @@ async fn tracker_suite(tracker: SagaTracker, backdate: impl AsyncFn(&str)) {
     assert_eq!(
         ids(tracker.recent(2).await.unwrap()),
         [
+            (id(&done), SagaStatus::Finished),
+            (id(&going), SagaStatus::Running)
+        ]
+    );
+    // What a dashboard shows: the unfinished first, however old.
+    assert_eq!(
+        ids(tracker.overview(2).await.unwrap()),
+        [
             (id(&stuck), SagaStatus::Stalled),
             (id(&going), SagaStatus::Running)
         ]
     );
+    assert_eq!(tracker.overview(3).await.unwrap().len(), 3);
     // As the dashboard reads it.
     let json = serde_json::to_value(&stalled[0]).unwrap();
     assert_eq!(json["status"], "stalled");
@@ -1205,7 +1222,7 @@ async fn tracker_suite(tracker: SagaTracker, backdate: impl AsyncFn(&str)) {
 
     // Finished sagas are forgotten after a while; unfinished ones, however old, are kept.
     assert_eq!(tracker.purge(Duration::from_secs(3600)).await.unwrap(), 0);
-    assert_eq!(tracker.purge(Duration::ZERO).await.unwrap(), 3);
+    assert_eq!(tracker.purge(Duration::ZERO).await.unwrap(), 4);
     assert!(tracker.progress(&id(&done)).await.unwrap().is_none());
     assert_eq!(
         ids(tracker.all().await.unwrap()),

@@ -92,7 +92,7 @@ async fn the_dashboard_shows_each_sagas_progress_and_where_a_stalled_one_stopped
     let reader = tracker.clone();
     let _feed = dashboard.feed_sagas(Duration::from_millis(50), move || {
         let tracker = reader.clone();
-        async move { tracker.recent(50).await }
+        async move { tracker.overview(50).await }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

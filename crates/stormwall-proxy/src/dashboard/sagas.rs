@@ -71,7 +71,7 @@ impl Dashboard {
     /// [`show_sagas_from`](Self::show_sagas_from)); a failed read or rows of another shape
     /// are logged and the panel keeps what it showed. Stops when the dashboard is dropped
     /// (or the returned task is aborted). With a tracker:
-    /// `dashboard.feed_sagas(Duration::from_secs(1), move || { let t = tracker.clone(); async move { t.recent(50).await } })`.
+    /// `dashboard.feed_sagas(Duration::from_secs(1), move || { let t = tracker.clone(); async move { t.overview(50).await } })`.
     pub fn feed_sagas<F, Fut, T, E>(
         self: &Arc<Self>,
         every: Duration,

@@ -126,6 +126,8 @@ enum Select {
     QuietSince(i64),
     /// The ones with the latest events, this many.
     Recent(i64),
+    /// This many: the unfinished ones first, then the finished; each group latest first.
+    Overview(i64),
 }
 
 impl Select {
@@ -138,6 +140,7 @@ impl Select {
             Select::Unfinished => ("", "HAVING MAX(terminal) = 0", ""),
             Select::QuietSince(_) => ("", "HAVING MAX(terminal) = 0 AND MAX(seen_at) <= ?1", ""),
             Select::Recent(_) => ("", "", "ORDER BY MAX(seq) DESC LIMIT ?1"),
+            Select::Overview(_) => ("", "", "ORDER BY MAX(terminal), MAX(seq) DESC LIMIT ?1"),
         };
         format!(
             "SELECT t.correlation_id, t.event_id, t.kind, t.stream_key, t.seen_at, t.terminal
@@ -157,8 +160,8 @@ type Row = (String, TrackedEvent);
 /// consumer group of its own on each topic ([`record`](Self::record) is idempotent per
 /// event id), it answers "how far did saga X get" ([`progress`](Self::progress)), "which
 /// are still going" ([`in_progress`](Self::in_progress)), "which stopped short, and where"
-/// ([`stalled`](Self::stalled)), and feeds the dashboard ([`recent`](Self::recent), whose
-/// rows serialise as the dashboard reads them).
+/// ([`stalled`](Self::stalled)), and feeds the dashboard ([`overview`](Self::overview),
+/// whose rows serialise as the dashboard reads them).
 ///
 /// A saga is finished once one of its events is of a `terminal` kind (given when the
 /// tracker opens, recorded with each event); stalled when it is not and its last event
@@ -336,10 +339,17 @@ impl SagaTracker {
             .await
     }
 
-    /// The `limit` sagas with the most recent events, in the order they started: what a
-    /// dashboard shows.
+    /// The `limit` sagas with the most recent events, in the order they started.
     pub async fn recent(&self, limit: usize) -> Result<Vec<SagaProgress>, SagaError> {
         self.select(Select::Recent(i64::try_from(limit).unwrap_or(i64::MAX)))
+            .await
+    }
+
+    /// What a dashboard shows: `limit` sagas, the unfinished ones (stalled or running)
+    /// before the finished ones — so that a stalled saga stays in view however many finish
+    /// after it — each kind latest first; listed in the order they started.
+    pub async fn overview(&self, limit: usize) -> Result<Vec<SagaProgress>, SagaError> {
+        self.select(Select::Overview(i64::try_from(limit).unwrap_or(i64::MAX)))
             .await
     }
 
@@ -394,7 +404,7 @@ impl SagaTracker {
                     let rows: rusqlite::Result<Vec<Row>> = match &select {
                         Select::One(id) => s.query_map([id], row)?.collect(),
                         Select::All | Select::Unfinished => s.query_map([], row)?.collect(),
-                        Select::QuietSince(n) | Select::Recent(n) => {
+                        Select::QuietSince(n) | Select::Recent(n) | Select::Overview(n) => {
                             s.query_map([n], row)?.collect()
                         }
                     };
@@ -408,7 +418,9 @@ impl SagaTracker {
                 let rows = match &select {
                     Select::One(id) => pool.query(&sql, &[&id]).await?,
                     Select::All | Select::Unfinished => pool.query(&sql, &[]).await?,
-                    Select::QuietSince(n) | Select::Recent(n) => pool.query(&sql, &[&n]).await?,
+                    Select::QuietSince(n) | Select::Recent(n) | Select::Overview(n) => {
+                        pool.query(&sql, &[&n]).await?
+                    }
                 };
                 rows.iter()
                     .map(|r| {
