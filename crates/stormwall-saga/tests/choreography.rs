@@ -426,103 +426,37 @@ async fn choreography_child() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_before_publishing_or_before_marking_publishes_each_event_once() {
+/// The relay crash scenario against an outbox: `mode`'s child commits five orders (and
+/// one that rolls back) and is killed before publishing; the next commits five more,
+/// publishes its first batch (three events) and is killed before marking them. Then a
+/// relay from `source` publishes all ten, each once. `env` says where the outbox is;
+/// `unpublished` counts its unpublished events.
+async fn a_relay_killed_twice_publishes_each_event_once<S: OutboxSource>(
+    mode: &str,
+    dir: &Path,
+    env: &[(&'static str, String)],
+    source: S,
+    unpublished: impl AsyncFn() -> usize,
+) {
     let redis = RedisServer::start();
-    let dir = temp_dir("relay");
     let stream = RedisStreams::new(&redis.url(), "orders").unwrap();
     let run = |from: usize, after: bool| {
         let _ = std::fs::remove_file(dir.join("stalled"));
-        child(
-            "relay",
-            &[
-                ("STORMWALL_CHOREO_DIR", dir.display().to_string()),
-                ("STORMWALL_CHOREO_REDIS", redis.url()),
-                ("STORMWALL_CHOREO_FROM", from.to_string()),
-                (
-                    "STORMWALL_CHOREO_AFTER",
-                    if after { "1" } else { "0" }.into(),
-                ),
-            ],
-        )
+        let mut env = env.to_vec();
+        env.extend([
+            ("STORMWALL_CHOREO_DIR", dir.display().to_string()),
+            ("STORMWALL_CHOREO_REDIS", redis.url()),
+            ("STORMWALL_CHOREO_FROM", from.to_string()),
+            ("STORMWALL_CHOREO_AFTER", u8::from(after).to_string()),
+        ]);
+        child(mode, &env)
     };
     // 1. Five orders committed; the relay is killed before it publishes anything.
     let relay = run(0, false);
     wait_until("the relay stalls", || dir.join("stalled").exists()).await;
     kill(relay);
     assert_eq!(stream.len().await.unwrap(), 0);
-    // 2. Five more committed; the relay publishes its first batch (three events) and is
-    //    killed before marking them published.
-    let relay = run(5, true);
-    wait_until("the relay stalls", || dir.join("stalled").exists()).await;
-    kill(relay);
-    assert_eq!(stream.len().await.unwrap(), 3);
-    let source = SqliteOutboxSource::open(dir.join("service.db")).unwrap();
-    assert_eq!(source.unpublished().await.unwrap().len(), 10);
-
-    // A new relay publishes all ten, the three already in the stream not again.
-    let relay = Relay::new(
-        source,
-        stream.clone(),
-        Pipeline::builder()
-            .retry(RetryOptions::exponential(Duration::from_millis(10)).max_retries(3))
-            .build()
-            .unwrap(),
-    );
-    assert_eq!(relay.publish_pending().await.unwrap(), 10);
-    assert_eq!(relay.publish_pending().await.unwrap(), 0);
-    let published = stream.entries().await.unwrap();
-    let keys: Vec<&str> = published.iter().map(|m| m.stream_key.as_str()).collect();
-    let expected: Vec<String> = (0..10).map(|i| format!("order-{i}")).collect();
-    assert_eq!(keys, expected, "each committed event once, in commit order");
-    assert!(
-        published.iter().all(|m| m.kind == "order.created"),
-        "nothing rolled back"
-    );
-    assert!(relay.source().unpublished().await.unwrap().is_empty());
-    std::fs::remove_dir_all(&dir).ok();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_relay_killed_before_publishing_or_before_marking_publishes_each_event_once() {
-    let server = PostgresServer::start();
-    let redis = RedisServer::start();
-    let url = server.database("relay_kill");
-    let dir = temp_dir("relay-postgres");
-    let stream = RedisStreams::new(&redis.url(), "orders").unwrap();
-    let run = |from: usize, after: bool| {
-        let _ = std::fs::remove_file(dir.join("stalled"));
-        child(
-            "relay-postgres",
-            &[
-                ("STORMWALL_CHOREO_DIR", dir.display().to_string()),
-                ("STORMWALL_CHOREO_URL", url.clone()),
-                ("STORMWALL_CHOREO_REDIS", redis.url()),
-                ("STORMWALL_CHOREO_FROM", from.to_string()),
-                (
-                    "STORMWALL_CHOREO_AFTER",
-                    if after { "1" } else { "0" }.into(),
-                ),
-            ],
-        )
-    };
-    let client = outbox_client(&url).await;
-    let unpublished = async || -> i64 {
-        client
-            .query_one(
-                "SELECT COUNT(*) FROM stormwall_outbox WHERE published_at IS NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    };
-    // 1. Five orders committed; the relay is killed before it publishes anything.
-    let relay = run(0, false);
-    wait_until("the relay stalls", || dir.join("stalled").exists()).await;
-    kill(relay);
-    assert_eq!(stream.len().await.unwrap(), 0);
-    // 2. Five more committed; the next relay (once the killed one's lock is gone)
+    // 2. Five more committed; the next relay (once the killed one's lock, if any, is gone)
     //    publishes its first batch (three events) and is killed before marking them.
     let relay = run(5, true);
     wait_until("the relay stalls", || dir.join("stalled").exists()).await;
@@ -532,9 +466,12 @@ async fn a_postgres_relay_killed_before_publishing_or_before_marking_publishes_e
 
     // A new relay publishes all ten, the three already in the stream not again.
     let relay = Relay::new(
-        PostgresOutboxSource::new(&url),
+        source,
         stream.clone(),
-        Pipeline::builder().build().unwrap(),
+        Pipeline::builder()
+            .retry(RetryOptions::exponential(Duration::from_millis(10)).max_retries(3))
+            .build()
+            .unwrap(),
     );
     let started = Instant::now();
     let mut published = 0;
@@ -554,6 +491,45 @@ async fn a_postgres_relay_killed_before_publishing_or_before_marking_publishes_e
         published.iter().all(|m| m.kind == "order.created"),
         "nothing rolled back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_before_publishing_or_before_marking_publishes_each_event_once() {
+    let dir = temp_dir("relay");
+    let source = SqliteOutboxSource::open(dir.join("service.db")).unwrap();
+    let unpublished = async || source.unpublished().await.unwrap().len();
+    a_relay_killed_twice_publishes_each_event_once("relay", &dir, &[], source.clone(), unpublished)
+        .await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_relay_killed_before_publishing_or_before_marking_publishes_each_event_once() {
+    let server = PostgresServer::start();
+    let url = server.database("relay_kill");
+    let dir = temp_dir("relay-postgres");
+    let client = outbox_client(&url).await;
+    let unpublished = async || -> usize {
+        let n: i64 = client
+            .query_one(
+                "SELECT COUNT(*) FROM stormwall_outbox WHERE published_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n as usize
+    };
+    let env = [("STORMWALL_CHOREO_URL", url.clone())];
+    let source = PostgresOutboxSource::new(&url);
+    a_relay_killed_twice_publishes_each_event_once(
+        "relay-postgres",
+        &dir,
+        &env,
+        source,
+        unpublished,
+    )
+    .await;
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -196,13 +196,27 @@ pub struct SagaTracker {
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite {
-        connection: Arc<Mutex<Connection>>,
-        deadline: SqliteDeadline,
-        timeouts: StorageTimeouts,
-    },
+    Sqlite(Sqlite),
     #[cfg(feature = "postgres")]
     Postgres(stormwall_durable::storage::PgPool),
+}
+
+/// The SQLite connection, and the bounds on each operation.
+#[derive(Clone)]
+struct Sqlite {
+    connection: Arc<Mutex<Connection>>,
+    deadline: SqliteDeadline,
+    timeouts: StorageTimeouts,
+}
+
+impl Sqlite {
+    /// Runs `work` on the connection, off the async threads, within the bounds.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, SagaError> + Send + 'static,
+    ) -> Result<T, SagaError> {
+        crate::store::run_blocking(&self.connection, &self.deadline, &self.timeouts, work).await
+    }
 }
 
 impl std::fmt::Debug for SagaTracker {
@@ -226,11 +240,11 @@ impl SagaTracker {
             stormwall_durable::storage::open_sqlite(path.as_ref(), &timeouts)?;
         connection.execute_batch(SQLITE_SCHEMA)?;
         Ok(Self::with(
-            Backend::Sqlite {
+            Backend::Sqlite(Sqlite {
                 connection: Arc::new(Mutex::new(connection)),
                 deadline,
                 timeouts,
-            },
+            }),
             terminal,
         ))
     }
@@ -278,12 +292,8 @@ impl SagaTracker {
         let terminal = i32::from(self.terminal.contains(&message.kind));
         let m = message.clone();
         let added = match &self.backend {
-            Backend::Sqlite {
-                connection,
-                deadline,
-                timeouts,
-            } => {
-                crate::store::run_blocking(connection, deadline, timeouts, move |c| {
+            Backend::Sqlite(db) => {
+                db.run(move |c| {
                     Ok(c.prepare_cached(RECORD)?.execute(rusqlite::params![
                         m.id,
                         m.correlation_id,
@@ -365,15 +375,9 @@ impl SagaTracker {
             SELECT correlation_id FROM stormwall_saga_tracking GROUP BY correlation_id
             HAVING MAX(terminal) = 1 AND MAX(seen_at) <= ?1)";
         Ok(match &self.backend {
-            Backend::Sqlite {
-                connection,
-                deadline,
-                timeouts,
-            } => {
-                crate::store::run_blocking(connection, deadline, timeouts, move |c| {
-                    Ok(c.execute(PURGE, [before])? as u64)
-                })
-                .await?
+            Backend::Sqlite(db) => {
+                db.run(move |c| Ok(c.execute(PURGE, [before])? as u64))
+                    .await?
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres(pool) => pool.execute(&postgres_sql(PURGE), &[&before]).await?,
@@ -382,12 +386,8 @@ impl SagaTracker {
 
     async fn select(&self, select: Select) -> Result<Vec<SagaProgress>, SagaError> {
         let rows = match &self.backend {
-            Backend::Sqlite {
-                connection,
-                deadline,
-                timeouts,
-            } => {
-                crate::store::run_blocking(connection, deadline, timeouts, move |c| {
+            Backend::Sqlite(db) => {
+                db.run(move |c| {
                     let mut s = c.prepare_cached(&select.sql())?;
                     let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
                         Ok((
