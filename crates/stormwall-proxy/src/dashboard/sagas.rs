@@ -69,8 +69,9 @@ impl Dashboard {
 
     /// Feeds the panel: every `every`, calls `read` and shows the rows it returns (as
     /// [`show_sagas_from`](Self::show_sagas_from)); a failed read or rows of another shape
-    /// are logged and the panel keeps what it showed. Stops when the dashboard is dropped
-    /// (or the returned task is aborted). With a tracker:
+    /// are logged and the panel keeps what it showed. A task on the current tokio runtime
+    /// (call it inside one); it stops when the dashboard is dropped or the returned handle
+    /// is aborted. With a tracker:
     /// `dashboard.feed_sagas(Duration::from_secs(1), move || { let t = tracker.clone(); async move { t.overview(50).await } })`.
     pub fn feed_sagas<F, Fut, T, E>(
         self: &Arc<Self>,
