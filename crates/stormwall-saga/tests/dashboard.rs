@@ -1,6 +1,8 @@
 //! The dashboard's saga panel, fed by a `SagaTracker` and served on a real loopback
 //! socket: its data (`/dashboard/state`), its live stream and its page show each saga's
-//! state and where a stalled one stopped.
+//! state and where a stalled one stopped — the page as a browser renders it too (headless
+//! Chromium's DOM after the page's script ran: `STORMWALL_CHROMIUM`, else `chromium`,
+//! which `scripts/test` installs).
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -47,6 +49,44 @@ async fn state_when(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The page at `url` as headless Chromium renders it (its DOM once loaded).
+fn rendered(url: &str, profile: &std::path::Path) -> String {
+    let chromium = std::env::var_os("STORMWALL_CHROMIUM").unwrap_or_else(|| "chromium".into());
+    let mut browser = std::process::Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{chromium:?} (scripts/test installs chromium): {e}"));
+    let mut stdout = browser.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut dom = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut dom).unwrap();
+        dom
+    });
+    let started = Instant::now();
+    while browser.try_wait().unwrap().is_none() {
+        if started.elapsed() > DEADLINE {
+            browser.kill().unwrap();
+            panic!("chromium did not render the page within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reader.join().unwrap()
 }
 
 fn status_of(state: &serde_json::Value, correlation_id: &str) -> Option<String> {
@@ -157,6 +197,30 @@ async fn the_dashboard_shows_each_sagas_progress_and_where_a_stalled_one_stopped
         r#""correlation_id":"{}","status":"stalled""#,
         stuck.correlation_id
     )));
+    // As a browser shows it: the panel visible, the stalled saga's row saying where it
+    // stopped.
+    let url = format!("http://{addr}/dashboard");
+    let profile = dir.join("chromium");
+    let dom = tokio::task::spawn_blocking(move || rendered(&url, &profile))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains(r#"<section id="sagas-panel">"#),
+        "shown: {dom}"
+    );
+    assert!(
+        dom.contains(&format!(
+            r#"<tr class="saga stalled" data-correlation-id="{}" data-status="stalled" data-stopped-at="payment.completed">"#,
+            stuck.correlation_id
+        )),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("stopped after payment.completed (order-2)"),
+        "{dom}"
+    );
+    assert_eq!(dom.matches(r#"data-status="finished""#).count(), 2, "{dom}");
+
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(format!("GET /dashboard/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
