@@ -22,7 +22,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::ThreadId;
 
@@ -35,9 +35,9 @@ struct LoopWaker {
     woken: AtomicBool,
     /// The asyncio future the task waits on while the Rust future is pending.
     pending: Mutex<Option<Py<PyAny>>>,
-    /// Where the task runs: set at the first step.
-    event_loop: Py<PyAny>,
-    loop_thread: ThreadId,
+    /// The task's event loop and its thread: looked up at the first pending poll (an
+    /// execution that completes in its first poll, the success path, never needs them).
+    target: OnceLock<(Py<PyAny>, ThreadId)>,
 }
 
 #[pyfunction]
@@ -72,12 +72,16 @@ impl Wake for LoopWaker {
         else {
             return;
         };
+        // `pending` is only ever set after `target`.
+        let Some((event_loop, loop_thread)) = self.target.get() else {
+            return;
+        };
         Python::attach(|py| {
-            let result = if std::thread::current().id() == self.loop_thread {
+            let result = if std::thread::current().id() == *loop_thread {
                 resolve(future.bind(py))
             } else {
                 resolver(py).and_then(|resolve| {
-                    self.event_loop
+                    event_loop
                         .bind(py)
                         .call_method1(intern!(py, "call_soon_threadsafe"), (resolve, future))
                         .map(drop)
@@ -97,33 +101,38 @@ impl Wake for LoopWaker {
 pub(crate) struct Execution {
     /// `None` once finished (or cancelled).
     future: Mutex<Option<BoxedExecution>>,
-    /// Made at the first step, on the loop's thread.
-    waker: PyOnceLock<Arc<LoopWaker>>,
+    waker: Arc<LoopWaker>,
+}
+
+/// The running event loop (`asyncio.get_running_loop()`).
+fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    GET_RUNNING_LOOP
+        .get_or_try_init(py, || {
+            PyResult::Ok(
+                PyModule::import(py, "asyncio")?
+                    .getattr("get_running_loop")?
+                    .unbind(),
+            )
+        })?
+        .bind(py)
+        .call0()
 }
 
 impl Execution {
     pub(crate) fn new(future: BoxedExecution) -> Self {
         Execution {
             future: Mutex::new(Some(future)),
-            waker: PyOnceLock::new(),
+            waker: Arc::new(LoopWaker {
+                woken: AtomicBool::new(false),
+                pending: Mutex::new(None),
+                target: OnceLock::new(),
+            }),
         }
     }
 
-    fn waker(&self, py: Python<'_>) -> PyResult<&Arc<LoopWaker>> {
-        self.waker.get_or_try_init(py, || {
-            let event_loop = PyModule::import(py, intern!(py, "asyncio"))?
-                .call_method0(intern!(py, "get_running_loop"))?;
-            Ok(Arc::new(LoopWaker {
-                woken: AtomicBool::new(false),
-                pending: Mutex::new(None),
-                event_loop: event_loop.unbind(),
-                loop_thread: std::thread::current().id(),
-            }))
-        })
-    }
-
     fn step(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let loop_waker = Arc::clone(self.waker(py)?);
+        let loop_waker = &self.waker;
         let Ok(mut slot) = self.future.try_lock() else {
             return Err(PyRuntimeError::new_err(
                 "this execution is being awaited elsewhere",
@@ -135,7 +144,7 @@ impl Execution {
             ));
         };
         loop_waker.woken.store(false, Ordering::SeqCst);
-        let waker = Waker::from(Arc::clone(&loop_waker));
+        let waker = Waker::from(Arc::clone(loop_waker));
         let mut cx = Context::from_waker(&waker);
         let polled = {
             let _runtime = runtime().enter();
@@ -160,10 +169,16 @@ impl Execution {
             // Woken while polling: a bare yield, the task steps again on the next round.
             return Ok(py.None());
         }
-        let wakeup = loop_waker
-            .event_loop
-            .bind(py)
-            .call_method0(intern!(py, "create_future"))?;
+        if loop_waker.target.get().is_none() {
+            let event_loop = running_loop(py)?.unbind();
+            let _ = loop_waker
+                .target
+                .set((event_loop, std::thread::current().id()));
+        }
+        let Some((event_loop, _)) = loop_waker.target.get() else {
+            return Err(PyRuntimeError::new_err("no event loop to wait on"));
+        };
+        let wakeup = event_loop.bind(py).call_method0(intern!(py, "create_future"))?;
         wakeup.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         *loop_waker.pending.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(wakeup.clone().unbind());
@@ -183,13 +198,12 @@ impl Execution {
     /// Drops the Rust future (cancelling what runs) with the runtime entered.
     fn abandon(&self, py: Python<'_>) {
         let future = self.future.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(waker) = self.waker.get(py) {
-            waker
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-        }
+        let _ = py;
+        self.waker
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let _runtime = runtime().enter();
         drop(future);
     }
