@@ -8,16 +8,17 @@ Run (a release build; not part of CI):
     (cd crates/stormwall-py && maturin develop --release)
     python crates/stormwall-py/bench/bench.py
 
-Each case runs `CALLS` calls of a function that returns at once, `ROUNDS` times, and reports
-the median microseconds per call (the function's own cost included: see "baseline").
+Each case runs `CALLS` calls of a function that returns at once, in `ROUNDS` rounds
+interleaved with its peer's, and reports the fastest round of each in microseconds per call
+(the function's own cost included: see "baseline"), and the ratio peer / stormwall.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 import time
+from importlib import metadata
 from typing import Any, Awaitable, Callable
 
 import aiobreaker
@@ -28,7 +29,7 @@ import stormwall
 from stormwall import Pipeline
 
 CALLS = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-ROUNDS = 7
+ROUNDS = 9
 
 
 async def ok_async() -> int:
@@ -39,24 +40,34 @@ def ok_sync() -> int:
     return 1
 
 
-def measure_sync(call: Callable[[], Any]) -> float:
-    samples = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(CALLS):
-            call()
-        samples.append((time.perf_counter() - start) / CALLS * 1e6)
-    return statistics.median(samples)
+def time_sync(call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    for _ in range(CALLS):
+        call()
+    return (time.perf_counter() - start) / CALLS * 1e6
 
 
-async def measure_async(call: Callable[[], Awaitable[Any]]) -> float:
-    samples = []
+async def time_async(call: Callable[[], Awaitable[Any]]) -> float:
+    start = time.perf_counter()
+    for _ in range(CALLS):
+        await call()
+    return (time.perf_counter() - start) / CALLS * 1e6
+
+
+async def pair(
+    peer: Callable[[], Any], ours: Callable[[], Any], is_async: bool
+) -> tuple[float, float]:
+    """Rounds of the peer and stormwall interleaved (so a change of load on the machine
+    hits both alike); the fastest round of each (the least disturbed)."""
+    peer_rounds, our_rounds = [], []
     for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(CALLS):
-            await call()
-        samples.append((time.perf_counter() - start) / CALLS * 1e6)
-    return statistics.median(samples)
+        if is_async:
+            peer_rounds.append(await time_async(peer))
+            our_rounds.append(await time_async(ours))
+        else:
+            peer_rounds.append(time_sync(peer))
+            our_rounds.append(time_sync(ours))
+    return min(peer_rounds), min(our_rounds)
 
 
 class HandWritten:
@@ -103,36 +114,16 @@ class HandWritten:
 
 
 async def main() -> None:
-    rows: list[tuple[str, float, str | None]] = []
-
-    def row(name: str, micros: float, peer: str | None = None) -> None:
-        rows.append((name, micros, peer))
-        print(f"{name:<58} {micros:8.2f} µs/call", flush=True)
-
-    row("baseline: await fn()", await measure_async(ok_async))
-    row("baseline: fn()", measure_sync(ok_sync))
-
     # Retry (success path): the first attempt succeeds.
     retry = Pipeline.builder().retry(max_retries=3, delay=0.001).build()
-    tenacity_async = tenacity.retry(stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential(0.001))(ok_async)
-    tenacity_sync = tenacity.retry(stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential(0.001))(ok_sync)
-    row("tenacity async retry", await measure_async(tenacity_async))
-    row("stormwall async retry", await measure_async(lambda: retry.execute(ok_async)), "tenacity async retry")
-    row("tenacity sync retry", measure_sync(tenacity_sync))
-    row("stormwall sync retry", measure_sync(lambda: retry.execute_sync(ok_sync)), "tenacity sync retry")
-
+    wait = tenacity.wait_exponential(0.001)
+    tenacity_async = tenacity.retry(stop=tenacity.stop_after_attempt(4), wait=wait)(ok_async)
+    tenacity_sync = tenacity.retry(stop=tenacity.stop_after_attempt(4), wait=wait)(ok_sync)
     # Circuit breaker (closed, success path).
     breaker = Pipeline.builder().circuit_breaker(consecutive_failures=5, failure_ratio="off").build()
-    aio = aiobreaker.CircuitBreaker(fail_max=5)
-    aio_call = aio(ok_async)
+    aio_call = aiobreaker.CircuitBreaker(fail_max=5)(ok_async)
     py = pybreaker.CircuitBreaker(fail_max=5)
-    row("aiobreaker async breaker", await measure_async(aio_call))
-    row("stormwall async breaker", await measure_async(lambda: breaker.execute(ok_async)), "aiobreaker async breaker")
-    row("pybreaker sync breaker", measure_sync(lambda: py.call(ok_sync)))
-    row("stormwall sync breaker", measure_sync(lambda: breaker.execute_sync(ok_sync)), "pybreaker sync breaker")
-
-    # Composite of five strategies (rate limit, bulkhead, total timeout, retry, breaker,
-    # attempt timeout).
+    # Five strategies: rate limit, bulkhead, total timeout, retry, breaker (+ attempt timeout).
     composite = (
         Pipeline.builder()
         .rate_limit(permits=1_000_000_000, period=1)
@@ -144,18 +135,24 @@ async def main() -> None:
         .build()
     )
     hand = HandWritten()
-    row("hand-written asyncio composite (5 strategies)", await measure_async(lambda: hand.call(ok_async)))
-    row("stormwall composite (5 strategies)", await measure_async(lambda: composite.execute(ok_async)),
-        "hand-written asyncio composite (5 strategies)")
-
-    print()
-    print(f"stormwall {stormwall.__version__}, tenacity {tenacity.__version__ if hasattr(tenacity, '__version__') else '?'}, "
-          f"pybreaker {pybreaker.__version__ if hasattr(pybreaker, '__version__') else '?'}, Python {sys.version.split()[0]}, "
-          f"{CALLS} calls x {ROUNDS} rounds, median")
-    by_name = {name: micros for name, micros, _ in rows}
-    for name, micros, peer in rows:
-        if peer:
-            print(f"{name:<40} {by_name[peer] / micros:5.1f}x faster than {peer}")
+    cases = [
+        ("retry, async", "tenacity", tenacity_async, lambda: retry.execute(ok_async), True),
+        ("retry, sync", "tenacity", tenacity_sync, lambda: retry.execute_sync(ok_sync), False),
+        ("breaker, async", "aiobreaker", aio_call, lambda: breaker.execute(ok_async), True),
+        ("breaker, sync", "pybreaker", lambda: py.call(ok_sync), lambda: breaker.execute_sync(ok_sync), False),
+        ("5 strategies, async", "hand-written asyncio", lambda: hand.call(ok_async),
+         lambda: composite.execute(ok_async), True),
+    ]
+    base_async, _ = await pair(ok_async, ok_async, True)
+    base_sync, _ = await pair(ok_sync, ok_sync, False)
+    peers = ", ".join(f"{p} {metadata.version(p)}" for p in ("tenacity", "pybreaker", "aiobreaker"))
+    print(f"stormwall {stormwall.__version__}, {peers}, Python {sys.version.split()[0]}; "
+          f"{CALLS} calls x {ROUNDS} interleaved rounds, fastest round; µs per call")
+    print(f"{'case':<22}{'peer':<22}{'peer µs':>9}{'stormwall µs':>14}{'ratio':>8}")
+    print(f"{'baseline':<22}{'await fn() / fn()':<22}{base_async:>9.2f}{base_sync:>14.2f}")
+    for case, peer_name, peer, ours, is_async in cases:
+        peer_us, our_us = await pair(peer, ours, is_async)
+        print(f"{case:<22}{peer_name:<22}{peer_us:>9.2f}{our_us:>14.2f}{peer_us / our_us:>7.1f}x", flush=True)
 
 
 if __name__ == "__main__":

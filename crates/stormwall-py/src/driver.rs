@@ -178,7 +178,9 @@ impl Execution {
         let Some((event_loop, _)) = loop_waker.target.get() else {
             return Err(PyRuntimeError::new_err("no event loop to wait on"));
         };
-        let wakeup = event_loop.bind(py).call_method0(intern!(py, "create_future"))?;
+        let wakeup = event_loop
+            .bind(py)
+            .call_method0(intern!(py, "create_future"))?;
         wakeup.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         *loop_waker.pending.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(wakeup.clone().unbind());

@@ -13,8 +13,10 @@ use crate::runtime::runtime;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
 use stormwall::bulkhead::{Bulkhead, BulkheadOptions, KeyedBulkhead};
 use stormwall::circuit_breaker::CircuitBreaker;
 use stormwall::fallback::{Fallback, FallbackOptions};
@@ -402,16 +404,28 @@ impl PyPipeline {
             Some(key) => Context::new().with_key(key),
             None => Context::new(),
         };
-        let future = async move {
+        let mut future = std::pin::pin!(async move {
             pipeline
                 .execute_with(ctx, move |_| SyncAttempt::new(Arc::clone(&call), blocking))
                 .await
-        };
-        let outcome = py.detach(|| {
-            in_sync_mode(|| {
-                std::panic::catch_unwind(AssertUnwindSafe(|| runtime().block_on(future)))
-            })
         });
+        // The first poll keeps the GIL: a call that succeeds at once (the success path) then
+        // costs no GIL hand-over. A pipeline that has to wait (backoff, a queue, a worker
+        // thread) is driven on with the GIL released; its next poll registers the real waker.
+        let first = in_sync_mode(|| {
+            let _runtime = runtime().enter();
+            let mut cx = TaskContext::from_waker(Waker::noop());
+            std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
+        });
+        let outcome = match first {
+            Ok(Poll::Ready(outcome)) => Ok(outcome),
+            Ok(Poll::Pending) => py.detach(|| {
+                in_sync_mode(|| {
+                    std::panic::catch_unwind(AssertUnwindSafe(|| runtime().block_on(future)))
+                })
+            }),
+            Err(panic) => Err(panic),
+        };
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(to_py(py, e)),
