@@ -372,3 +372,101 @@ async def test_a_rust_panic_becomes_internal_error(monkeypatch: pytest.MonkeyPat
     with pytest.raises(stormwall.InternalError, match="deliberate panic"):
         await stormwall._stormwall._panicking_execution()  # type: ignore[attr-defined]
     assert issubclass(stormwall.InternalError, stormwall.StormwallError)
+
+
+@pytest.mark.asyncio
+async def test_half_open_admits_only_the_permitted_probes() -> None:
+    breaker = stormwall.CircuitBreaker(consecutive_failures=1, failure_ratio="off", break_duration=0.02,
+                                       permitted_calls_in_half_open=1)
+    events: list[dict[str, Any]] = []
+    p = Pipeline.builder().on_event(events.append).circuit_breaker(breaker).build()
+    with pytest.raises(ConnectionError):
+        await p.execute(Flaky(1))
+    assert breaker.state == "open"
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def probe() -> str:
+        entered.set()
+        await release.wait()
+        return "probe"
+
+    async def quick() -> str:
+        return "quick"
+
+    # Once the break is over, the first call is the probe; while it runs, others are refused.
+    deadline = time.monotonic() + 10
+    task = None
+    while task is None:
+        assert time.monotonic() < deadline, "the break did not end"
+        candidate = asyncio.ensure_future(p.execute(probe))
+        await asyncio.sleep(0)
+        if entered.is_set():
+            task = candidate
+        else:
+            with pytest.raises(stormwall.CircuitOpenError):
+                await candidate
+            await asyncio.sleep(0.005)
+    assert breaker.state == "half_open"
+    with pytest.raises(stormwall.CircuitOpenError):
+        await p.execute(quick)
+    release.set()
+    assert await task == "probe"
+    assert breaker.state == "closed"
+    moves = [(e["from"], e["to"]) for e in events if e["event"] == "circuit_transition"]
+    assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+@pytest.mark.asyncio
+async def test_keyed_bulkhead_limits_each_key_apart() -> None:
+    p = Pipeline.builder().bulkhead(max_concurrency=1, keyed=True).build()
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def holds() -> str:
+        entered.set()
+        await release.wait()
+        return "held"
+
+    async def quick() -> str:
+        return "quick"
+
+    holder = asyncio.ensure_future(p.execute_keyed("tenant-a", holds))
+    await entered.wait()
+    with pytest.raises(stormwall.BulkheadFull):
+        await p.execute_keyed("tenant-a", quick)
+    assert await p.execute_keyed("tenant-b", quick) == "quick"
+    release.set()
+    assert await holder == "held"
+
+
+@pytest.mark.asyncio
+async def test_parallel_hedging_starts_every_attempt_at_once() -> None:
+    started: list[int] = []
+    release = asyncio.Event()
+
+    async def attempt() -> int:
+        me = len(started)
+        started.append(me)
+        if len(started) == 3:
+            release.set()
+        await release.wait()
+        return me
+
+    p = Pipeline.builder().hedging(delay="parallel", max_hedged_attempts=2).build()
+    assert await p.execute(attempt) in (0, 1, 2)
+    assert started == [0, 1, 2]
+
+
+def test_slow_calls_trip_the_breaker() -> None:
+    breaker = stormwall.CircuitBreaker(failure_ratio="off", minimum_throughput=2,
+                                       slow_call={"duration_threshold": 0.005, "ratio": 1.0})
+    p = Pipeline.builder().circuit_breaker(breaker).build()
+
+    def slow() -> str:
+        time.sleep(0.01)  # the behaviour under test: a call slower than the threshold
+        return "slow"
+
+    for _ in range(2):
+        assert p.execute_sync(slow) == "slow"
+    assert breaker.state == "open"
