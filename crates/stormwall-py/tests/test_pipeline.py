@@ -31,6 +31,24 @@ class Flaky:
         return (self.value, args) if args else self.value
 
 
+class Gate:
+    """An operation that answers `value` once released; `entered` is set when it runs."""
+
+    def __init__(self, value: Any = "held") -> None:
+        self.value = value
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return self.value
+
+
+async def quick() -> str:
+    return "quick"
+
+
 def events_of(kind: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["event"] == kind]
 
@@ -218,23 +236,15 @@ async def test_bulkhead_limits_concurrency_and_queue() -> None:
 @pytest.mark.asyncio
 async def test_a_cancelled_call_releases_its_bulkhead_slot() -> None:
     p = Pipeline.builder().bulkhead(max_concurrency=1).build()
-    entered = asyncio.Event()
-
-    async def holds() -> None:
-        entered.set()
-        await asyncio.Event().wait()
-
-    async def quick() -> str:
-        return "in"
-
+    holds = Gate()  # never released
     holder = asyncio.ensure_future(p.execute(holds))
-    await entered.wait()
+    await holds.entered.wait()
     with pytest.raises(stormwall.BulkheadFull):
         await p.execute(quick)
     holder.cancel()
     with pytest.raises(asyncio.CancelledError):
         await holder
-    assert await p.execute(quick) == "in"
+    assert await p.execute(quick) == "quick"
 
 
 @pytest.mark.asyncio
@@ -383,17 +393,7 @@ async def test_half_open_admits_only_the_permitted_probes() -> None:
     with pytest.raises(ConnectionError):
         await p.execute(Flaky(1))
     assert breaker.state == "open"
-    release = asyncio.Event()
-    entered = asyncio.Event()
-
-    async def probe() -> str:
-        entered.set()
-        await release.wait()
-        return "probe"
-
-    async def quick() -> str:
-        return "quick"
-
+    probe = Gate("probe")
     # Once the break is over, the first call is the probe; while it runs, others are refused.
     deadline = time.monotonic() + 10
     task = None
@@ -401,7 +401,7 @@ async def test_half_open_admits_only_the_permitted_probes() -> None:
         assert time.monotonic() < deadline, "the break did not end"
         candidate = asyncio.ensure_future(p.execute(probe))
         await asyncio.sleep(0)
-        if entered.is_set():
+        if probe.entered.is_set():
             task = candidate
         else:
             with pytest.raises(stormwall.CircuitOpenError):
@@ -410,7 +410,7 @@ async def test_half_open_admits_only_the_permitted_probes() -> None:
     assert breaker.state == "half_open"
     with pytest.raises(stormwall.CircuitOpenError):
         await p.execute(quick)
-    release.set()
+    probe.release.set()
     assert await task == "probe"
     assert breaker.state == "closed"
     moves = [(e["from"], e["to"]) for e in events if e["event"] == "circuit_transition"]
@@ -420,23 +420,13 @@ async def test_half_open_admits_only_the_permitted_probes() -> None:
 @pytest.mark.asyncio
 async def test_keyed_bulkhead_limits_each_key_apart() -> None:
     p = Pipeline.builder().bulkhead(max_concurrency=1, keyed=True).build()
-    release = asyncio.Event()
-    entered = asyncio.Event()
-
-    async def holds() -> str:
-        entered.set()
-        await release.wait()
-        return "held"
-
-    async def quick() -> str:
-        return "quick"
-
+    holds = Gate()
     holder = asyncio.ensure_future(p.execute_keyed("tenant-a", holds))
-    await entered.wait()
+    await holds.entered.wait()
     with pytest.raises(stormwall.BulkheadFull):
         await p.execute_keyed("tenant-a", quick)
     assert await p.execute_keyed("tenant-b", quick) == "quick"
-    release.set()
+    holds.release.set()
     assert await holder == "held"
 
 
