@@ -17,7 +17,7 @@ use pyo3::types::iterator::PySendResult;
 use pyo3::types::{PyDict, PyIterator, PyTuple};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 
 /// The operation and its arguments, called once per attempt.
@@ -270,10 +270,49 @@ pub(crate) enum SyncAttempt {
     Blocking(tokio::task::JoinHandle<PyResult<Py<PyAny>>>),
 }
 
+/// Plain functions running on a blocking thread, abandoned ones included. The interpreter
+/// waits for them at exit ([`wait_for_running_calls`], registered with `atexit`), as it waits
+/// for non-daemon threads: a call that returned into an interpreter being finalized aborted
+/// the process (`PyGILState_Release: thread state must be current`).
+static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// One call counted in [`RUNNING`] while it lives.
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        *RUNNING.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = RUNNING.0.lock().unwrap_or_else(|e| e.into_inner());
+        *running -= 1;
+        if *running == 0 {
+            RUNNING.1.notify_all();
+        }
+    }
+}
+
+/// Waits, without the GIL, until no plain function runs on a blocking thread (run at exit).
+#[pyfunction]
+pub(crate) fn wait_for_running_calls(py: Python<'_>) {
+    py.detach(|| {
+        let mut running = RUNNING.0.lock().unwrap_or_else(|e| e.into_inner());
+        while *running > 0 {
+            running = RUNNING.1.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+    });
+}
+
 impl SyncAttempt {
     pub(crate) fn new(call: Arc<Call>, blocking: bool) -> Self {
         if blocking {
+            let running = Running::start();
             SyncAttempt::Blocking(tokio::task::spawn_blocking(move || {
+                let _running = running;
                 Python::attach(|py| call.call(py).map(Bound::unbind))
             }))
         } else {

@@ -31,5 +31,9 @@ fn _stormwall(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<driver::Execution>()?;
     m.add_function(wrap_pyfunction!(driver::panicking_execution, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Plain functions abandoned by a timeout or a hedge finish before the interpreter is
+    // finalized (see `attempt::wait_for_running_calls`).
+    let wait = wrap_pyfunction!(attempt::wait_for_running_calls, m)?;
+    m.py().import("atexit")?.call_method1("register", (wait,))?;
     Ok(())
 }

@@ -191,3 +191,55 @@ def test_decorators_wrap_async_and_plain_functions() -> None:
         raise RuntimeError
 
     assert broken() == "fallback"
+
+
+def test_the_interpreter_waits_for_an_abandoned_call_at_exit(tmp_path: Any) -> None:
+    # A timeout abandons the plain function, which is still running when the script ends.
+    # The interpreter waits for it at exit (as for a non-daemon thread): a call returning
+    # into an interpreter being finalized aborted the process (SIGABRT, PyGILState_Release)
+    # in about 2 runs of 3. The function's last act is to write a file: it must be there.
+    import subprocess
+    import sys
+
+    done = tmp_path / "done"
+    script = (
+        "import pathlib, time\n"
+        "from stormwall import Pipeline, TimeoutRejected\n"
+        "def slow():\n"
+        "    time.sleep(0.3)\n"
+        f"    pathlib.Path({str(done)!r}).write_text('finished')\n"
+        "p = Pipeline.builder().timeout(0.05).build()\n"
+        "try:\n"
+        "    p.execute_sync(slow)\n"
+        "except TimeoutRejected:\n"
+        "    print('timed out', flush=True)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "timed out\n"), run.stderr
+    assert done.read_text() == "finished"
+
+
+def test_every_error_survives_pickling() -> None:
+    # Errors cross process boundaries (multiprocessing, ProcessPoolExecutor, Celery).
+    import pickle
+
+    errors: list[Exception] = [
+        stormwall.ConfigError("retry.max_delay", "-1s", "must be positive"),
+        stormwall.CircuitOpenError(1.5),
+        stormwall.CircuitOpenError(None),
+        stormwall.TimeoutRejected(0.25),
+        stormwall.BulkheadFull(),
+        stormwall.RateLimited(0.1),
+        stormwall.BudgetExhausted(),
+        stormwall.Throttled(),
+        stormwall.FallbackError(ValueError("boom")),
+        stormwall.RedisUnavailable("redis://127.0.0.1:1", "refused"),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.__dict__.keys() == error.__dict__.keys()
+    original = pickle.loads(pickle.dumps(errors[8]))
+    assert isinstance(original, stormwall.FallbackError)
+    assert isinstance(original.original, ValueError)

@@ -5,6 +5,8 @@ working."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StormwallError(Exception):
     """Base class of every error stormwall raises on its own behalf (the operation's own
@@ -24,6 +26,9 @@ class ConfigError(StormwallError, ValueError, TypeError):
         self.value = value
         self.reason = reason
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.value, self.reason))
+
 
 class RejectedError(StormwallError):
     """A strategy refused to run the call (the operation did not run)."""
@@ -41,6 +46,9 @@ class CircuitOpenError(RejectedError):
             super().__init__(f"circuit is open; retry after {retry_after:.3f}s")
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.retry_after,))
+
 
 class TimeoutRejected(StormwallError, TimeoutError):
     """A timeout strategy cancelled the operation after ``timeout`` seconds."""
@@ -49,12 +57,18 @@ class TimeoutRejected(StormwallError, TimeoutError):
         super().__init__(f"operation timed out after {timeout:.3f}s")
         self.timeout = timeout
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.timeout,))
+
 
 class BulkheadFull(RejectedError):
     """The bulkhead had no free slot and no queue place."""
 
     def __init__(self) -> None:
         super().__init__("bulkhead is full")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), ())
 
 
 class RateLimited(RejectedError):
@@ -64,6 +78,9 @@ class RateLimited(RejectedError):
         super().__init__(f"rate limited; retry after {retry_after:.3f}s")
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.retry_after,))
+
 
 class BudgetExhausted(RejectedError):
     """A retry was due but the retry budget had none left."""
@@ -71,12 +88,18 @@ class BudgetExhausted(RejectedError):
     def __init__(self) -> None:
         super().__init__("retry budget exhausted")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), ())
+
 
 class Throttled(RejectedError):
     """Adaptive throttling rejected the call locally."""
 
     def __init__(self) -> None:
         super().__init__("throttled locally: the dependency is rejecting most calls")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), ())
 
 
 class FallbackError(StormwallError):
@@ -87,6 +110,9 @@ class FallbackError(StormwallError):
         super().__init__(f"the fallback handler raised while handling {original!r}")
         self.original = original
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.original,))
+
 
 class RedisUnavailable(StormwallError, ConnectionError):
     """A shared breaker could not reach Redis at ``url`` when it was made."""
@@ -94,6 +120,10 @@ class RedisUnavailable(StormwallError, ConnectionError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"redis at {url!r} did not answer: {reason}")
         self.url = url
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.reason))
 
 
 class InternalError(StormwallError):
