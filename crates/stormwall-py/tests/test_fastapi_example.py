@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 def load_example(monkeypatch: pytest.MonkeyPatch, failure_rate: str) -> object:
     monkeypatch.setenv("PROVIDER_FAILURE_RATE", failure_rate)
     monkeypatch.delenv("REDIS_URL", raising=False)
-    path = Path(__file__).parents[1] / "examples" / "fastapi_service.py"
+    path = Path(__file__).parents[3] / "examples" / "python" / "fastapi_service.py"
     spec = importlib.util.spec_from_file_location("fastapi_service", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
