@@ -83,7 +83,8 @@ fn environment_overrides_are_applied_and_checked() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("pipelines.payment.retry.max_retries"),
+        stderr.contains("pipelines.payment.strategies[2].retry.max_retries")
+            && stderr.contains("STORMWALL__PAYMENT__RETRY__MAX_RETRIES"),
         "{stderr}"
     );
 }

@@ -3,12 +3,15 @@
 //! strategy is configured with the core's own options type, so every core option is
 //! settable here, with the same key, default and range.
 
-use serde::{Deserialize, Serialize};
+use serde::de::MapAccess;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 use stormwall::bulkhead::BulkheadOptions;
 use stormwall::circuit_breaker::CircuitBreakerOptions;
-use stormwall::registry::PipelineSpec;
+use stormwall::registry::{
+    deserialize_with_extra, ExtraKeys, PipelineSpec, StrategyKind, StrategySpec,
+};
 use stormwall::retry::RetryOptions;
 use stormwall::timeout::TimeoutOptions;
 use stormwall::ConfigError;
@@ -73,8 +76,10 @@ pub struct StandardOptions {
 /// The core's [`RetryOptions`] (every key: `max_retries`, `backoff`, `delay`, `max_delay`,
 /// `jitter`) and the HTTP handler's own two, in one `[retry]` table. Derefs to the core
 /// options, so `options.retry.max_retries = 5` works.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+///
+/// Read key by key ([`deserialize_with_extra`]), not through `#[serde(flatten)]`: an error
+/// inside the table keeps its key path (`retry.delay`) and unknown keys are refused.
+#[derive(Debug, Clone, Serialize)]
 pub struct HttpRetryOptions {
     /// The core retry options.
     #[serde(flatten)]
@@ -94,6 +99,51 @@ impl Default for HttpRetryOptions {
             max_retry_after: Duration::from_secs(60),
             retry_unsafe_methods: false,
         }
+    }
+}
+
+/// The HTTP handler's own keys of `[retry]`.
+struct HttpRetryKeys {
+    max_retry_after: Duration,
+    retry_unsafe_methods: bool,
+}
+
+impl Default for HttpRetryKeys {
+    fn default() -> Self {
+        let defaults = HttpRetryOptions::default();
+        HttpRetryKeys {
+            max_retry_after: defaults.max_retry_after,
+            retry_unsafe_methods: defaults.retry_unsafe_methods,
+        }
+    }
+}
+
+impl<'de> ExtraKeys<'de> for HttpRetryKeys {
+    fn accepts(key: &str) -> bool {
+        matches!(key, "max_retry_after" | "retry_unsafe_methods")
+    }
+
+    fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        if key == "max_retry_after" {
+            self.max_retry_after = map
+                .next_value::<humantime_serde::Serde<Duration>>()?
+                .into_inner();
+        } else {
+            self.retry_unsafe_methods = map.next_value()?;
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpRetryOptions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (options, http) =
+            deserialize_with_extra::<_, RetryOptions, HttpRetryKeys>(deserializer)?;
+        Ok(HttpRetryOptions {
+            options,
+            max_retry_after: http.max_retry_after,
+            retry_unsafe_methods: http.retry_unsafe_methods,
+        })
     }
 }
 
@@ -133,47 +183,48 @@ fn check_timeout(key: &str, timeout: Duration) -> Result<(), ConfigError> {
 
 impl StandardOptions {
     /// The standard handler configured from a named pipeline of a config file (a
-    /// [`PipelineSpec`], e.g. `[pipelines.payment]` of examples/stormwall.toml): its
-    /// `bulkhead` is the concurrency limit, `timeout.total` and `timeout.attempt` the two
-    /// timeouts, `retry` and `circuit_breaker` as they are; what it leaves out keeps the
-    /// standard default. `rate_limit` and `hedging` are refused, naming the key: the
-    /// standard handler has no such strategy (see [`HedgingLayer`](crate::HedgingLayer)).
+    /// [`PipelineSpec`], e.g. `[pipelines.payment]` of examples/stormwall.toml), whose
+    /// strategies follow the handler's order, each optional: `bulkhead` (the concurrency
+    /// limit) → `timeout` (total) → `retry` → `circuit_breaker` → `timeout` (each attempt).
+    /// A timeout before the retry and the breaker is the total one, after them the attempt
+    /// one. What the pipeline leaves out keeps the standard default. Another order, or a
+    /// `rate_limit` or `hedging` (the standard handler has none: see
+    /// [`HedgingLayer`](crate::HedgingLayer)), is refused naming the entry
+    /// (`strategies[0].rate_limit`).
     pub fn from_pipeline(spec: &PipelineSpec) -> Result<StandardOptions, ConfigError> {
-        if spec.rate_limit.is_some() {
-            return Err(ConfigError::new(
-                "rate_limit",
-                "set",
-                "not part of the standard handler (its limit is `bulkhead`)",
-            ));
+        const ORDER: [StrategyKind; 5] = [
+            StrategyKind::Bulkhead,
+            StrategyKind::Timeout,
+            StrategyKind::Retry,
+            StrategyKind::CircuitBreaker,
+            StrategyKind::Timeout,
+        ];
+        let mut options = StandardOptions::default();
+        let mut next = 0;
+        for (i, strategy) in spec.strategies.iter().enumerate() {
+            let kind = strategy.kind();
+            let key = format!("strategies[{i}].{}", kind.name());
+            let Some(place) = ORDER[next..].iter().position(|k| *k == kind) else {
+                let why = if ORDER.contains(&kind) {
+                    "in the standard handler's order: bulkhead → timeout (total) → retry → \
+                     circuit_breaker → timeout (attempt), each at most once"
+                } else {
+                    "not part of the standard handler (its limit is `bulkhead`; hedging is \
+                     HedgingLayer)"
+                };
+                return Err(ConfigError::new(key, kind.name(), why));
+            };
+            let place = next + place;
+            next = place + 1;
+            match strategy {
+                StrategySpec::Bulkhead(o) => options.rate_limiter = *o,
+                StrategySpec::Timeout(o) if place == 1 => options.total_request_timeout = o.timeout,
+                StrategySpec::Timeout(o) => options.attempt_timeout = o.timeout,
+                StrategySpec::Retry(o) => options.retry.options = o.clone(),
+                StrategySpec::CircuitBreaker(o) => options.circuit_breaker = o.clone(),
+                StrategySpec::RateLimit(_) | StrategySpec::Hedging(_) => {}
+            }
         }
-        if spec.hedging.is_some() {
-            return Err(ConfigError::new(
-                "hedging",
-                "set",
-                "not part of the standard handler (see HedgingLayer)",
-            ));
-        }
-        let defaults = StandardOptions::default();
-        let options = StandardOptions {
-            rate_limiter: spec.bulkhead.unwrap_or(defaults.rate_limiter),
-            total_request_timeout: spec
-                .timeout
-                .total
-                .map_or(defaults.total_request_timeout, |t| t.timeout),
-            retry: HttpRetryOptions {
-                options: spec.retry.clone().unwrap_or_default(),
-                ..defaults.retry
-            },
-            circuit_breaker: spec
-                .circuit_breaker
-                .clone()
-                .unwrap_or(defaults.circuit_breaker),
-            attempt_timeout: spec
-                .timeout
-                .attempt
-                .map_or(defaults.attempt_timeout, |t| t.timeout),
-            deadline_header: None,
-        };
         options.validate()?;
         Ok(options)
     }
@@ -328,6 +379,58 @@ mod tests {
         // options → TOML → options.
         let text = toml::to_string(&o).unwrap();
         let back: StandardOptions = toml::from_str(&text).unwrap();
-        assert_eq!(format!("{back:?}"), format!("{o:?}"), "{text}");
+        assert_eq!(back.retry.options, o.retry.options, "{text}");
+        assert_eq!(back.retry.max_retry_after, o.retry.max_retry_after);
+        assert_eq!(back.circuit_breaker, o.circuit_breaker);
+        assert_eq!(back.rate_limiter, o.rate_limiter);
+    }
+
+    /// The full key path of every type and duration error, in every table (as a reader that
+    /// tracks paths, the sidecar's or serde_path_to_error, reports it).
+    #[test]
+    fn type_and_duration_errors_name_the_full_key_path() {
+        for (text, path) in [
+            ("[retry]\ndelay = \"soon\"", "retry.delay"),
+            ("[retry]\nmax_retries = \"many\"", "retry.max_retries"),
+            (
+                "[retry]\nmax_retry_after = \"later\"",
+                "retry.max_retry_after",
+            ),
+            (
+                "[retry]\nretry_unsafe_methods = 1",
+                "retry.retry_unsafe_methods",
+            ),
+            (
+                "[circuit_breaker]\nbreak_duration = 5",
+                "circuit_breaker.break_duration",
+            ),
+            (
+                "[circuit_breaker]\nfailure_ratio = \"high\"",
+                "circuit_breaker.failure_ratio",
+            ),
+            (
+                "[rate_limiter]\nqueue_timeout = \"soon\"",
+                "rate_limiter.queue_timeout",
+            ),
+            (
+                "[rate_limiter]\nmax_concurrency = -1",
+                "rate_limiter.max_concurrency",
+            ),
+            ("attempt_timeout = \"soon\"", "attempt_timeout"),
+            ("total_request_timeout = 3", "total_request_timeout"),
+        ] {
+            let e = serde_path_to_error::deserialize::<_, StandardOptions>(
+                toml::Deserializer::new(text),
+            )
+            .unwrap_err();
+            assert_eq!(e.path().to_string(), path, "{text}: {e}");
+        }
+        // An unknown key is refused in the table it is in, by its name.
+        let e = serde_path_to_error::deserialize::<_, StandardOptions>(toml::Deserializer::new(
+            "[retry]\nmax_retrys = 1",
+        ))
+        .unwrap_err();
+        assert_eq!(e.path().to_string(), "retry");
+        assert!(e.to_string().contains("unknown field `max_retrys`"), "{e}");
     }
 }

@@ -461,6 +461,7 @@ async fn authorities_beyond_the_limit_share_the_overflow_set() {
 /// configures the standard handler.
 #[test]
 fn the_shared_example_file_configures_the_standard_handler() {
+    use stormwall::registry::StrategySpec;
     let spec: stormwall::registry::RegistrySpec =
         toml::from_str(include_str!("../../../examples/stormwall.toml")).unwrap();
     let options = StandardOptions::from_pipeline(&spec.pipelines["payment"]).unwrap();
@@ -478,11 +479,34 @@ fn the_shared_example_file_configures_the_standard_handler() {
     assert_eq!(inventory.circuit_breaker.consecutive_failures, Some(5));
     // A strategy the standard handler does not have is refused by its key.
     let mut with_limit = spec.pipelines["payment"].clone();
-    with_limit.rate_limit = Some(stormwall::rate_limit::RateLimitOptions::per_second(5));
+    with_limit.strategies.insert(
+        0,
+        StrategySpec::RateLimit(stormwall::rate_limit::RateLimitOptions::per_second(5)),
+    );
     assert_eq!(
         StandardOptions::from_pipeline(&with_limit)
             .unwrap_err()
             .field,
-        "rate_limit"
+        "strategies[0].rate_limit"
     );
+    // So is another order: the breaker outside the retry.
+    let mut reordered = spec.pipelines["inventory"].clone();
+    reordered.strategies.swap(1, 2);
+    assert_eq!(
+        StandardOptions::from_pipeline(&reordered)
+            .unwrap_err()
+            .field,
+        "strategies[2].retry"
+    );
+    // One timeout: before the retry the total one, after it the attempt one.
+    let total: stormwall::registry::PipelineSpec =
+        toml::from_str("strategies = [{ timeout = \"20s\" }, { retry = {} }]").unwrap();
+    let o = StandardOptions::from_pipeline(&total).unwrap();
+    assert_eq!(o.total_request_timeout, Duration::from_secs(20));
+    assert_eq!(o.attempt_timeout, Duration::from_secs(10));
+    let attempt: stormwall::registry::PipelineSpec =
+        toml::from_str("strategies = [{ retry = {} }, { timeout = \"2s\" }]").unwrap();
+    let o = StandardOptions::from_pipeline(&attempt).unwrap();
+    assert_eq!(o.total_request_timeout, Duration::from_secs(30));
+    assert_eq!(o.attempt_timeout, Duration::from_secs(2));
 }

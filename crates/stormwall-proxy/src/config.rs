@@ -10,8 +10,9 @@ use stormwall::bulkhead::BulkheadOptions;
 use stormwall::circuit_breaker::CircuitBreakerOptions;
 use stormwall::hedging::HedgingOptions;
 use stormwall::rate_limit::RateLimitOptions;
-use stormwall::registry::{PipelineSpec, TimeoutSpec};
+use stormwall::registry::{deserialize_with_extra, ExtraKeys, PipelineSpec, StrategySpec};
 use stormwall::retry::RetryOptions;
+use stormwall::timeout::TimeoutOptions;
 use stormwall::ConfigError;
 
 /// The whole file.
@@ -20,9 +21,10 @@ use stormwall::ConfigError;
 pub struct Config {
     /// Where the proxy and its admin API listen.
     pub server: ServerConfig,
-    /// Named pipelines (`[pipelines.payment]`), the core's [`PipelineSpec`]: a route takes
-    /// its strategies from one with `pipeline = "payment"`. The same tables configure
-    /// `stormwall::registry::PipelineRegistry` and the HTTP handler.
+    /// Named pipelines (`[pipelines.payment]`, `strategies = [...]` in order), the core's
+    /// [`PipelineSpec`]: a route takes its strategies from one with `pipeline = "payment"`.
+    /// The same tables configure `stormwall::registry::PipelineRegistry` and the HTTP
+    /// handler.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineSpec>,
     /// The routes, tried in order: the first whose match fits serves the request.
@@ -167,10 +169,12 @@ fn socket_addr(key: &str, text: &str) -> Result<std::net::SocketAddr, ConfigErro
         .map_err(|_| ConfigError::new(key, text, "an ip:port address with a port of 0-65535"))
 }
 
-/// `[[route]]`. The strategy keys are the core's options types (every key of
-/// docs/configuration.md), applied outer to inner: per-client rate limit → bulkhead → total
-/// timeout → hedging → retry → breaker → attempt timeout.
-#[derive(Debug, Clone, Deserialize)]
+/// `[[route]]`. Its strategies come from `pipeline = "<name>"` (in the pipeline's order) or
+/// from its own strategy keys, the core's options types (every key of
+/// docs/configuration.md), applied outer to inner in a fixed order: per-client rate limit →
+/// bulkhead → total timeout → hedging → retry → breaker → attempt timeout. With both, a
+/// route key replaces the pipeline's strategy of its kind in place.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique; names the route in metrics, health and the admin API.
@@ -192,7 +196,7 @@ pub struct RouteConfig {
     pub pipeline: Option<String>,
     /// Total and attempt timeouts: `{ total = "30s", attempt = "10s" }`. Default: none.
     #[serde(default)]
-    pub timeout: Option<TimeoutSpec>,
+    pub timeout: Option<RouteTimeouts>,
     /// Retries of transient failures (5xx, 408, 429, connection errors, timeouts),
     /// honouring `Retry-After` up to 60 s. Default: none.
     #[serde(default)]
@@ -222,47 +226,147 @@ pub struct RouteConfig {
     /// Store-and-forward: a request with an `Idempotency-Key` that cannot reach the upstream
     /// now is kept durably and answered 202; a worker replays it when the upstream is back.
     pub defer: Option<DeferConfig>,
+    /// The route's strategies in order, outermost first: from its pipeline and its own keys
+    /// ([`Config::parse`] fills it).
+    #[serde(skip)]
+    pub strategies: Vec<RouteStrategy>,
 }
 
-impl PartialEq for RouteConfig {
-    /// Compared on reload to keep unchanged routes (and their breakers). By `Debug`, which
-    /// prints every field: the strategy options read from a file hold data only.
-    fn eq(&self, other: &Self) -> bool {
-        format!("{self:?}") == format!("{other:?}")
-    }
+/// `timeout = { total = "30s", attempt = "10s" }` on a route: two timeout strategies, by
+/// their place in the route's fixed order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// Bounds the whole request, retries and hedges included. Default: none. Valid: > 0 and
+    /// ≤ 1 day.
+    pub total: Option<TimeoutOptions>,
+    /// Bounds each attempt. Default: none. Valid: > 0 and ≤ 1 day.
+    pub attempt: Option<TimeoutOptions>,
+}
+
+/// One strategy of a route: the core's spec, and for a breaker where it keeps its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteStrategy {
+    /// The strategy and its options.
+    pub spec: StrategySpec,
+    /// A breaker's `redis` (see [`BreakerConfig::redis`]).
+    pub redis: Option<String>,
+    /// The key path of its table, for errors (`route[pay].retry`,
+    /// `route[pay].timeout.total`, `pipelines.payment.strategies[2].retry`).
+    pub key: String,
 }
 
 impl RouteConfig {
-    /// Fills the strategies the route does not set itself from `pipeline`.
-    fn inherit(&mut self, pipeline: &PipelineSpec) {
-        self.rate_limit = self.rate_limit.or(pipeline.rate_limit);
-        self.bulkhead = self.bulkhead.or(pipeline.bulkhead);
-        if self.timeout.is_none() && !pipeline.timeout.is_empty() {
-            self.timeout = Some(pipeline.timeout);
+    /// The route's own strategy keys, in the fixed order.
+    fn own_strategies(&self) -> Vec<RouteStrategy> {
+        let at = |key: &str| format!("route[{}].{key}", self.name);
+        let timeouts = self.timeout.unwrap_or_default();
+        let plain = |spec: Option<StrategySpec>, key: &str| {
+            spec.map(|spec| RouteStrategy {
+                spec,
+                redis: None,
+                key: at(key),
+            })
+        };
+        [
+            plain(self.rate_limit.map(StrategySpec::RateLimit), "rate_limit"),
+            plain(self.bulkhead.map(StrategySpec::Bulkhead), "bulkhead"),
+            plain(timeouts.total.map(StrategySpec::Timeout), "timeout.total"),
+            plain(self.hedging.clone().map(StrategySpec::Hedging), "hedging"),
+            plain(self.retry.clone().map(StrategySpec::Retry), "retry"),
+            self.circuit_breaker.as_ref().map(|b| RouteStrategy {
+                spec: StrategySpec::CircuitBreaker(b.options.clone()),
+                redis: b.redis.clone(),
+                key: at("circuit_breaker"),
+            }),
+            plain(
+                timeouts.attempt.map(StrategySpec::Timeout),
+                "timeout.attempt",
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The strategies of `pipeline` (named `name`), each of the route's own keys replacing
+    /// the pipeline's strategy of its kind in place (`timeout.total` the first timeout,
+    /// `timeout.attempt` the last); a key whose kind the pipeline lacks is refused.
+    fn resolve(&mut self, name: &str, pipeline: &PipelineSpec) -> Result<(), ConfigError> {
+        let mut strategies: Vec<RouteStrategy> = pipeline
+            .strategies
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| RouteStrategy {
+                spec: spec.clone(),
+                redis: None,
+                key: format!("pipelines.{name}.strategies[{i}].{}", spec.kind().name()),
+            })
+            .collect();
+        for own in self.own_strategies() {
+            let kind = own.spec.kind();
+            let mut of_kind = strategies
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.spec.kind() == kind)
+                .map(|(i, _)| i);
+            let at = if own.key.ends_with("timeout.attempt") {
+                of_kind.next_back()
+            } else {
+                of_kind.next()
+            };
+            let Some(at) = at else {
+                return Err(ConfigError::new(
+                    own.key,
+                    kind.name(),
+                    format!(
+                        "a strategy [pipelines.{name}] has, to replace (it has no {}): add it \
+                         there, or drop `pipeline` and give the route its own keys",
+                        kind.name()
+                    ),
+                ));
+            };
+            strategies[at] = own;
         }
-        if self.hedging.is_none() {
-            self.hedging.clone_from(&pipeline.hedging);
-        }
-        if self.retry.is_none() {
-            self.retry.clone_from(&pipeline.retry);
-        }
-        if self.circuit_breaker.is_none() {
-            self.circuit_breaker = pipeline
-                .circuit_breaker
-                .clone()
-                .map(|options| BreakerConfig {
-                    options,
-                    redis: None,
-                });
-        }
+        self.strategies = strategies;
+        Ok(())
+    }
+}
+
+/// The sidecar's own keys of a route's `circuit_breaker` table.
+#[derive(Default)]
+struct BreakerKeys {
+    redis: Option<String>,
+}
+
+impl<'de> ExtraKeys<'de> for BreakerKeys {
+    fn accepts(key: &str) -> bool {
+        key == "redis"
+    }
+
+    fn read<A: serde::de::MapAccess<'de>>(&mut self, _: &str, map: &mut A) -> Result<(), A::Error> {
+        self.redis = Some(map.next_value()?);
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for BreakerConfig {
+    /// Key by key, so that an error inside names its key (`route[pay].circuit_breaker.
+    /// failure_ratio`) and unknown keys are refused (`#[serde(flatten)]` does neither).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (options, extra) =
+            deserialize_with_extra::<_, CircuitBreakerOptions, BreakerKeys>(deserializer)?;
+        Ok(BreakerConfig {
+            options,
+            redis: extra.redis,
+        })
     }
 }
 
 /// `circuit_breaker = { failure_ratio = 0.5, sampling_duration = "10s", minimum_throughput =
 /// 10, break_duration = "30s" }`: the core's [`CircuitBreakerOptions`] (every key), plus
 /// `redis`. Derefs to the core options.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct BreakerConfig {
     /// The core breaker options.
     #[serde(flatten)]
@@ -412,7 +516,11 @@ fn key_path(path: &serde_path_to_error::Path, text: &str) -> String {
                     .unwrap_or_else(|| index.to_string());
                 key.push_str(&format!("[{name}]"));
             }
-            Segment::Enum { variant } => key.push_str(&format!("::{variant}")),
+            // A pipeline's strategy: `strategies[1].retry`.
+            Segment::Enum { variant } => {
+                key.push('.');
+                key.push_str(variant);
+            }
             Segment::Unknown => {}
         }
     }
@@ -488,25 +596,27 @@ impl Config {
     }
 
     /// Like [`parse`](Self::parse), with the environment's overrides on top:
-    /// `STORMWALL__<PIPELINE>__<KEY>...=value` sets a key of `[pipelines.<pipeline>]`,
+    /// `STORMWALL__<PIPELINE>__<STRATEGY>__<KEY>...=value` sets a key of a strategy of
+    /// `[pipelines.<pipeline>]` (by kind, or `STRATEGIES__<POSITION>` by position),
     /// `STORMWALL__SERVER__<KEY>=value` one of `[server]` (keys lowercased, values read as
     /// TOML values are, else as strings: `5`, `true`, `250ms`). Routes are a list, so a
-    /// route's strategies are overridden through the pipeline it names.
+    /// route's strategies are overridden through the pipeline it names. An error about a key
+    /// a variable set names the variable.
     pub fn parse_with_env(text: &str) -> Result<Config, ConfigError> {
-        if !stormwall::registry::has_env_overrides() {
+        let overrides = stormwall::registry::env_overrides();
+        if overrides.is_empty() {
             return Config::parse(text);
         }
-        let merged: toml::Value = stormwall::registry::with_env_overrides(text)
-            .extract()
-            .map_err(stormwall::registry::figment_error)?;
+        let (merged, applied) = stormwall::registry::toml_with_env(text, &overrides)?;
         let merged = toml::to_string(&merged).map_err(|e| {
             ConfigError::new("config", "", format!("the file with its overrides: {e}"))
         })?;
-        Config::parse(&merged)
+        Config::parse(&merged).map_err(|e| applied.blame(e))
     }
 
-    /// Gives each route with `pipeline = "<name>"` that pipeline's strategies (checked first,
-    /// so that an error names the key where it is written: `pipelines.payment.retry.delay`).
+    /// Gives each route its strategies: those of the pipeline it names (checked first, so
+    /// that an error names the key where it is written:
+    /// `pipelines.payment.strategies[2].retry.delay`), with its own keys.
     fn resolve_pipelines(&mut self) -> Result<(), ConfigError> {
         for (name, spec) in &self.pipelines {
             spec.validate()
@@ -514,6 +624,7 @@ impl Config {
         }
         for route in &mut self.route {
             let Some(name) = route.pipeline.clone() else {
+                route.strategies = route.own_strategies();
                 continue;
             };
             let Some(spec) = self.pipelines.get(&name) else {
@@ -523,7 +634,7 @@ impl Config {
                     "the name of a [pipelines.<name>] table",
                 ));
             };
-            route.inherit(spec);
+            route.resolve(&name, spec)?;
         }
         Ok(())
     }
@@ -659,6 +770,10 @@ fallback = { status = 503, body = '{"status":"queued"}' }
             Some(Duration::from_secs(10).into())
         );
         assert_eq!(c.route[0].bulkhead.as_ref().unwrap().queue_limit, 50);
+        assert_eq!(
+            kinds(&c.route[0]),
+            ["bulkhead", "timeout", "retry", "circuit_breaker", "timeout"]
+        );
     }
 
     #[test]
@@ -712,34 +827,47 @@ fallback = { status = 503, body = '{"status":"queued"}' }
     /// The example file the HTTP handler and the registry read too.
     const EXAMPLE: &str = include_str!("../../../examples/stormwall.toml");
 
+    /// The kinds of a route's strategies, in order.
+    fn kinds(route: &RouteConfig) -> Vec<&'static str> {
+        route
+            .strategies
+            .iter()
+            .map(|s| s.spec.kind().name())
+            .collect()
+    }
+
     #[test]
     fn the_shared_example_file_gives_routes_their_named_pipelines() {
         let c = Config::parse(EXAMPLE).unwrap();
         let payment = &c.route[0];
         assert_eq!(payment.pipeline.as_deref(), Some("payment"));
-        let retry = payment.retry.as_ref().unwrap();
+        assert_eq!(
+            kinds(payment),
+            ["bulkhead", "timeout", "retry", "circuit_breaker", "timeout"]
+        );
+        let StrategySpec::Retry(retry) = &payment.strategies[2].spec else {
+            panic!("{:?}", payment.strategies)
+        };
         assert_eq!(retry.max_retries, 3);
         assert_eq!(retry.delay, Duration::from_millis(200));
         assert_eq!(retry.max_delay, Some(Duration::from_secs(5)));
         assert_eq!(retry.jitter, stormwall::retry::Jitter::Full);
-        let breaker = payment.circuit_breaker.as_ref().unwrap();
-        assert_eq!(breaker.failure_ratio, Some(0.5));
-        assert_eq!(payment.bulkhead.unwrap().queue_limit, 50);
         assert_eq!(
-            payment.timeout.unwrap().attempt,
-            Some(Duration::from_secs(10).into())
+            payment.strategies[4].spec,
+            StrategySpec::Timeout(Duration::from_secs(10).into())
         );
         let inventory = &c.route[1];
-        assert_eq!(
-            inventory
-                .circuit_breaker
-                .as_ref()
-                .unwrap()
-                .consecutive_failures,
-            Some(5)
-        );
+        let StrategySpec::CircuitBreaker(breaker) = &inventory.strategies[2].spec else {
+            panic!("{:?}", inventory.strategies)
+        };
+        assert_eq!(breaker.consecutive_failures, Some(5));
         for route in &c.route {
-            crate::Route::build(route, None).unwrap();
+            assert!(crate::Route::build(route, None)
+                .unwrap()
+                .retrying
+                .strategy()
+                .inner()
+                .is_fixed());
         }
     }
 
@@ -747,16 +875,39 @@ fallback = { status = 503, body = '{"status":"queued"}' }
     fn a_route_key_replaces_its_pipelines_strategy_and_errors_name_where_they_are_written() {
         let own_retry = EXAMPLE.replace(
             "pipeline = \"payment\"",
-            "pipeline = \"payment\"\nretry = { max_retries = 1, delay = \"1s\", backoff = \"constant\" }",
+            "pipeline = \"payment\"\nretry = { max_retries = 1, delay = \"1s\", backoff = \"constant\" }\ntimeout = { attempt = \"3s\" }",
         );
         let c = Config::parse(&own_retry).unwrap();
-        let retry = c.route[0].retry.as_ref().unwrap();
+        let payment = &c.route[0];
+        // In place: the other strategies still come from the pipeline, in its order.
+        assert_eq!(
+            kinds(payment),
+            ["bulkhead", "timeout", "retry", "circuit_breaker", "timeout"]
+        );
+        let StrategySpec::Retry(retry) = &payment.strategies[2].spec else {
+            panic!()
+        };
         assert_eq!(retry.max_retries, 1);
         assert_eq!(retry.backoff, stormwall::retry::Backoff::Constant);
-        // The other strategies still come from the pipeline.
-        assert_eq!(c.route[0].bulkhead.unwrap().queue_limit, 50);
+        assert_eq!(
+            payment.strategies[4].spec,
+            StrategySpec::Timeout(Duration::from_secs(3).into())
+        );
+        assert_eq!(
+            payment.strategies[1].spec,
+            StrategySpec::Timeout(Duration::from_secs(30).into())
+        );
+        // A kind the pipeline lacks is refused, by the route's key.
+        let hedged = EXAMPLE.replace(
+            "pipeline = \"payment\"",
+            "pipeline = \"payment\"\nhedging = { delay = \"1s\" }",
+        );
+        assert_eq!(
+            Config::parse(&hedged).unwrap_err().field,
+            "route[payment].hedging"
+        );
         let e = Config::parse(&EXAMPLE.replace("max_retries = 3", "max_retries = 0")).unwrap_err();
-        assert_eq!(e.field, "pipelines.payment.retry.max_retries");
+        assert_eq!(e.field, "pipelines.payment.strategies[2].retry.max_retries");
         let e = Config::parse(&EXAMPLE.replace("max_retries = 3", "max_retry = 3")).unwrap_err();
         assert!(e.to_string().contains("max_retry"), "{e}");
         let e = Config::parse(&EXAMPLE.replace("pipeline = \"inventory\"", "pipeline = \"stock\""))
@@ -776,9 +927,147 @@ fallback = { status = 503, body = '{"status":"queued"}' }
         );
         let e = crate::Route::build(&Config::parse(&own).unwrap().route[0], None).unwrap_err();
         assert_eq!(e.field, "route[payment].retry.max_delay");
+        let e = crate::Route::build(
+            &Config::parse(&GOOD.replace("\"30s\", attempt", "\"2d\", attempt"))
+                .unwrap()
+                .route[0],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "route[payment].timeout.total");
         let e = Config::parse(&GOOD.replace("jitter = \"full\"", "jitter = \"lots\"")).unwrap_err();
-        assert!(e.field.starts_with("route[payment].retry"), "{e}");
+        assert_eq!(e.field, "route[payment].retry.jitter");
         assert!(e.to_string().contains("lots"), "{e}");
+    }
+
+    /// Every type and duration error names the full key path, in every table of a route and
+    /// of a pipeline, with the value and the line.
+    #[test]
+    fn type_and_duration_errors_name_the_full_key_path_in_every_table() {
+        let cases = [
+            (
+                "delay = \"200ms\"",
+                "delay = \"soon\"",
+                "route[payment].retry.delay",
+            ),
+            (
+                "max_retries = 3,",
+                "max_retries = \"3\",",
+                "route[payment].retry.max_retries",
+            ),
+            (
+                "failure_ratio = 0.5",
+                "failure_ratio = \"half\"",
+                "route[payment].circuit_breaker.failure_ratio",
+            ),
+            (
+                "break_duration = \"30s\"",
+                "break_duration = 30",
+                "route[payment].circuit_breaker.break_duration",
+            ),
+            (
+                "minimum_throughput = 10",
+                "minimum_throughput = -1",
+                "route[payment].circuit_breaker.minimum_throughput",
+            ),
+            (
+                "queue = 50",
+                "queue = \"fifty\"",
+                "route[payment].bulkhead.queue",
+            ),
+            (
+                "total = \"30s\"",
+                "total = \"forever\"",
+                "route[payment].timeout.total",
+            ),
+            (
+                "attempt = \"10s\"",
+                "attempt = 10",
+                "route[payment].timeout.attempt",
+            ),
+            (
+                "status = 503",
+                "status = \"503\"",
+                "route[payment].fallback.status",
+            ),
+        ];
+        for (from, to, key) in cases {
+            assert!(GOOD.contains(from), "{from}");
+            let e = Config::parse(&GOOD.replace(from, to)).unwrap_err();
+            assert_eq!(e.field, key, "{to}: {e}");
+            assert!(e.to_string().contains("line "), "{e}");
+        }
+        let more = GOOD.replace(
+            "bulkhead = { max_concurrency = 100, queue = 50 }",
+            "rate_limit = { permits = 5 }\nhedging = { delay = \"1s\" }\nhealth_check = { path = \"/h\" }",
+        );
+        for (from, to, key) in [
+            (
+                "permits = 5",
+                "permits = \"five\"",
+                "route[payment].rate_limit.permits",
+            ),
+            (
+                "permits = 5",
+                "permits = 5, period = \"often\"",
+                "route[payment].rate_limit.period",
+            ),
+            (
+                "delay = \"1s\" }\nhealth",
+                "delay = 1 }\nhealth",
+                "route[payment].hedging.delay",
+            ),
+            (
+                "path = \"/h\"",
+                "path = \"/h\", interval = \"often\"",
+                "route[payment].health_check.interval",
+            ),
+            ("redis", "redis", "route[payment]"),
+        ] {
+            if from == "redis" {
+                let e = Config::parse(&GOOD.replace(
+                    "break_duration = \"30s\"",
+                    "break_duration = \"30s\", redis = 6379",
+                ))
+                .unwrap_err();
+                assert_eq!(e.field, "route[payment].circuit_breaker.redis", "{e}");
+                continue;
+            }
+            let e = Config::parse(&more.replace(from, to)).unwrap_err();
+            assert_eq!(e.field, key, "{to}: {e}");
+        }
+        // An unknown key inside the breaker table is refused (with `#[serde(flatten)]` it was
+        // not), naming its table and itself.
+        let e = Config::parse(&GOOD.replace("failure_ratio", "failur_ratio")).unwrap_err();
+        assert_eq!(e.field, "route[payment].circuit_breaker");
+        assert!(e.to_string().contains("failur_ratio"), "{e}");
+        // In a pipeline: the strategy's position and kind.
+        for (from, to, key) in [
+            (
+                "delay = \"100ms\"",
+                "delay = \"soon\"",
+                "pipelines.inventory.strategies[1].retry.delay",
+            ),
+            (
+                "consecutive_failures = 5",
+                "consecutive_failures = \"5\"",
+                "pipelines.inventory.strategies[2].circuit_breaker.consecutive_failures",
+            ),
+            (
+                "{ timeout = \"5s\" }",
+                "{ timeout = 5 }",
+                "pipelines.inventory.strategies[3].timeout",
+            ),
+            (
+                "queue_limit = 50",
+                "queue_limit = \"x\"",
+                "pipelines.payment.strategies[0].bulkhead.queue_limit",
+            ),
+        ] {
+            assert!(EXAMPLE.contains(from), "{from}");
+            let e = Config::parse(&EXAMPLE.replace(from, to)).unwrap_err();
+            assert_eq!(e.field, key, "{to}: {e}");
+        }
     }
 
     #[test]

@@ -12,6 +12,9 @@ use stormwall::circuit_breaker::{
 use stormwall::hedging::Hedging;
 use stormwall::pipeline::{Identity, Stack};
 use stormwall::rate_limit::KeyedRateLimiter;
+use stormwall::registry::{
+    keep_or_build, AnyStrategy, SlotStrategies, StrategyChanges, StrategyKind, StrategySpec,
+};
 use stormwall::retry::Retry;
 use stormwall::telemetry::EventListener;
 use stormwall::timeout::Timeout;
@@ -19,24 +22,36 @@ use stormwall::{ConfigError, Pipeline};
 use stormwall_http::{RetryAfter, Transient};
 use stormwall_redis::{RedisStateStore, RedisStoreOptions};
 
-/// Outer to inner: per-client rate limit → bulkhead → total timeout → hedging → retry →
-/// breaker → attempt timeout.
-pub(crate) type Strategies = Stack<
-    Stack<
-        Stack<
-            Stack<
-                Stack<
-                    Stack<Stack<Identity, Option<KeyedRateLimiter>>, Option<Bulkhead>>,
-                    Option<Timeout>,
-                >,
-                Option<Hedging<Transient>>,
-            >,
-            Option<Retry<Transient, RetryAfter>>,
-        >,
-        Option<CircuitBreaker<Transient, BreakerStore>>,
-    >,
-    Option<Timeout>,
+/// One strategy of a route, built: the core's kinds with the sidecar's HTTP predicates, a
+/// per-client limiter and a breaker store that may be Redis.
+pub(crate) type RouteStrategy = AnyStrategy<
+    KeyedRateLimiter,
+    Bulkhead,
+    Timeout,
+    Hedging<Transient>,
+    Retry<Transient, RetryAfter>,
+    CircuitBreaker<Transient, BreakerStore>,
 >;
+
+/// A route's strategies in its order: static and unboxed in the fixed order (per-client rate
+/// limit → bulkhead → total timeout → hedging → retry → breaker → attempt timeout, as every
+/// route written with its own keys is), boxed between strategies in another order a
+/// pipeline gives (see `stormwall::registry::SlotStrategies`).
+pub(crate) type Strategies = Stack<
+    Identity,
+    SlotStrategies<
+        KeyedRateLimiter,
+        Bulkhead,
+        Timeout,
+        Hedging<Transient>,
+        Retry<Transient, RetryAfter>,
+        CircuitBreaker<Transient, BreakerStore>,
+    >,
+>;
+
+/// What decides whether a reload keeps a built strategy: its spec, and for a Redis breaker
+/// the Redis URL and the probe lease.
+type Kept = (StrategySpec, Option<(String, Duration)>);
 
 /// Where a route's breaker keeps its state: in this process, or in Redis, shared by every
 /// replica of the sidecar (`circuit_breaker.redis`).
@@ -121,6 +136,8 @@ pub struct Route {
     /// The answer's status when a request is deferred.
     pub(crate) defer_status: http::StatusCode,
     pub(crate) breaker: Option<CircuitBreaker<Transient, BreakerStore>>,
+    /// Its strategies, built, each with what decides whether a reload keeps it.
+    strategies: Vec<(Kept, RouteStrategy)>,
     /// For requests that may be retried (idempotent, or with an `Idempotency-Key`).
     pub(crate) retrying: Pipeline<Strategies>,
     /// For the others: the same limiter, bulkhead and breaker, no retry.
@@ -148,13 +165,23 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
-    /// Builds the route; strategy errors name the key (`route[payment].retry.delay`).
+    /// Builds the route; strategy errors name the key (`route[payment].retry.delay`,
+    /// `pipelines.payment.strategies[2].retry.delay`).
     pub fn build(
         config: &RouteConfig,
         listener: Option<Arc<dyn EventListener>>,
     ) -> Result<Route, ConfigError> {
+        Self::rebuild(config, listener, None).map(|(route, _)| route)
+    }
+
+    /// Builds the route, keeping each strategy of `previous` whose options did not change
+    /// (its state included: an open breaker stays open); says which were kept.
+    pub fn rebuild(
+        config: &RouteConfig,
+        listener: Option<Arc<dyn EventListener>>,
+        previous: Option<&Route>,
+    ) -> Result<(Route, StrategyChanges), ConfigError> {
         let prefix = format!("route[{}]", config.name);
-        let within = |e: ConfigError| e.within(&prefix);
         let upstream = crate::config::Upstream::parse(&config.upstream)
             .map_err(|why| ConfigError::new(format!("{prefix}.upstream"), &config.upstream, why))?;
         let client_key = match config.client_key.as_deref() {
@@ -196,106 +223,78 @@ impl Route {
                 )
             })?,
         };
-        let transient = Transient::default();
-        let limiter = match &config.rate_limit {
-            None => None,
-            Some(options) => Some(KeyedRateLimiter::new(*options, 100_000).map_err(within)?),
-        };
-        let bulkhead = match &config.bulkhead {
-            None => None,
-            Some(options) => Some(Bulkhead::new(*options).map_err(within)?),
-        };
-        let total = config.timeout.and_then(|t| t.total).map(|t| t.timeout);
-        let attempt = config.timeout.and_then(|t| t.attempt).map(|t| t.timeout);
-        let breaker = match &config.circuit_breaker {
-            None => None,
-            Some(b) => {
-                let options = b.options.clone().handle(transient.clone());
-                options
-                    .validate()
-                    .map_err(|e| e.within(&format!("{prefix}.circuit_breaker")))?;
-                let store = match &b.redis {
-                    None => BreakerStore::Local(InMemoryStore::new(&options)),
-                    Some(url) => BreakerStore::Redis(
-                        RedisStateStore::spawn(
-                            url,
-                            &config.name,
-                            &options,
-                            // A probe's lease lives as long as the probe may run.
-                            RedisStoreOptions {
-                                probe_lease: attempt
-                                    .or(total)
-                                    .filter(|d| *d >= std::time::Duration::from_millis(1))
-                                    .unwrap_or(RedisStoreOptions::default().probe_lease),
-                                ..RedisStoreOptions::default()
-                            },
-                        )
-                        .map_err(|e| {
-                            ConfigError::new(
-                                format!("{prefix}.circuit_breaker.redis"),
-                                url,
-                                format!("a reachable redis:// URL ({e})"),
-                            )
-                        })?,
-                    ),
-                };
-                Some(CircuitBreaker::with_store(options, store).map_err(within)?)
-            }
-        };
-        let retry = match &config.retry {
-            None => None,
-            Some(r) => {
-                let options = r
-                    .clone()
-                    .handle(transient.clone())
-                    .delay_generator(RetryAfter {
-                        max: Duration::from_secs(60),
-                    });
-                Some(Retry::new(options).map_err(within)?)
-            }
-        };
-        // Named by the key the file uses (`route[pay].timeout.total`).
-        let timeout = |d: Option<Duration>, key: &str| {
-            d.map(Timeout::new).transpose().map_err(|mut e| {
-                e.field = format!("{prefix}.timeout.{key}");
-                e
+        // A Redis breaker's probe lease lives as long as a probe may run: the innermost
+        // timeout's.
+        let probe_lease = config
+            .strategies
+            .iter()
+            .rev()
+            .find_map(|s| match &s.spec {
+                StrategySpec::Timeout(t) if t.timeout >= Duration::from_millis(1) => {
+                    Some(t.timeout)
+                }
+                _ => None,
             })
-        };
-        let (total, attempt) = (timeout(total, "total")?, timeout(attempt, "attempt")?);
-        let hedging = match &config.hedging {
-            None => None,
-            Some(h) => Some(Hedging::new(h.clone().handle(transient.clone())).map_err(within)?),
-        };
-        let pipeline = |hedging: Option<Hedging<Transient>>,
-                        retry: Option<Retry<Transient, RetryAfter>>| {
+            .unwrap_or(RedisStoreOptions::default().probe_lease);
+        let kept: Vec<Kept> = config
+            .strategies
+            .iter()
+            .map(|s| {
+                let redis = s.redis.clone().map(|url| (url, probe_lease));
+                (s.spec.clone(), redis)
+            })
+            .collect();
+        let old = previous.map_or(&[][..], |p| &p.strategies[..]);
+        let (built, changes) = keep_or_build(
+            &kept,
+            old,
+            |(spec, _)| spec.kind(),
+            |i, (spec, redis)| {
+                let at = &config.strategies[i].key;
+                build_strategy(spec, redis.as_ref(), &config.name).map_err(|mut e| {
+                    // `retry.delay` → `route[pay].retry.delay`; a timeout is its own key.
+                    e.field = match spec.kind() {
+                        StrategyKind::Timeout => at.clone(),
+                        kind => match e.field.strip_prefix(kind.name()) {
+                            Some(rest) => format!("{at}{rest}"),
+                            None => format!("{at}.{}", e.field),
+                        },
+                    };
+                    e
+                })
+            },
+        )?;
+        let pipeline = |without: &[StrategyKind]| {
             let mut builder = Pipeline::builder().name(config.name.clone());
             if let Some(listener) = &listener {
                 builder = builder.listener(Arc::clone(listener));
             }
+            let chosen = built
+                .iter()
+                .filter(|s| !without.contains(&s.kind()))
+                .cloned()
+                .collect();
             builder
-                .strategy(limiter.clone())
-                .strategy(bulkhead.clone())
-                .strategy(total.clone())
-                .strategy(hedging)
-                .strategy(retry)
-                .strategy(breaker.clone())
-                .strategy(attempt.clone())
+                .strategy(SlotStrategies::new(chosen))
                 .build()
-                .map_err(within)
+                .map_err(|e| e.within(&prefix))
         };
+        let hedges = built.iter().any(|s| s.kind() == StrategyKind::Hedging);
+        let breaker = built.iter().find_map(|s| match s {
+            AnyStrategy::CircuitBreaker(b) => Some(b.clone()),
+            _ => None,
+        });
         let name = config.name.clone();
-        Ok(Route {
+        let route = Route {
             requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
                 metrics::counter!("stormwall_requests_total", "route" => name.clone(), "class" => class)
             }),
             duration: metrics::histogram!("stormwall_request_duration_seconds", "route" => name.clone()),
             upstream_problem: std::sync::Mutex::new(None),
             deferred: std::sync::OnceLock::new(),
-            hedged: hedging
-                .map(|hedging| pipeline(Some(hedging), retry.clone()))
-                .transpose()?,
-            retrying: pipeline(None, retry)?,
-            single: pipeline(None, None)?,
+            hedged: if hedges { Some(pipeline(&[])?) } else { None },
+            retrying: pipeline(&[StrategyKind::Hedging])?,
+            single: pipeline(&[StrategyKind::Hedging, StrategyKind::Retry])?,
             config: config.clone(),
             upstream: upstream.authority,
             upstream_prefix: upstream.prefix,
@@ -303,7 +302,9 @@ impl Route {
             fallback,
             defer_status,
             breaker,
-        })
+            strategies: kept.into_iter().zip(built).collect(),
+        };
+        Ok((route, changes))
     }
 
     /// The route's name.
@@ -421,4 +422,55 @@ impl Route {
             }
         });
     }
+}
+
+/// One strategy of a route, new; errors name the key under the strategy's name
+/// (`retry.delay`; a breaker's Redis URL `circuit_breaker.redis`).
+fn build_strategy(
+    spec: &StrategySpec,
+    redis: Option<&(String, Duration)>,
+    route: &str,
+) -> Result<RouteStrategy, ConfigError> {
+    let transient = Transient::default();
+    Ok(match spec {
+        StrategySpec::RateLimit(o) => AnyStrategy::RateLimit(KeyedRateLimiter::new(*o, 100_000)?),
+        StrategySpec::Bulkhead(o) => AnyStrategy::Bulkhead(Bulkhead::new(*o)?),
+        StrategySpec::Timeout(o) => AnyStrategy::Timeout(Timeout::new(*o)?),
+        StrategySpec::Hedging(o) => {
+            AnyStrategy::Hedging(Hedging::new(o.clone().handle(transient))?)
+        }
+        StrategySpec::Retry(o) => AnyStrategy::Retry(Retry::new(
+            o.clone().handle(transient).delay_generator(RetryAfter {
+                max: Duration::from_secs(60),
+            }),
+        )?),
+        StrategySpec::CircuitBreaker(o) => {
+            let options = o.clone().handle(transient);
+            options
+                .validate()
+                .map_err(|e| e.within("circuit_breaker"))?;
+            let store = match redis {
+                None => BreakerStore::Local(InMemoryStore::new(&options)),
+                Some((url, probe_lease)) => BreakerStore::Redis(
+                    RedisStateStore::spawn(
+                        url,
+                        route,
+                        &options,
+                        RedisStoreOptions {
+                            probe_lease: *probe_lease,
+                            ..RedisStoreOptions::default()
+                        },
+                    )
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "circuit_breaker.redis",
+                            url,
+                            format!("a reachable redis:// URL ({e})"),
+                        )
+                    })?,
+                ),
+            };
+            AnyStrategy::CircuitBreaker(CircuitBreaker::with_store(options, store)?)
+        }
+    })
 }

@@ -150,8 +150,9 @@ fn body_failed(why: BodyFailure) -> Response<ProxyBody> {
     response
 }
 
-/// The routes of `config`: unchanged ones taken from `previous` (they keep their breaker's
-/// state), the others built; `true` marks those built now.
+/// The routes of `config`: unchanged ones taken from `previous`, the others built, each
+/// keeping the strategies of the previous route of its name whose options did not change
+/// (an open breaker stays open when only the retry changed); `true` marks those built now.
 fn build_routes(
     config: &Config,
     previous: &[Arc<Route>],
@@ -162,7 +163,15 @@ fn build_routes(
         .iter()
         .map(|r| match previous.iter().find(|p| p.config == *r) {
             Some(same) => Ok((Arc::clone(same), false)),
-            None => Route::build(r, Some(Arc::clone(listener))).map(|r| (Arc::new(r), true)),
+            None => {
+                let before = previous.iter().find(|p| p.name() == r.name);
+                let (route, changes) =
+                    Route::rebuild(r, Some(Arc::clone(listener)), before.map(|p| &**p))?;
+                if before.is_some() {
+                    tracing::info!(route = %r.name, kept = ?changes.kept(), rebuilt = ?changes.rebuilt(), "stormwall proxy: route changed");
+                }
+                Ok((Arc::new(route), true))
+            }
         })
         .collect()
 }
@@ -249,13 +258,17 @@ impl Proxy {
         }))
     }
 
-    /// Replaces the configuration: everything is built first, so a bad file changes
-    /// nothing (the old one keeps serving); unchanged routes keep their breakers. Every
+    /// Replaces the configuration (`text` with the environment's `STORMWALL__…` overrides,
+    /// see [`Config::parse_with_env`]): everything is built first, so a bad file changes
+    /// nothing (the old one keeps serving); unchanged routes are kept whole, and a changed
+    /// route keeps each strategy whose options did not change, state included. Every
     /// `server.*` key is applied (see [`ServerConfig`]: `listen` rebinds, `backlog`
     /// re-listens, limits and timeouts change) except `admin`, whose change refuses the
     /// reload.
     pub fn reload(&self, text: &str) -> Result<(), ConfigError> {
-        let config = Config::parse(text)?;
+        // With the environment's overrides, as at start (`stormwall proxy` reads the file
+        // with them): a reload must not drop them.
+        let config = Config::parse_with_env(text)?;
         let old = self.config();
         if config.server.admin != old.server.admin {
             return Err(ConfigError::new(

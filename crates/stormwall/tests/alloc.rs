@@ -271,3 +271,45 @@ fn the_counter_sees_allocations() {
     drop(v);
     assert!(ALLOCATIONS.swap(0, Ordering::SeqCst) >= 1);
 }
+
+/// A registry's pipeline in the fixed order (the example file's `payment`: bulkhead →
+/// timeout → retry → breaker → timeout) allocates nothing on success either; one in
+/// another order (breaker outside the retry) boxes between strategies: one allocation per
+/// strategy and one for the operation's attempt, per call.
+#[test]
+fn a_registry_pipeline_allocates_nothing_in_the_fixed_order_and_boxes_in_another() {
+    use stormwall::registry::{PipelineRegistry, PipelineSpec, RegistrySpec, StrategySpec};
+    use stormwall::timeout::TimeoutOptions;
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let timeout = |secs| StrategySpec::Timeout(TimeoutOptions::new(Duration::from_secs(secs)));
+    let retry =
+        StrategySpec::Retry(RetryOptions::exponential(Duration::from_millis(200)).max_retries(3));
+    let breaker = StrategySpec::CircuitBreaker(
+        CircuitBreakerOptions::new()
+            .failure_ratio(0.5)
+            .minimum_throughput(10),
+    );
+    let fixed: PipelineSpec = [
+        StrategySpec::Bulkhead(BulkheadOptions::new(100).queue_limit(10)),
+        timeout(30),
+        retry.clone(),
+        breaker.clone(),
+        timeout(10),
+    ]
+    .into_iter()
+    .collect();
+    let other: PipelineSpec = [breaker, retry, timeout(10)].into_iter().collect();
+    let registry = PipelineRegistry::new(RegistrySpec {
+        pipelines: [("fixed".to_owned(), fixed), ("other".to_owned(), other)]
+            .into_iter()
+            .collect(),
+    })
+    .unwrap();
+    assert_allocates_nothing("fixed", allocations(&registry.get("fixed").unwrap()));
+    let (ready, pending) = allocations(&registry.get("other").unwrap());
+    assert_eq!(
+        (ready, pending),
+        (4000, 4000),
+        "other: 3 strategies + the attempt"
+    );
+}

@@ -60,6 +60,13 @@ impl BreakDurationGenerator {
     }
 }
 
+/// The same generator: one made by the same [`new`](Self::new) call (and its clones).
+impl PartialEq for BreakDurationGenerator {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(Arc::as_ptr(&self.0), Arc::as_ptr(&other.0))
+    }
+}
+
 impl fmt::Debug for BreakDurationGenerator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("BreakDurationGenerator(..)")
@@ -77,7 +84,7 @@ impl fmt::Debug for BreakDurationGenerator {
 ///
 /// With the `serde` feature the data fields read from and write to config files; the
 /// predicate, the break duration generator and the clock are code and keep their defaults.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(
     feature = "serde",

@@ -19,7 +19,7 @@ pub enum HedgingMode {
 ///
 /// With the `serde` feature: `{ delay = "100ms", max_hedged_attempts = 1 }`; the predicate is
 /// code and keeps its default.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(
     feature = "serde",

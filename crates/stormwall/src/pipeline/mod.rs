@@ -3,6 +3,7 @@
 mod builder;
 mod context;
 mod optional;
+pub(crate) use optional::Either;
 mod outcome;
 mod strategy;
 

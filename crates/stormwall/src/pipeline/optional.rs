@@ -52,7 +52,7 @@ impl<B: BuildStrategy> BuildStrategy for Option<B> {
 pin_project! {
     /// One of two futures with the same output.
     #[project = EitherProjection]
-    enum Either<L, R> {
+    pub(crate) enum Either<L, R> {
         Left { #[pin] future: L },
         Right { #[pin] future: R },
     }

@@ -19,7 +19,7 @@ where
 }
 
 /// The default predicate: every `Err` counts, every `Ok` does not.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OnError;
 
 impl<T, E> Predicate<T, E> for OnError {
@@ -32,7 +32,7 @@ impl<T, E> Predicate<T, E> for OnError {
 /// Every `Err` counts except the rejections other strategies make on the caller's behalf
 /// (open circuit, full bulkhead, rate limit, exhausted budget): the operation did not run,
 /// so there is nothing to learn from — the retry strategy's default.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OnTransientError;
 
 impl<T, E> Predicate<T, E> for OnTransientError {

@@ -3,21 +3,29 @@
 //! Use it when pipelines live in configuration, as Polly users do with
 //! `ResiliencePipelineRegistry` and options reload: each named [`PipelineSpec`] becomes a
 //! pipeline that [`PipelineRegistry::get`] hands out, and [`PipelineRegistry::reload`]
-//! swaps in a new spec. On reload a strategy whose options did not change is *kept*, state
-//! and all (a breaker stays open, a limiter keeps its counters); a changed one is rebuilt; a
-//! bad spec is refused whole, naming the key, and the old pipelines keep serving. Each
-//! reloaded pipeline raises [`Event::PipelineReloaded`](crate::telemetry::Event).
+//! swaps in a new spec. A pipeline is an ordered list of strategies, the first the
+//! outermost. On reload a strategy whose options did not change is *kept*, state and all (a
+//! breaker stays open, a limiter keeps its counters), wherever it moved in the list; a
+//! changed one is rebuilt; a bad spec is refused whole, naming the key, and the old
+//! pipelines keep serving. Every pipeline added, changed, kept or removed by a reload raises
+//! [`Event::PipelineReloaded`](crate::telemetry::Event) saying which strategies were kept
+//! and which rebuilt.
 //!
-//! Pipelines written in code stay statically composed and unboxed; a registry's pipelines
-//! are one static type too ([`SpecStrategies`]: each strategy an `Option`), shared behind
-//! an `Arc` — the only indirection is at the edge, where the caller fetches one by name.
+//! Pipelines written in code stay statically composed and unboxed. A registry's pipeline
+//! whose order is one of the fixed order's (rate limit → bulkhead → timeout → hedging →
+//! retry → circuit breaker → timeout, each optional) is static and unboxed too, no
+//! allocation per call; any other order boxes at the edge between strategies (see
+//! [`SlotStrategies`]). Pipelines are shared behind an `Arc`, fetched by name.
 //!
 //! ```
 //! # #[cfg(feature = "serde")] {
 //! use stormwall::registry::{PipelineRegistry, RegistrySpec};
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! let spec: RegistrySpec = serde_json::from_str(r#"{ "pipelines": {
-//!     "payment": { "timeout": { "attempt": "1s" }, "retry": { "max_retries": 2, "delay": "10ms" } }
+//!     "payment": { "strategies": [
+//!         { "retry": { "max_retries": 2, "delay": "10ms" } },
+//!         { "timeout": "1s" }
+//!     ] }
 //! } }"#).unwrap();
 //! let registry = PipelineRegistry::new(spec).unwrap();
 //! let payment = registry.get("payment").unwrap();
@@ -28,11 +36,21 @@
 
 #[cfg(feature = "env")]
 mod env;
+#[cfg(feature = "serde")]
+mod extra;
 mod spec;
+mod strategy;
 
 #[cfg(feature = "env")]
-pub use env::{env_overrides, figment_error, has_env_overrides, with_env_overrides, ENV_PREFIX};
-pub use spec::{PipelineSpec, RegistrySpec, TimeoutSpec};
+pub use env::{
+    env_overrides, has_env_overrides, toml_with_env, AppliedOverrides, EnvOverride, ENV_PREFIX,
+};
+#[cfg(feature = "serde")]
+pub use extra::{deserialize_with_extra, ExtraKeys};
+pub use spec::{PipelineSpec, RegistrySpec, StrategyKind, StrategySpec, MAX_STRATEGIES};
+pub use strategy::{
+    fixed_places, AnyStrategy, DynamicStrategies, FixedStrategies, SlotStrategies, FIXED_ORDER,
+};
 
 use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::CircuitBreaker;
@@ -47,105 +65,162 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, RwLock};
 
-/// The strategies of a registry's pipeline, outer to inner, each present or not.
-pub type SpecStrategies = Stack<
-    Stack<
-        Stack<
-            Stack<
-                Stack<
-                    Stack<Stack<Identity, Option<RateLimiter>>, Option<Bulkhead>>,
-                    Option<Timeout>,
-                >,
-                Option<Hedging>,
-            >,
-            Option<Retry>,
-        >,
-        Option<CircuitBreaker>,
-    >,
-    Option<Timeout>,
->;
+/// The strategies of a registry's pipeline, in the spec's order (see [`SlotStrategies`]).
+pub type SpecStrategies = Stack<Identity, SlotStrategies>;
 
 /// A pipeline the registry built.
 pub type SpecPipeline = Pipeline<SpecStrategies>;
 
-/// What a reload did to one pipeline (carried by
-/// [`Event::PipelineReloaded`]).
+/// What a reload did to one pipeline (carried by [`Event::PipelineReloaded`], and returned
+/// by [`PipelineRegistry::reload`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineReloaded {
-    /// Strategies built anew (their options changed, or they are new).
-    pub rebuilt: SpecKeys,
-    /// Strategies kept as they were, state included.
-    pub kept: SpecKeys,
+    /// Added, changed, unchanged or removed.
+    pub change: PipelineChange,
+    /// Its strategies in order, each kept or rebuilt (for a removed pipeline: the ones it
+    /// had, none kept).
+    pub strategies: StrategyChanges,
 }
 
-/// A set of a [`PipelineSpec`]'s strategy keys, in pipeline order: `rate_limit`,
-/// `bulkhead`, `timeout.total`, `hedging`, `retry`, `circuit_breaker`, `timeout.attempt`.
-/// One byte, so that an [`Event`] stays small on the hot path.
+/// What a reload did to a pipeline as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipelineChange {
+    /// New in this spec (or the registry's first build): every strategy built.
+    Added,
+    /// Its spec changed: strategies whose options are unchanged were kept, the others built.
+    Changed,
+    /// The same spec: the very same pipeline is kept.
+    Unchanged,
+    /// No longer in the spec: dropped (pipelines handed out earlier keep working).
+    Removed,
+}
+
+/// The strategies of a pipeline in order, each marked kept (the old one, state included) or
+/// rebuilt. Fits in a few bytes, so that an [`Event`] stays small.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpecKeys(u8);
+pub struct StrategyChanges {
+    kinds: [Option<StrategyKind>; MAX_STRATEGIES],
+    /// Bit `i`: strategy `i` was kept.
+    kept: u8,
+}
 
-impl SpecKeys {
-    /// Every key, in pipeline order.
-    pub const ALL: [&'static str; 7] = [
-        "rate_limit",
-        "bulkhead",
-        "timeout.total",
-        "hedging",
-        "retry",
-        "circuit_breaker",
-        "timeout.attempt",
-    ];
-
-    fn insert(&mut self, key: &str) {
-        if let Some(i) = Self::ALL.iter().position(|k| *k == key) {
-            self.0 |= 1 << i;
+impl StrategyChanges {
+    fn push(&mut self, kind: StrategyKind, kept: bool) {
+        if let Some(i) = self.kinds.iter().position(Option::is_none) {
+            self.kinds[i] = Some(kind);
+            if kept {
+                self.kept |= 1 << i;
+            }
         }
     }
 
-    /// Whether `key` is in the set.
-    pub fn contains(self, key: &str) -> bool {
-        Self::ALL
+    /// Every strategy, in pipeline order, with whether it was kept.
+    pub fn iter(&self) -> impl Iterator<Item = (StrategyKind, bool)> + '_ {
+        self.kinds
             .iter()
-            .position(|k| *k == key)
-            .is_some_and(|i| self.0 & (1 << i) != 0)
+            .enumerate()
+            .filter_map(|(i, kind)| Some(((*kind)?, self.kept & (1 << i) != 0)))
     }
 
-    /// The keys in the set, in pipeline order.
-    pub fn names(self) -> Vec<&'static str> {
-        (0..Self::ALL.len())
-            .filter(|i| self.0 & (1 << i) != 0)
-            .map(|i| Self::ALL[i])
+    /// The names of the strategies kept, in pipeline order.
+    pub fn kept(&self) -> Vec<&'static str> {
+        self.iter()
+            .filter(|(_, kept)| *kept)
+            .map(|(kind, _)| kind.name())
             .collect()
     }
 
-    /// Whether the set is empty.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
+    /// The names of the strategies built anew, in pipeline order.
+    pub fn rebuilt(&self) -> Vec<&'static str> {
+        self.iter()
+            .filter(|(_, kept)| !*kept)
+            .map(|(kind, _)| kind.name())
+            .collect()
     }
 }
 
-impl Debug for SpecKeys {
+impl Debug for StrategyChanges {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.names()).finish()
+        f.debug_struct("StrategyChanges")
+            .field("kept", &self.kept())
+            .field("rebuilt", &self.rebuilt())
+            .finish()
     }
 }
 
-/// One pipeline's built strategies, kept apart so a reload can reuse them one by one.
-#[derive(Clone)]
-struct Parts {
-    rate_limit: Option<RateLimiter>,
-    bulkhead: Option<Bulkhead>,
-    total: Option<Timeout>,
-    hedging: Option<Hedging>,
-    retry: Option<Retry>,
-    circuit_breaker: Option<CircuitBreaker>,
-    attempt: Option<Timeout>,
+/// The strategies for `specs`, in order: for each, an old one whose spec is equal (and not
+/// taken by an earlier one), state and all, or a new one from `build` (given the position and
+/// the spec). `old` pairs each old spec with its strategy. What was kept is reported by kind.
+///
+/// Shared by the registry and the sidecar's routes, so that both keep the same strategies.
+pub fn keep_or_build<K: PartialEq, S: Clone>(
+    specs: &[K],
+    old: &[(K, S)],
+    kind: impl Fn(&K) -> StrategyKind,
+    mut build: impl FnMut(usize, &K) -> Result<S, ConfigError>,
+) -> Result<(Vec<S>, StrategyChanges), ConfigError> {
+    let mut taken = vec![false; old.len()];
+    let mut changes = StrategyChanges::default();
+    let mut built = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let same = (0..old.len()).find(|&j| !taken[j] && old[j].0 == *spec);
+        let strategy = match same {
+            Some(j) => {
+                taken[j] = true;
+                old[j].1.clone()
+            }
+            None => build(i, spec)?,
+        };
+        changes.push(kind(spec), same.is_some());
+        built.push(strategy);
+    }
+    Ok((built, changes))
+}
+
+impl AnyStrategy {
+    /// The strategy `spec` configures, new; errors name the key under the strategy's name
+    /// (`retry.delay`, `timeout`).
+    pub fn build(spec: &StrategySpec) -> Result<Self, ConfigError> {
+        Ok(match spec {
+            StrategySpec::RateLimit(o) => AnyStrategy::RateLimit(RateLimiter::new(*o)?),
+            StrategySpec::Bulkhead(o) => AnyStrategy::Bulkhead(Bulkhead::new(*o)?),
+            StrategySpec::Timeout(o) => {
+                AnyStrategy::Timeout(Timeout::new(*o).map_err(|mut e| {
+                    // The file's key is the timeout itself, not `timeout.timeout`.
+                    e.field = StrategyKind::Timeout.name().to_owned();
+                    e
+                })?)
+            }
+            StrategySpec::Hedging(o) => AnyStrategy::Hedging(Hedging::new(o.clone())?),
+            StrategySpec::Retry(o) => AnyStrategy::Retry(Retry::new(o.clone())?),
+            StrategySpec::CircuitBreaker(o) => {
+                AnyStrategy::CircuitBreaker(CircuitBreaker::new(o.clone())?)
+            }
+        })
+    }
 }
 
 struct Entry {
-    spec: PipelineSpec,
-    parts: Parts,
+    /// The spec's strategies, each with the strategy built for it.
+    strategies: Vec<(StrategySpec, AnyStrategy)>,
     pipeline: Arc<SpecPipeline>,
+}
+
+impl Entry {
+    fn spec(&self) -> PipelineSpec {
+        self.strategies
+            .iter()
+            .map(|(spec, _)| spec.clone())
+            .collect()
+    }
+
+    fn changes(&self, kept: bool) -> StrategyChanges {
+        let mut changes = StrategyChanges::default();
+        for (spec, _) in &self.strategies {
+            changes.push(spec.kind(), kept);
+        }
+        changes
+    }
 }
 
 /// Named pipelines built from a [`RegistrySpec`]; see the [module docs](self).
@@ -166,7 +241,7 @@ impl Debug for PipelineRegistry {
 
 impl PipelineRegistry {
     /// Builds every pipeline of `spec`; the first invalid option fails it all, naming its
-    /// key (`pipelines.payment.retry.delay`).
+    /// key (`pipelines.payment.strategies[1].retry.delay`).
     pub fn new(spec: RegistrySpec) -> Result<Self, ConfigError> {
         Self::with_listener(spec, None)
     }
@@ -192,11 +267,17 @@ impl PipelineRegistry {
         map.get(name).map(|entry| Arc::clone(&entry.pipeline))
     }
 
-    /// The circuit breaker of pipeline `name`, if it has one: for health checks and manual
-    /// control. A reload that keeps the breaker keeps this handle working.
+    /// The first circuit breaker of pipeline `name`, if it has one: for health checks and
+    /// manual control. A reload that keeps the breaker keeps this handle working.
     pub fn circuit_breaker(&self, name: &str) -> Option<CircuitBreaker> {
         let map = self.pipelines.read().unwrap_or_else(|e| e.into_inner());
-        map.get(name)?.parts.circuit_breaker.clone()
+        map.get(name)?
+            .strategies
+            .iter()
+            .find_map(|(_, strategy)| match strategy {
+                AnyStrategy::CircuitBreaker(breaker) => Some(breaker.clone()),
+                _ => None,
+            })
     }
 
     /// The names of the pipelines, sorted.
@@ -213,16 +294,18 @@ impl PipelineRegistry {
         RegistrySpec {
             pipelines: map
                 .iter()
-                .map(|(name, entry)| (name.clone(), entry.spec.clone()))
+                .map(|(name, entry)| (name.clone(), entry.spec()))
                 .collect(),
         }
     }
 
-    /// Replaces the pipelines with those of `spec`. A strategy whose options are unchanged
-    /// is kept with its state; changed and new ones are built; pipelines no longer in
-    /// `spec` are dropped (those already handed out keep working). An invalid spec is
-    /// refused whole, naming the key, and nothing changes. Returns what happened to each
-    /// pipeline, which is also raised as an event.
+    /// Replaces the pipelines with those of `spec`. A pipeline whose spec is the same is
+    /// kept as it is; in a changed one, a strategy whose options are unchanged is kept with
+    /// its state (wherever it moved), and changed and new ones are built; pipelines no
+    /// longer in `spec` are dropped (those already handed out keep working). An invalid
+    /// spec is refused whole, naming the key, and nothing changes. Returns what happened to
+    /// each pipeline (removed ones included), which is also raised as an
+    /// [`Event::PipelineReloaded`] through each pipeline's listener.
     pub fn reload(
         &self,
         spec: RegistrySpec,
@@ -237,15 +320,49 @@ impl PipelineRegistry {
         let mut built = HashMap::new();
         let mut report = BTreeMap::new();
         for (name, pipeline_spec) in spec.pipelines {
-            let (entry, what) = self
-                .build(&name, pipeline_spec, old.get(&name).map(|e| &**e))
-                .map_err(|e| e.within(&format!("pipelines.{name}")))?;
-            built.insert(name.clone(), Arc::new(entry));
+            let previous = old.get(&name);
+            let (entry, what) = match previous {
+                Some(entry) if entry.spec() == pipeline_spec => (
+                    Arc::clone(entry),
+                    PipelineReloaded {
+                        change: PipelineChange::Unchanged,
+                        strategies: entry.changes(true),
+                    },
+                ),
+                _ => {
+                    let (entry, strategies) = self
+                        .build(&name, pipeline_spec, previous.map(|e| &**e))
+                        .map_err(|e| e.within(&format!("pipelines.{name}")))?;
+                    let change = if previous.is_some() {
+                        PipelineChange::Changed
+                    } else {
+                        PipelineChange::Added
+                    };
+                    (Arc::new(entry), PipelineReloaded { change, strategies })
+                }
+            };
+            built.insert(name.clone(), entry);
             report.insert(name, what);
         }
+        let removed: Vec<(String, Arc<Entry>)> = old
+            .into_iter()
+            .filter(|(name, _)| !built.contains_key(name))
+            .collect();
         *self.pipelines.write().unwrap_or_else(|e| e.into_inner()) = built.clone();
+        for (name, entry) in &removed {
+            report.insert(
+                name.clone(),
+                PipelineReloaded {
+                    change: PipelineChange::Removed,
+                    strategies: entry.changes(false),
+                },
+            );
+        }
         for (name, what) in &report {
-            if let Some(entry) = built.get(name) {
+            let entry = built
+                .get(name)
+                .or_else(|| removed.iter().find(|(n, _)| n == name).map(|(_, e)| e));
+            if let Some(entry) = entry {
                 entry
                     .pipeline
                     .telemetry()
@@ -262,104 +379,24 @@ impl PipelineRegistry {
         name: &str,
         spec: PipelineSpec,
         old: Option<&Entry>,
-    ) -> Result<(Entry, PipelineReloaded), ConfigError> {
-        let mut what = PipelineReloaded {
-            rebuilt: SpecKeys::default(),
-            kept: SpecKeys::default(),
-        };
-        let parts = Parts {
-            rate_limit: reuse(
-                "rate_limit",
-                &spec.rate_limit,
-                old.map(|o| (&o.spec.rate_limit, &o.parts.rate_limit)),
-                &mut what,
-                |o| RateLimiter::new(*o),
-            )?,
-            bulkhead: reuse(
-                "bulkhead",
-                &spec.bulkhead,
-                old.map(|o| (&o.spec.bulkhead, &o.parts.bulkhead)),
-                &mut what,
-                |o| Bulkhead::new(*o),
-            )?,
-            total: reuse(
-                "timeout.total",
-                &spec.timeout.total,
-                old.map(|o| (&o.spec.timeout.total, &o.parts.total)),
-                &mut what,
-                |o| Timeout::new(*o).map_err(|e| spec::at_key(e, "timeout.total")),
-            )?,
-            hedging: reuse(
-                "hedging",
-                &spec.hedging,
-                old.map(|o| (&o.spec.hedging, &o.parts.hedging)),
-                &mut what,
-                |o| Hedging::new(o.clone()),
-            )?,
-            retry: reuse(
-                "retry",
-                &spec.retry,
-                old.map(|o| (&o.spec.retry, &o.parts.retry)),
-                &mut what,
-                |o| Retry::new(o.clone()),
-            )?,
-            circuit_breaker: reuse(
-                "circuit_breaker",
-                &spec.circuit_breaker,
-                old.map(|o| (&o.spec.circuit_breaker, &o.parts.circuit_breaker)),
-                &mut what,
-                |o| CircuitBreaker::new(o.clone()),
-            )?,
-            attempt: reuse(
-                "timeout.attempt",
-                &spec.timeout.attempt,
-                old.map(|o| (&o.spec.timeout.attempt, &o.parts.attempt)),
-                &mut what,
-                |o| Timeout::new(*o).map_err(|e| spec::at_key(e, "timeout.attempt")),
-            )?,
-        };
+    ) -> Result<(Entry, StrategyChanges), ConfigError> {
+        let (built, changes) = keep_or_build(
+            &spec.strategies,
+            old.map_or(&[][..], |o| &o.strategies[..]),
+            StrategySpec::kind,
+            |i, spec| AnyStrategy::build(spec).map_err(|e| e.within(&format!("strategies[{i}]"))),
+        )?;
         let mut builder = Pipeline::builder().name(name);
         if let Some(listener) = &self.listener {
             builder = builder.listener(Arc::clone(listener));
         }
-        let p = parts.clone();
         let pipeline = builder
-            .strategy(p.rate_limit)
-            .strategy(p.bulkhead)
-            .strategy(p.total)
-            .strategy(p.hedging)
-            .strategy(p.retry)
-            .strategy(p.circuit_breaker)
-            .strategy(p.attempt)
+            .strategy(SlotStrategies::new(built.clone()))
             .build()?;
         let entry = Entry {
-            spec,
-            parts,
+            strategies: spec.strategies.into_iter().zip(built).collect(),
             pipeline: Arc::new(pipeline),
         };
-        Ok((entry, what))
+        Ok((entry, changes))
     }
-}
-
-/// The strategy for `options`: the old one (same state) when its options are the same,
-/// else a new one. Options are compared by their `Debug` form: spec options hold data only
-/// (no predicates or closures a file could set), and it is the reload path, not the hot one.
-fn reuse<O: Debug, S: Clone>(
-    key: &'static str,
-    options: &Option<O>,
-    old: Option<(&Option<O>, &Option<S>)>,
-    what: &mut PipelineReloaded,
-    build: impl FnOnce(&O) -> Result<S, ConfigError>,
-) -> Result<Option<S>, ConfigError> {
-    let Some(options) = options else {
-        return Ok(None);
-    };
-    if let Some((Some(old_options), Some(old_strategy))) = old {
-        if format!("{old_options:?}") == format!("{options:?}") {
-            what.kept.insert(key);
-            return Ok(Some(old_strategy.clone()));
-        }
-    }
-    what.rebuilt.insert(key);
-    build(options).map(Some)
 }

@@ -3,115 +3,179 @@ use crate::circuit_breaker::CircuitBreakerOptions;
 use crate::hedging::HedgingOptions;
 use crate::rate_limit::RateLimitOptions;
 use crate::retry::RetryOptions;
+use crate::telemetry::strategy;
 use crate::timeout::TimeoutOptions;
 use crate::ConfigError;
 use std::collections::BTreeMap;
 
-/// One pipeline in a config file: each strategy optional, applied outer to inner in the
-/// order of the fields (the sidecar's route order): rate limit → bulkhead → total timeout →
-/// hedging → retry → circuit breaker → attempt timeout.
+/// The most strategies one [`PipelineSpec`] holds (the fixed order has 7; a longer list is
+/// more likely a mistake than a design).
+pub const MAX_STRATEGIES: usize = 8;
+
+/// Which strategy a [`StrategySpec`] configures; its [`name`](Self::name) is the key in
+/// a config file and the `strategy` label of its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StrategyKind {
+    /// `rate_limit`.
+    RateLimit,
+    /// `bulkhead`.
+    Bulkhead,
+    /// `timeout`.
+    Timeout,
+    /// `hedging`.
+    Hedging,
+    /// `retry`.
+    Retry,
+    /// `circuit_breaker`.
+    CircuitBreaker,
+}
+
+impl StrategyKind {
+    /// Every kind.
+    pub const ALL: [StrategyKind; 6] = [
+        StrategyKind::RateLimit,
+        StrategyKind::Bulkhead,
+        StrategyKind::Timeout,
+        StrategyKind::Hedging,
+        StrategyKind::Retry,
+        StrategyKind::CircuitBreaker,
+    ];
+
+    /// The key in a config file (`circuit_breaker`), one of the
+    /// [`telemetry::strategy`](crate::telemetry::strategy) constants.
+    pub fn name(self) -> &'static str {
+        match self {
+            StrategyKind::RateLimit => strategy::RATE_LIMIT,
+            StrategyKind::Bulkhead => strategy::BULKHEAD,
+            StrategyKind::Timeout => strategy::TIMEOUT,
+            StrategyKind::Hedging => strategy::HEDGING,
+            StrategyKind::Retry => strategy::RETRY,
+            StrategyKind::CircuitBreaker => strategy::CIRCUIT_BREAKER,
+        }
+    }
+}
+
+/// One strategy of a [`PipelineSpec`], written as a table of one key, the strategy's name,
+/// whose value is that strategy's options: `{ retry = { max_retries = 3 } }`,
+/// `{ timeout = "10s" }`. Every strategy is the core's own options type, so a key means the
+/// same thing (with the same default and range) in the registry, the HTTP handler and the
+/// sidecar.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(rename_all = "snake_case", deny_unknown_fields)
+)]
+pub enum StrategySpec {
+    /// A rate limiter.
+    RateLimit(RateLimitOptions),
+    /// A bulkhead.
+    Bulkhead(BulkheadOptions),
+    /// A timeout: outside a retry it bounds the whole execution, inside one each attempt.
+    Timeout(TimeoutOptions),
+    /// Hedging.
+    Hedging(HedgingOptions),
+    /// Retry.
+    Retry(RetryOptions),
+    /// A circuit breaker.
+    CircuitBreaker(CircuitBreakerOptions),
+}
+
+impl StrategySpec {
+    /// Which strategy it is.
+    pub fn kind(&self) -> StrategyKind {
+        match self {
+            StrategySpec::RateLimit(_) => StrategyKind::RateLimit,
+            StrategySpec::Bulkhead(_) => StrategyKind::Bulkhead,
+            StrategySpec::Timeout(_) => StrategyKind::Timeout,
+            StrategySpec::Hedging(_) => StrategyKind::Hedging,
+            StrategySpec::Retry(_) => StrategyKind::Retry,
+            StrategySpec::CircuitBreaker(_) => StrategyKind::CircuitBreaker,
+        }
+    }
+
+    /// Checks the options; the error names the key under the strategy's name
+    /// (`retry.max_delay`, `timeout` for a timeout's only value).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checked = match self {
+            StrategySpec::RateLimit(o) => o.validate(),
+            StrategySpec::Bulkhead(o) => o.validate(),
+            StrategySpec::Timeout(o) => return o.validate(),
+            StrategySpec::Hedging(o) => o.validate(),
+            StrategySpec::Retry(o) => o.validate(),
+            StrategySpec::CircuitBreaker(o) => o.validate(),
+        };
+        checked.map_err(|e| e.within(self.kind().name()))
+    }
+}
+
+/// One pipeline in a config file: its strategies in order, the first the outermost (as a
+/// [`PipelineBuilder`](crate::PipelineBuilder)'s calls). At most [`MAX_STRATEGIES`].
 ///
-/// Every strategy is the core's own options type, so a key means the same thing (and has
-/// the same default and range) in the registry, the HTTP handler and the sidecar.
+/// ```toml
+/// [pipelines.payment]
+/// strategies = [
+///   { timeout = "30s" },                                    # total
+///   { retry = { max_retries = 3, delay = "200ms" } },
+///   { circuit_breaker = { failure_ratio = 0.5, minimum_throughput = 10 } },
+///   { timeout = "10s" },                                    # each attempt
+/// ]
+/// ```
 ///
 /// ```
 /// # #[cfg(feature = "serde")] {
-/// use stormwall::registry::PipelineSpec;
-/// let spec: PipelineSpec = serde_json::from_str(r#"{
-///     "timeout": { "total": "30s", "attempt": "10s" },
-///     "retry": { "max_retries": 3, "delay": "200ms", "jitter": "full" },
-///     "circuit_breaker": { "failure_ratio": 0.5, "minimum_throughput": 10 }
-/// }"#).unwrap();
+/// use stormwall::registry::{PipelineSpec, StrategyKind};
+/// let spec: PipelineSpec = serde_json::from_str(r#"{ "strategies": [
+///     { "timeout": "30s" },
+///     { "retry": { "max_retries": 3, "delay": "200ms", "jitter": "full" } },
+///     { "circuit_breaker": { "failure_ratio": 0.5, "minimum_throughput": 10 } },
+///     { "timeout": "10s" }
+/// ] }"#).unwrap();
 /// assert!(spec.validate().is_ok());
+/// assert_eq!(spec.strategies[1].kind(), StrategyKind::Retry);
 /// # }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 pub struct PipelineSpec {
-    /// A rate limiter, outermost. Default: none.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
-    pub rate_limit: Option<RateLimitOptions>,
-    /// A bulkhead. Default: none.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
-    pub bulkhead: Option<BulkheadOptions>,
-    /// The total timeout (around hedging and retries) and the attempt timeout (innermost).
-    /// Default: neither.
-    #[cfg_attr(
-        feature = "serde",
-        serde(skip_serializing_if = "TimeoutSpec::is_empty")
-    )]
-    pub timeout: TimeoutSpec,
-    /// Hedging. Default: none.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
-    pub hedging: Option<HedgingOptions>,
-    /// Retry. Default: none.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
-    pub retry: Option<RetryOptions>,
-    /// A circuit breaker. Default: none.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
-    pub circuit_breaker: Option<CircuitBreakerOptions>,
+    /// The strategies, outermost first. Default: none (the operation runs as it is).
+    pub strategies: Vec<StrategySpec>,
 }
 
-/// `timeout = { total = "30s", attempt = "10s" }`: two timeout strategies, by their place
-/// in the pipeline.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
-pub struct TimeoutSpec {
-    /// Bounds the whole execution, retries and hedges included. Default: none. Valid: > 0
-    /// and ≤ 1 day.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
-    pub total: Option<TimeoutOptions>,
-    /// Bounds each attempt. Default: none. Valid: > 0 and ≤ 1 day.
-    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
-    pub attempt: Option<TimeoutOptions>,
-}
-
-impl TimeoutSpec {
-    /// Neither timeout set.
-    pub fn is_empty(&self) -> bool {
-        self.total.is_none() && self.attempt.is_none()
-    }
-
-    /// Checks both; errors name `total` or `attempt`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, timeout) in [("total", &self.total), ("attempt", &self.attempt)] {
-            if let Some(timeout) = timeout {
-                timeout.validate().map_err(|e| at_key(e, key))?;
-            }
+impl FromIterator<StrategySpec> for PipelineSpec {
+    fn from_iter<I: IntoIterator<Item = StrategySpec>>(strategies: I) -> Self {
+        PipelineSpec {
+            strategies: strategies.into_iter().collect(),
         }
-        Ok(())
     }
-}
-
-/// `e` for the value at `key` itself (a timeout validates its only field as `timeout`).
-pub(crate) fn at_key(mut e: ConfigError, key: &str) -> ConfigError {
-    e.field = key.to_owned();
-    e
 }
 
 impl PipelineSpec {
-    /// Checks every strategy; the error names the key path in the file (`retry.max_delay`,
-    /// `timeout.total`).
+    /// Checks every strategy; the error names the key path in the file
+    /// (`strategies[1].retry.max_delay`, `strategies[3].timeout`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(o) = &self.rate_limit {
-            o.validate().map_err(|e| e.within("rate_limit"))?;
+        if self.strategies.len() > MAX_STRATEGIES {
+            return Err(ConfigError::new(
+                "strategies",
+                self.strategies.len(),
+                format!("at most {MAX_STRATEGIES} strategies"),
+            ));
         }
-        if let Some(o) = &self.bulkhead {
-            o.validate().map_err(|e| e.within("bulkhead"))?;
-        }
-        self.timeout.validate().map_err(|e| e.within("timeout"))?;
-        if let Some(o) = &self.hedging {
-            o.validate().map_err(|e| e.within("hedging"))?;
-        }
-        if let Some(o) = &self.retry {
-            o.validate().map_err(|e| e.within("retry"))?;
-        }
-        if let Some(o) = &self.circuit_breaker {
-            o.validate().map_err(|e| e.within("circuit_breaker"))?;
+        for (i, strategy) in self.strategies.iter().enumerate() {
+            strategy
+                .validate()
+                .map_err(|e| e.within(&format!("strategies[{i}]")))?;
         }
         Ok(())
+    }
+
+    /// The first strategy of `kind`, with its position.
+    pub fn first(&self, kind: StrategyKind) -> Option<(usize, &StrategySpec)> {
+        self.strategies
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.kind() == kind)
     }
 }
 
@@ -120,7 +184,7 @@ impl PipelineSpec {
 /// Other top-level keys are left to their own readers (the sidecar reads `[server]` and
 /// `[[route]]` from the same file), so they are not refused here; inside a pipeline every
 /// unknown key is.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RegistrySpec {
     /// The pipelines by name.
@@ -129,7 +193,8 @@ pub struct RegistrySpec {
 }
 
 impl RegistrySpec {
-    /// Checks every pipeline; errors name the key path (`pipelines.payment.retry.delay`).
+    /// Checks every pipeline; errors name the key path
+    /// (`pipelines.payment.strategies[1].retry.delay`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, spec) in &self.pipelines {
             spec.validate()

@@ -76,6 +76,13 @@ struct Inner {
     percent: f64,
 }
 
+/// The same budget: one made by the same [`new`](Self::new) call (clones share it).
+impl PartialEq for RetryBudget {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
 impl RetryBudget {
     /// A budget with `options`, validated.
     pub fn new(options: RetryBudgetOptions) -> Result<Self, ConfigError> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// With the `serde` feature the data fields read from and write to config files (keys as
 /// the fields are named, durations as `"200ms"`, unknown keys refused); the predicate, the
 /// delay generator and the budget are code and keep their defaults.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(
     feature = "serde",
@@ -203,5 +203,5 @@ fn serde_default<P: Default, G: Default>() -> RetryOptions<P, G> {
 }
 
 /// The default delay generator: always uses the computed backoff.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NoDelayGenerator;

@@ -79,7 +79,8 @@ impl EventListener for TracingListener {
                 "feature switch changed"
             ),
             Event::PipelineReloaded(r) => tracing::info!(
-                pipeline, strategy, rebuilt = ?r.rebuilt, kept = ?r.kept, "pipeline reloaded"
+                pipeline, strategy, change = ?r.change, kept = ?r.strategies.kept(),
+                rebuilt = ?r.strategies.rebuilt(), "pipeline reloaded"
             ),
         }
     }
