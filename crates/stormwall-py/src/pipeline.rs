@@ -23,7 +23,7 @@ use stormwall::fallback::{Fallback, FallbackOptions};
 use stormwall::hedging::{Hedging, HedgingOptions};
 use stormwall::pipeline::{Identity, Stack};
 use stormwall::rate_limit::{KeyedRateLimiter, RateLimitOptions, RateLimiter};
-use stormwall::registry::PipelineSpec;
+use stormwall::registry::{PipelineSpec, StrategySpec};
 use stormwall::retry::{Retry, RetryOptions};
 use stormwall::timeout::{Timeout, TimeoutOptions};
 use stormwall::{Context, Pipeline};
@@ -442,9 +442,9 @@ impl PyPipeline {
         PyPipelineBuilder::new()
     }
 
-    /// A pipeline from a spec: the `[pipelines.<name>]` table of a config file as a dict
-    /// (`{"timeout": {"total": "30s"}, "retry": {...}}`), in the spec's order: rate_limit →
-    /// bulkhead → timeout.total → hedging → retry → circuit_breaker → timeout.attempt.
+    /// A pipeline from a spec: the `[pipelines.<name>]` table of a config file as a dict,
+    /// its strategies in order, the first the outermost
+    /// (`{"strategies": [{"timeout": "30s"}, {"retry": {...}}, {"timeout": "10s"}]}`).
     #[staticmethod]
     #[pyo3(signature = (spec, *, name="default".to_owned(), on_event=None, log_events=false))]
     fn from_spec(
@@ -530,32 +530,27 @@ impl PyPipeline {
 /// The strategies of `spec`, in its order.
 fn chain_of(py: Python<'_>, spec: PipelineSpec) -> PyResult<Chain> {
     let mut layers = Vec::new();
-    if let Some(o) = spec.rate_limit {
-        layers.push(Layer::RateLimit(RateLimiter::new(o).map_err(invalid(py))?));
-    }
-    if let Some(o) = spec.bulkhead {
-        layers.push(Layer::Bulkhead(Bulkhead::new(o).map_err(invalid(py))?));
-    }
-    if let Some(o) = spec.timeout.total {
-        layers.push(Layer::Timeout(Timeout::new(o).map_err(invalid(py))?));
-    }
-    if let Some(o) = spec.hedging {
-        let o = o.handle(PyHandle::errors());
-        layers.push(Layer::Hedging(Hedging::new(o).map_err(invalid(py))?));
-    }
-    if let Some(o) = spec.retry {
-        let o = o
-            .handle(PyHandle::transient())
-            .delay_generator(PyDelay::default());
-        layers.push(Layer::Retry(Retry::new(o).map_err(invalid(py))?));
-    }
-    if let Some(o) = spec.circuit_breaker {
-        let o = o.handle(PyHandle::errors());
-        let b = CircuitBreaker::new(o).map_err(invalid(py))?;
-        layers.push(Layer::Breaker(Breaker::Local(b)));
-    }
-    if let Some(o) = spec.timeout.attempt {
-        layers.push(Layer::Timeout(Timeout::new(o).map_err(invalid(py))?));
+    for (i, strategy) in spec.strategies.into_iter().enumerate() {
+        let at = |e: stormwall::ConfigError| invalid(py)(e.within(&format!("strategies[{i}]")));
+        layers.push(match strategy {
+            StrategySpec::RateLimit(o) => Layer::RateLimit(RateLimiter::new(o).map_err(at)?),
+            StrategySpec::Bulkhead(o) => Layer::Bulkhead(Bulkhead::new(o).map_err(at)?),
+            StrategySpec::Timeout(o) => Layer::Timeout(Timeout::new(o).map_err(at)?),
+            StrategySpec::Hedging(o) => {
+                let o = o.handle(PyHandle::errors());
+                Layer::Hedging(Hedging::new(o).map_err(at)?)
+            }
+            StrategySpec::Retry(o) => {
+                let o = o
+                    .handle(PyHandle::transient())
+                    .delay_generator(PyDelay::default());
+                Layer::Retry(Retry::new(o).map_err(at)?)
+            }
+            StrategySpec::CircuitBreaker(o) => {
+                let o = o.handle(PyHandle::errors());
+                Layer::Breaker(Breaker::Local(CircuitBreaker::new(o).map_err(at)?))
+            }
+        });
     }
     Ok(Chain(layers))
 }

@@ -70,12 +70,16 @@ def test_durations_read_as_seconds_timedelta_or_humantime() -> None:
 
 
 def test_a_spec_dict_builds_like_the_sidecars_config_and_names_key_paths() -> None:
+    # A `[pipelines.<name>]` table: its strategies in order, the first the outermost.
     spec = {
-        "rate_limit": {"permits": 100, "period": "1s"},
-        "bulkhead": {"max_concurrency": 10, "queue": 5},
-        "timeout": {"total": "30s", "attempt": "1s"},
-        "retry": {"max_retries": 3, "delay": "200ms", "jitter": "full"},
-        "circuit_breaker": {"failure_ratio": 0.5, "minimum_throughput": 10},
+        "strategies": [
+            {"rate_limit": {"permits": 100, "period": "1s"}},
+            {"bulkhead": {"max_concurrency": 10, "queue": 5}},
+            {"timeout": "30s"},
+            {"retry": {"max_retries": 3, "delay": "200ms", "jitter": "full"}},
+            {"circuit_breaker": {"failure_ratio": 0.5, "minimum_throughput": 10}},
+            {"timeout": "1s"},
+        ]
     }
     p = Pipeline.from_spec(spec, name="payment")
     assert p.name == "payment"
@@ -86,21 +90,25 @@ def test_a_spec_dict_builds_like_the_sidecars_config_and_names_key_paths() -> No
 
     assert asyncio.run(_run(p, ok)) == 1
     for bad, field in [
-        ({"retry": {"max_retries": 0}}, "retry.max_retries"),
-        ({"timeout": {"attempt": "0s"}}, "timeout.attempt"),
-        ({"retry": {"delay": "1s", "max_delay": "10ms"}}, "retry.max_delay"),
-        ({"circuit_breaker": {"failure_ratio": 2}}, "circuit_breaker.failure_ratio"),
-        ({"retries": {}}, "retries"),
+        ([{"retry": {"max_retries": 0}}], "strategies[0].retry.max_retries"),
+        ([{"retry": {}}, {"timeout": "0s"}], "strategies[1].timeout"),
+        ([{"retry": {"delay": "1s", "max_delay": "10ms"}}], "strategies[0].retry.max_delay"),
+        ([{"circuit_breaker": {"failure_ratio": 2}}], "strategies[0].circuit_breaker.failure_ratio"),
     ]:
         with pytest.raises(stormwall.ConfigError) as caught:
-            Pipeline.from_spec(bad)
+            Pipeline.from_spec({"strategies": bad})
         assert caught.value.field == field, (bad, caught.value)
-    # The same error from the builder: one validation, one message.
+    with pytest.raises(stormwall.ConfigError) as caught:
+        Pipeline.from_spec({"retries": {}})
+    assert caught.value.field == "retries", caught.value
+    # The same error from the builder: one validation, one message (under its position).
     with pytest.raises(stormwall.ConfigError) as from_spec:
-        Pipeline.from_spec({"retry": {"max_retries": 0}})
+        Pipeline.from_spec({"strategies": [{"retry": {"max_retries": 0}}]})
     with pytest.raises(stormwall.ConfigError) as from_kwargs:
         B().retry(max_retries=0)
-    assert str(from_spec.value) == str(from_kwargs.value)
+    assert str(from_spec.value) == str(from_kwargs.value).replace(
+        "`retry.", "`strategies[0].retry."
+    )
 
 
 async def _run(p: Pipeline, fn: Any) -> Any:
