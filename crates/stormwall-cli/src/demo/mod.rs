@@ -372,7 +372,18 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // On Ctrl-C a queue's writer thread may still be closing its database (SQLite
+        // removes its -wal and -shm files as it closes): a file that comes or goes while the
+        // directory is emptied makes the removal fail, and the directory stayed behind (seen
+        // once, on a loaded machine). Once it is gone nothing creates it again, so try again
+        // until it is, for at most a second.
+        for _ in 0..100 {
+            match std::fs::remove_dir_all(&self.0) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
     }
 }
 
