@@ -9,6 +9,7 @@
 //! [`SyncAttempt`] calls a plain function: inline, or on a blocking thread when the pipeline
 //! may have to give up on it (a timeout or hedging), Polly's "pessimistic" mode.
 
+use crate::abort::{abort, aborted};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -25,6 +26,10 @@ pub(crate) struct Call {
     pub(crate) func: Py<PyAny>,
     pub(crate) args: Py<PyTuple>,
     pub(crate) kwargs: Option<Py<PyDict>>,
+    /// The caller's `contextvars` context, copied when `execute_sync` started: attempts on a
+    /// worker thread run in a copy of it (`None`: attempts run on the caller's thread, in
+    /// its context already).
+    pub(crate) context: Option<Py<PyAny>>,
 }
 
 impl Call {
@@ -32,6 +37,24 @@ impl Call {
         self.func
             .bind(py)
             .call(self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)))
+    }
+
+    /// The call on a worker thread: `context.copy().run(func, *args, **kwargs)`, a copy per
+    /// attempt (hedged attempts run at once, and a context runs on one thread at a time),
+    /// as asyncio gives each task a copy.
+    fn call_in_context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let Some(context) = &self.context else {
+            return self.call(py);
+        };
+        let copy = context.bind(py).call_method0(intern!(py, "copy"))?;
+        let mut args = Vec::with_capacity(self.args.bind(py).len() + 1);
+        args.push(self.func.bind(py).clone());
+        args.extend(self.args.bind(py).iter());
+        copy.call_method(
+            intern!(py, "run"),
+            PyTuple::new(py, args)?,
+            self.kwargs.as_ref().map(|k| k.bind(py)),
+        )
     }
 }
 
@@ -71,13 +94,13 @@ pub(crate) struct PyAttempt {
     waiting: Option<Py<PyAny>>,
     /// Shared with the done-callback of `waiting`.
     waker: Option<Arc<Mutex<Waker>>>,
-    /// What to call the operation in errors (`fn` or `fallback handler`).
+    /// What to call the operation in errors (`func` or `the fallback handler`).
     role: &'static str,
 }
 
 impl PyAttempt {
     pub(crate) fn new(call: Arc<Call>) -> Self {
-        Self::with_role(call, "fn")
+        Self::with_role(call, "func")
     }
 
     pub(crate) fn with_role(call: Arc<Call>, role: &'static str) -> Self {
@@ -101,16 +124,32 @@ impl PyAttempt {
         }
     }
 
-    /// The awaitable's iterator, or a `TypeError` naming the argument.
-    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+    /// Calls the operation: `Ready(Ok(iterator))` of the awaitable it returned, or
+    /// `Ready(Err(e))` when it raised (an outcome the strategies judge). When it returned
+    /// something that is not awaitable, the execution is aborted with a `TypeError` naming
+    /// the argument (see `abort`): `Pending`, never woken, and never retried.
+    fn start<'py>(&self, py: Python<'py>) -> Poll<PyResult<Bound<'py, PyIterator>>> {
         let Some(call) = &self.call else {
-            return Err(PyRuntimeError::new_err(format!(
+            return Poll::Ready(Err(PyRuntimeError::new_err(format!(
                 "{} was already awaited",
                 self.role
-            )));
+            ))));
         };
-        let awaitable = call.call(py)?;
-        iterator_of(py, &awaitable, self.role)
+        if aborted() {
+            // A hedge started beside the attempt that found the misuse: do not call again.
+            return Poll::Pending;
+        }
+        let awaitable = match call.call(py) {
+            Ok(awaitable) => awaitable,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        match iterator_of(py, &awaitable, self.role) {
+            Ok(iterator) => Poll::Ready(Ok(iterator)),
+            Err(misuse) => {
+                abort(misuse);
+                Poll::Pending
+            }
+        }
     }
 
     fn step(&mut self, py: Python<'_>, cx: &mut Context<'_>) -> Poll<PyResult<Py<PyAny>>> {
@@ -131,11 +170,12 @@ impl PyAttempt {
         let iterator = match &self.running {
             Some(it) => it.bind(py).clone(),
             None => match self.start(py) {
-                Ok(it) => {
+                Poll::Ready(Ok(it)) => {
                     self.running = Some(it.clone().unbind());
                     it
                 }
-                Err(e) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             },
         };
         match iterator.send(&py.None().into_bound(py)) {
@@ -313,7 +353,7 @@ impl SyncAttempt {
             let running = Running::start();
             SyncAttempt::Blocking(tokio::task::spawn_blocking(move || {
                 let _running = running;
-                Python::attach(|py| call.call(py).map(Bound::unbind))
+                Python::attach(|py| call.call_in_context(py).map(Bound::unbind))
             }))
         } else {
             SyncAttempt::Inline(Some(call))
@@ -330,15 +370,46 @@ impl Future for SyncAttempt {
                 let Some(call) = call.take() else {
                     return Poll::Pending;
                 };
-                Poll::Ready(Python::attach(|py| call.call(py).map(Bound::unbind)))
+                Python::attach(|py| match call.call(py) {
+                    Ok(value) => not_a_coroutine(py, value),
+                    Err(e) => Poll::Ready(Err(e)),
+                })
             }
             SyncAttempt::Blocking(handle) => match Pin::new(handle).poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(result)) => Poll::Ready(result),
+                Poll::Ready(Ok(Ok(value))) => {
+                    Python::attach(|py| not_a_coroutine(py, value.into_bound(py)))
+                }
+                Poll::Ready(Ok(Err(e))) => Poll::Ready(Err(e)),
                 Poll::Ready(Err(join)) => Poll::Ready(Err(PyRuntimeError::new_err(format!(
                     "the function's thread failed: {join}"
                 )))),
             },
         }
+    }
+}
+
+/// `value`, what a plain function's attempt returned; a coroutine (an `async def` given to
+/// `execute_sync`) is closed unrun and aborts the execution with a `TypeError` naming the
+/// argument (never retried: see `abort`).
+fn not_a_coroutine(py: Python<'_>, value: Bound<'_, PyAny>) -> Poll<PyResult<Py<PyAny>>> {
+    static COROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let class = COROUTINE.get_or_try_init(py, || {
+        PyModule::import(py, "types")?
+            .getattr("CoroutineType")
+            .map(Bound::unbind)
+    });
+    match class {
+        Ok(class) if value.get_type().is(class.bind(py)) => {
+            if let Err(e) = value.call_method0(intern!(py, "close")) {
+                e.write_unraisable(py, Some(&value));
+            }
+            abort(PyTypeError::new_err(
+                "func must be a plain function for execute_sync; it is a coroutine function \
+                 (async def): use `await pipeline.execute(func)`",
+            ));
+            Poll::Pending
+        }
+        _ => Poll::Ready(Ok(value.unbind())),
     }
 }

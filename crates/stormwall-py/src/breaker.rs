@@ -4,7 +4,7 @@
 
 use crate::chain::Breaker;
 use crate::errors::{config_error, redis_unavailable};
-use crate::events::event_dict;
+use crate::events::{event_dict, log_callback_error};
 use crate::handle::PyHandle;
 use crate::options::{deserialize, invalid, kwargs_to_json, take};
 use crate::runtime::runtime;
@@ -174,7 +174,7 @@ impl PyCircuitBreaker {
                 let called = event_dict(py, &source, &event)
                     .and_then(|d| callback.bind(py).call1((d,)).map(drop));
                 if let Err(e) = called {
-                    e.write_unraisable(py, Some(callback.bind(py)));
+                    log_callback_error(py, "on_transition", e);
                 }
             });
         };

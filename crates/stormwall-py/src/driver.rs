@@ -146,10 +146,18 @@ impl Execution {
         loop_waker.woken.store(false, Ordering::SeqCst);
         let waker = Waker::from(Arc::clone(loop_waker));
         let mut cx = Context::from_waker(&waker);
-        let polled = {
+        let (polled, aborted) = {
             let _runtime = runtime().enter();
-            std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
+            crate::abort::polled(|| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
+            })
         };
+        if let Some(error) = aborted {
+            // Dropping the future cancels what runs and releases what the strategies hold.
+            let _runtime = runtime().enter();
+            *slot = None;
+            return Err(error);
+        }
         match polled {
             Ok(Poll::Pending) => {}
             Ok(Poll::Ready(outcome)) => {
@@ -226,7 +234,8 @@ impl Execution {
     }
 
     /// The task resumes the awaitable (asyncio always sends `None`).
-    fn send(&self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let _ = value;
         self.step(py)
     }
 

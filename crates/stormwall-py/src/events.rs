@@ -94,6 +94,37 @@ fn level(event: &Event) -> u32 {
     }
 }
 
+/// An event callback (`on_event=`, `on_transition`) raised `error`: it is logged on the
+/// `stormwall` logger at ERROR with its traceback (as `logging` handles a failing handler,
+/// the call goes on: a listener observes the pipeline, it does not steer it).
+///
+/// A `BaseException` that is no `Exception` (`KeyboardInterrupt`, `SystemExit`) is not
+/// logged: it ends the execution being driven on this thread (see `abort`).
+pub(crate) fn log_callback_error(py: Python<'_>, callback: &str, error: PyErr) {
+    if !error.is_instance_of::<pyo3::exceptions::PyException>(py) {
+        crate::abort::abort(error);
+        return;
+    }
+    let logged = logger(py).and_then(|logger| {
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("exc_info", error.value(py))?;
+        logger.call_method(
+            "error",
+            (
+                "stormwall: the %s callback raised %r",
+                callback,
+                error.value(py),
+            ),
+            Some(&kwargs),
+        )
+    });
+    if let Err(e) = logged {
+        // The logging itself failed: what is left is sys.unraisablehook.
+        error.write_unraisable(py, None);
+        e.write_unraisable(py, None);
+    }
+}
+
 impl EventListener for PyListener {
     fn on_event(&self, source: &EventSource<'_>, event: &Event) {
         // The pipeline's own events (one per attempt and execution) go to the callback only.
@@ -105,7 +136,7 @@ impl EventListener for PyListener {
             let reported = event_dict(py, source, event).and_then(|d| {
                 if let Some(callback) = &self.callback {
                     if let Err(e) = callback.bind(py).call1((d.clone(),)) {
-                        e.write_unraisable(py, Some(callback.bind(py)));
+                        log_callback_error(py, "on_event", e);
                     }
                 }
                 if log {

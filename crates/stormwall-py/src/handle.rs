@@ -1,6 +1,7 @@
 //! `handle=`: which outcomes a strategy acts on, and `retry_after=` / `delay_generator=`:
 //! what replaces a retry's computed delay. Both look at the exception the caller would see.
 
+use crate::abort::abort;
 use crate::errors::{config_error, exception_of, Outcome};
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -96,20 +97,33 @@ impl PyHandle {
                 let exception = exception_of(py, error);
                 match predicate
                     .bind(py)
-                    .call1((exception,))
+                    .call1((exception.clone(),))
                     .and_then(|r| r.is_truthy())
                 {
                     Ok(verdict) => verdict,
                     Err(e) => {
-                        // A predicate that raises handles nothing; the error is reported
-                        // like one in a callback (sys.unraisablehook).
-                        e.write_unraisable(py, Some(predicate.bind(py)));
+                        // A predicate that raises ends the execution with its exception
+                        // (the one it judged as `__context__`); "not handled" meanwhile.
+                        callback_failed(py, e, &exception);
                         false
                     }
                 }
             }),
         }
     }
+}
+
+/// A `handle=` predicate or a `delay_generator=` raised `error` while judging `exception`:
+/// the execution ends with `error`, chained to `exception` as Python chains an error raised
+/// in an `except` block (`__context__`).
+fn callback_failed(py: Python<'_>, error: PyErr, exception: &Bound<'_, PyAny>) {
+    if let Err(e) = error
+        .value(py)
+        .setattr(pyo3::intern!(py, "__context__"), exception)
+    {
+        e.write_unraisable(py, None);
+    }
+    abort(error);
 }
 
 impl Predicate<Py<PyAny>, PyErr> for PyHandle {
@@ -163,7 +177,10 @@ impl DelayGenerator<Py<PyAny>, PyErr> for PyDelay {
                             return Some(delay);
                         }
                     }
-                    Err(e) => e.write_unraisable(py, Some(generator.bind(py))),
+                    Err(e) => {
+                        callback_failed(py, e, &exception);
+                        return None;
+                    }
                 }
             }
             if self.retry_after {

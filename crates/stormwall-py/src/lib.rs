@@ -8,6 +8,7 @@
 //! background thread (`runtime.rs`), whose wake-ups reach the loop through
 //! `call_soon_threadsafe`.
 
+mod abort;
 mod attempt;
 mod breaker;
 mod chain;

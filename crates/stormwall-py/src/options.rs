@@ -3,13 +3,15 @@
 //! (and the sidecar's) — an option exists once.
 //!
 //! Durations are accepted as seconds (`0.2`), `datetime.timedelta` or humantime strings
-//! (`"200ms"`); numbers and timedeltas become `"<n>ns"` before serde reads them.
+//! (`"200ms"`); numbers and timedeltas become humantime strings (`0.2` → `"200ms"`) before
+//! serde reads them, so the core's messages show them as a person would write them.
 
 use crate::errors::{config_error, from_config};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use std::time::Duration;
 use stormwall::ConfigError;
 
 /// Keys whose values are durations, in every strategy's options and in a `PipelineSpec`.
@@ -61,8 +63,37 @@ fn duration_text(
             "must be a duration: seconds ≥ 0, a datetime.timedelta or a string like \"200ms\"",
         ));
     }
-    let nanos = (seconds * 1e9).round();
-    Ok(Value::String(format!("{nanos:.0}ns")))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) => Ok(Value::String(human(duration))),
+        Err(_) => Err(config_error(
+            py,
+            path,
+            &repr(value),
+            "is too long for a duration (at most 2^64 seconds)",
+        )),
+    }
+}
+
+/// `duration` as a humantime string that reads as it parses: `"200ms"`, `"1s 500ms"`,
+/// `"30s"` (the strings a user sees again in the core's error messages).
+pub(crate) fn human(duration: Duration) -> String {
+    let nanos = duration.subsec_nanos();
+    let parts = [
+        (duration.as_secs(), "s"),
+        (u64::from(nanos / 1_000_000), "ms"),
+        (u64::from(nanos / 1_000 % 1_000), "us"),
+        (u64::from(nanos % 1_000), "ns"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if text.is_empty() {
+        "0s".to_owned()
+    } else {
+        text.join(" ")
+    }
 }
 
 /// `value` as JSON; `duration` when the key it sits under holds a duration.

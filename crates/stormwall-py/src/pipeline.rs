@@ -4,7 +4,7 @@ use crate::attempt::{Call, PyAttempt, SyncAttempt};
 use crate::breaker::PyCircuitBreaker;
 use crate::chain::{Breaker, Chain, Layer};
 use crate::driver::Execution;
-use crate::errors::{config_error, from_panic, to_py};
+use crate::errors::{config_error, from_panic, to_py, Outcome};
 use crate::events::PyListener;
 use crate::fallback::{in_sync_mode, PyFallback};
 use crate::handle::{PyDelay, PyHandle};
@@ -12,11 +12,13 @@ use crate::options::{deserialize, invalid, kwargs_to_json, take, to_json};
 use crate::runtime::runtime;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
 use stormwall::bulkhead::{Bulkhead, BulkheadOptions, KeyedBulkhead};
 use stormwall::circuit_breaker::CircuitBreaker;
 use stormwall::fallback::{Fallback, FallbackOptions};
@@ -361,21 +363,30 @@ impl PyPipeline {
         })
     }
 
+    /// The call of `func`; `on_worker`: its attempts run on worker threads, in a copy of the
+    /// caller's `contextvars` context taken now.
     fn call(
         func: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
+        on_worker: bool,
     ) -> PyResult<Arc<Call>> {
         if !func.is_callable() {
             return Err(PyTypeError::new_err(format!(
-                "fn must be callable, not {}",
+                "func must be callable, not {}",
                 func.get_type().name()?
             )));
         }
+        let context = if on_worker {
+            Some(copy_context(func.py())?)
+        } else {
+            None
+        };
         Ok(Arc::new(Call {
             func: func.clone().unbind(),
             args: args.clone().unbind(),
             kwargs: kwargs.map(|k| k.clone().unbind()),
+            context,
         }))
     }
 
@@ -404,34 +415,95 @@ impl PyPipeline {
             Some(key) => Context::new().with_key(key),
             None => Context::new(),
         };
-        let mut future = std::pin::pin!(async move {
+        // `None` once dropped: the execution ends here whatever happened (an interrupt drops
+        // it, cancelling what runs and releasing bulkhead slots and breaker permits).
+        let mut slot = std::pin::pin!(Some(async move {
             pipeline
                 .execute_with(ctx, move |_| SyncAttempt::new(Arc::clone(&call), blocking))
                 .await
-        });
-        // The first poll keeps the GIL: a call that succeeds at once (the success path) then
-        // costs no GIL hand-over. A pipeline that has to wait (backoff, a queue, a worker
-        // thread) is driven on with the GIL released; its next poll registers the real waker.
-        let first = in_sync_mode(|| {
-            let _runtime = runtime().enter();
-            let mut cx = TaskContext::from_waker(Waker::noop());
-            std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
-        });
-        let outcome = match first {
-            Ok(Poll::Ready(outcome)) => Ok(outcome),
-            Ok(Poll::Pending) => py.detach(|| {
-                in_sync_mode(|| {
-                    std::panic::catch_unwind(AssertUnwindSafe(|| runtime().block_on(future)))
-                })
-            }),
-            Err(panic) => Err(panic),
+        }));
+        let finish = {
+            let mut driven = std::pin::pin!(std::future::poll_fn(|cx| {
+                let Some(future) = slot.as_mut().as_pin_mut() else {
+                    return Poll::Pending;
+                };
+                let (poll, aborted) = crate::abort::polled(|| future.poll(cx));
+                match aborted {
+                    Some(error) => Poll::Ready(Err(error)),
+                    None => poll.map(Ok),
+                }
+            }));
+            // The first poll keeps the GIL: a call that succeeds at once (the success path)
+            // then costs no GIL hand-over. A pipeline that has to wait (backoff, a queue, a
+            // worker thread) is driven on with the GIL released, in slices of
+            // `SIGNAL_CHECK`, between which the GIL is taken back to run signal handlers
+            // (Ctrl-C raises `KeyboardInterrupt` within a slice, not when the wait ends).
+            let first = in_sync_mode(|| {
+                let _runtime = runtime().enter();
+                let mut cx = TaskContext::from_waker(Waker::noop());
+                std::panic::catch_unwind(AssertUnwindSafe(|| driven.as_mut().poll(&mut cx)))
+            });
+            match first {
+                Ok(Poll::Ready(done)) => Finish::Done(Ok(done)),
+                Err(panic) => Finish::Done(Err(panic)),
+                Ok(Poll::Pending) => loop {
+                    let slice = py.detach(|| {
+                        in_sync_mode(|| {
+                            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                // Made inside `block_on`: a timer needs the runtime's context.
+                                runtime().block_on(async {
+                                    tokio::time::timeout(SIGNAL_CHECK, driven.as_mut()).await
+                                })
+                            }))
+                        })
+                    });
+                    match slice {
+                        Ok(Ok(done)) => break Finish::Done(Ok(done)),
+                        Err(panic) => break Finish::Done(Err(panic)),
+                        Ok(Err(_elapsed)) => {
+                            if let Err(interrupt) = py.check_signals() {
+                                break Finish::Interrupted(interrupt);
+                            }
+                        }
+                    }
+                },
+            }
         };
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(to_py(py, e)),
-            Err(panic) => Err(from_panic(py, panic)),
+        {
+            let _runtime = runtime().enter();
+            slot.set(None);
+        }
+        match finish {
+            Finish::Done(Ok(Ok(Ok(value)))) => Ok(value),
+            Finish::Done(Ok(Ok(Err(e)))) => Err(to_py(py, e)),
+            Finish::Done(Ok(Err(aborted))) => Err(aborted),
+            Finish::Done(Err(panic)) => Err(from_panic(py, panic)),
+            Finish::Interrupted(interrupt) => Err(interrupt),
         }
     }
+}
+
+/// `contextvars.copy_context()`.
+fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    static COPY_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let copy = COPY_CONTEXT.get_or_try_init(py, || {
+        PyModule::import(py, "contextvars")?
+            .getattr("copy_context")
+            .map(Bound::unbind)
+    })?;
+    copy.bind(py).call0().map(Bound::unbind)
+}
+
+/// How long `execute_sync` waits with the GIL released before it runs the signal handlers
+/// (`KeyboardInterrupt`) and waits on.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// How a synchronous execution ended.
+enum Finish {
+    /// The pipeline's outcome, an abort (see `abort`), or a panic.
+    Done(std::thread::Result<PyResult<Outcome>>),
+    /// A signal handler raised (`KeyboardInterrupt`) while the pipeline waited.
+    Interrupted(PyErr),
 }
 
 #[pymethods]
@@ -460,7 +532,7 @@ impl PyPipeline {
         PyPipeline::new(chain_of(py, spec)?, name, on_event, log_events)
     }
 
-    /// Runs the coroutine function `fn(*args, **kwargs)` through the pipeline (each attempt
+    /// Runs the coroutine function `func(*args, **kwargs)` through the pipeline (each attempt
     /// calls it again). Returns an awaitable.
     #[pyo3(signature = (func, /, *args, **kwargs))]
     fn execute(
@@ -469,7 +541,7 @@ impl PyPipeline {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Execution> {
-        Ok(self.start(None, Self::call(func, args, kwargs)?))
+        Ok(self.start(None, Self::call(func, args, kwargs, false)?))
     }
 
     /// `execute` with a key (the tenant of keyed rate limiters and bulkheads).
@@ -481,10 +553,10 @@ impl PyPipeline {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Execution> {
-        Ok(self.start(Some(key), Self::call(func, args, kwargs)?))
+        Ok(self.start(Some(key), Self::call(func, args, kwargs, false)?))
     }
 
-    /// Runs the plain function `fn(*args, **kwargs)` through the pipeline, blocking; the
+    /// Runs the plain function `func(*args, **kwargs)` through the pipeline, blocking; the
     /// GIL is released while the pipeline waits (backoff, queue, timeouts).
     #[pyo3(signature = (func, /, *args, **kwargs))]
     fn execute_sync(
@@ -494,7 +566,7 @@ impl PyPipeline {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        self.run_sync(py, None, Self::call(func, args, kwargs)?)
+        self.run_sync(py, None, Self::call(func, args, kwargs, self.blocking)?)
     }
 
     /// `execute_sync` with a key.
@@ -507,7 +579,11 @@ impl PyPipeline {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        self.run_sync(py, Some(key), Self::call(func, args, kwargs)?)
+        self.run_sync(
+            py,
+            Some(key),
+            Self::call(func, args, kwargs, self.blocking)?,
+        )
     }
 
     /// The pipeline's name (in its events).

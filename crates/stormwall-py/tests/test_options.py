@@ -133,7 +133,7 @@ def test_defaults_are_rusts_a_breaker_waits_for_minimum_throughput_100() -> None
 
 def test_bad_functions_are_rejected_naming_the_argument() -> None:
     p = B().retry(max_retries=1, delay=0.001).build()
-    with pytest.raises(TypeError, match="fn must be callable"):
+    with pytest.raises(TypeError, match="func must be callable"):
         p.execute(42)  # type: ignore[arg-type]
 
     def plain() -> int:
@@ -142,7 +142,7 @@ def test_bad_functions_are_rejected_naming_the_argument() -> None:
     async def run() -> Any:
         return await p.execute(plain)
 
-    with pytest.raises(TypeError, match="fn must be a coroutine function"):
+    with pytest.raises(TypeError, match="func must be a coroutine function"):
         asyncio.run(run())
     with pytest.raises(TypeError, match="callable"):
         B().on_event(3)  # type: ignore[arg-type]
@@ -158,3 +158,24 @@ def test_exceptions_form_a_hierarchy_with_the_standard_ones() -> None:
     for cls in (stormwall.TimeoutRejected, stormwall.ConfigError, stormwall.FallbackError,
                 stormwall.InternalError, stormwall.RedisUnavailable):
         assert issubclass(cls, stormwall.StormwallError)
+
+
+def test_durations_in_error_messages_read_as_people_write_them() -> None:
+    # Seconds and timedeltas reach the core as humantime strings it shows back in its
+    # messages: "1s 500ms", not "1500000000ns".
+    from datetime import timedelta
+
+    for value, text in [(1.5, '"1s 500ms"'), (timedelta(milliseconds=200), '"200ms"'), (0.000_001_5, '"1us 500ns"')]:
+        with pytest.raises(stormwall.ConfigError) as caught:
+            B().circuit_breaker(slow_call={"duration_threshold": value})
+        assert text in str(caught.value), caught.value
+    # ...and parse back to the same duration.
+    p = B().timeout(0.0123456).build()
+
+    async def hangs() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(stormwall.TimeoutRejected) as timed_out:
+        asyncio.run(p.execute(hangs))
+    assert timed_out.value.timeout == 0.0123456
+    assert "0.012s" in str(timed_out.value)

@@ -243,3 +243,96 @@ def test_every_error_survives_pickling() -> None:
     original = pickle.loads(pickle.dumps(errors[8]))
     assert isinstance(original, stormwall.FallbackError)
     assert isinstance(original.original, ValueError)
+
+
+def test_ctrl_c_interrupts_execute_sync_during_a_long_retry_delay_and_releases_its_slot() -> None:
+    # A child process waits out a 30 s retry delay; SIGINT, sent once it says it is waiting,
+    # must raise KeyboardInterrupt within the deadline (well under 30 s), and the bulkhead
+    # slot the interrupted call held must be free again.
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import time\n"
+        "from stormwall import Pipeline\n"
+        "def flaky():\n"
+        "    raise ConnectionError\n"
+        "def on_event(event):\n"
+        "    if event['event'] == 'retry':\n"
+        "        print('waiting', flush=True)\n"
+        "p = (Pipeline.builder().on_event(on_event).bulkhead(max_concurrency=1, queue_limit=0)\n"
+        "     .retry(max_retries=1, delay=30, backoff='constant', jitter='none').build())\n"
+        "start = time.monotonic()\n"
+        "try:\n"
+        "    p.execute_sync(flaky)\n"
+        "except KeyboardInterrupt:\n"
+        "    print(f'interrupted after {time.monotonic() - start:.1f} s', flush=True)\n"
+        "print(p.execute_sync(lambda: 'slot free'), flush=True)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "waiting\n"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=15)
+    finally:
+        child.kill()
+        child.wait()
+    lines = out.splitlines()
+    assert child.returncode == 0, err
+    assert lines[0].startswith("interrupted after ") and lines[1] == "slot free", out
+    assert float(lines[0].split()[2]) < 15, out
+
+
+def test_plain_functions_on_worker_threads_see_the_callers_context_variables() -> None:
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+    caller = threading.get_ident()
+    threads: list[int] = []
+
+    def read() -> str:
+        threads.append(threading.get_ident())
+        return request_id.get()
+
+    # A timeout (or hedging) runs each attempt on a worker thread.
+    p = Pipeline.builder().timeout(10).build()
+    hedged = Pipeline.builder().hedging(delay="parallel", max_hedged_attempts=1).build()
+
+    @stormwall.pipeline(p)
+    def decorated() -> str:
+        return read()
+
+    token = request_id.set("req-42")
+    try:
+        assert p.execute_sync(read) == "req-42"
+        assert decorated() == "req-42"
+        assert hedged.execute_sync(read) == "req-42"
+    finally:
+        request_id.reset(token)
+    assert caller not in threads and len(threads) >= 3
+
+
+def test_an_abandoned_plain_call_no_longer_counts_against_the_bulkhead() -> None:
+    # What the README documents: a timeout gives up on the call (its thread runs on, Python
+    # cannot stop it) and the bulkhead's slot is free at once for the next call.
+    started = threading.Event()
+    release = threading.Event()
+
+    def blocks() -> str:
+        started.set()
+        release.wait(30)
+        return "late"
+
+    p = Pipeline.builder().bulkhead(max_concurrency=1, queue_limit=0).timeout(0.05).build()
+    try:
+        with pytest.raises(stormwall.TimeoutRejected):
+            p.execute_sync(blocks)
+        assert started.is_set()
+        assert p.execute_sync(lambda: "admitted") == "admitted"
+        assert not release.is_set()  # the abandoned call is still running
+    finally:
+        release.set()

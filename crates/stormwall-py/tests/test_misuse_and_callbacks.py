@@ -1,0 +1,149 @@
+"""Misuse and the user's own callbacks: a plain function given to `execute` (or a coroutine
+function to `execute_sync`) raises a TypeError naming the argument at once, never retried,
+never counted by a breaker; an exception inside a `handle=` predicate or a delay generator
+reaches the caller; one inside an event callback is logged on the `stormwall` logger."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+import stormwall
+from stormwall import CircuitBreaker, Pipeline
+
+
+async def quick() -> str:
+    return "quick"
+
+
+class Counted:
+    """A plain function that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return 1
+
+
+def retries_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "retry"]
+
+
+@pytest.mark.asyncio
+async def test_a_plain_function_given_to_execute_raises_at_once_and_is_never_retried() -> None:
+    breaker = CircuitBreaker(consecutive_failures=1, failure_ratio="off")
+    events: list[dict[str, Any]] = []
+    p = (
+        Pipeline.builder()
+        .on_event(events.append)
+        .fallback(value="replaced")
+        .retry(max_retries=3, delay=0.001)
+        .circuit_breaker(breaker)
+        .build()
+    )
+    plain = Counted()
+    with pytest.raises(TypeError, match="func must be a coroutine function") as caught:
+        await p.execute(plain)  # type: ignore[arg-type]
+    assert "returned int" in str(caught.value)
+    assert plain.calls == 1, "called once, not once per retry"
+    assert retries_of(events) == []
+    # One failure would have opened it (consecutive_failures=1): the misuse was not counted,
+    # and the admission it held was given back.
+    assert breaker.state == "closed"
+    assert await p.execute(quick) == "quick"
+    # Hedged attempts started at once do not call it again either.
+    hedged = Pipeline.builder().hedging(delay="parallel", max_hedged_attempts=2).build()
+    plain = Counted()
+    with pytest.raises(TypeError, match="func must be a coroutine function"):
+        await hedged.execute(plain)  # type: ignore[arg-type]
+    assert plain.calls == 1
+
+
+def test_a_coroutine_function_given_to_execute_sync_raises_without_running_it() -> None:
+    ran = []
+
+    async def fetch() -> str:
+        ran.append(1)
+        return "fetched"
+
+    events: list[dict[str, Any]] = []
+    p = Pipeline.builder().on_event(events.append).retry(max_retries=3, delay=0.001).build()
+    with pytest.raises(TypeError, match="func must be a plain function for execute_sync"):
+        p.execute_sync(fetch)
+    assert ran == [] and retries_of(events) == []
+
+
+@pytest.mark.asyncio
+async def test_an_exception_in_a_handle_predicate_reaches_the_caller() -> None:
+    def broken(exc: BaseException) -> bool:
+        raise LookupError("bug in the predicate")
+
+    calls = 0
+
+    async def fails() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("down")
+
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001, handle=broken).build()
+    with pytest.raises(LookupError, match="bug in the predicate") as caught:
+        await p.execute(fails)
+    assert calls == 1
+    assert isinstance(caught.value.__context__, ConnectionError)
+    # The same from a breaker's and a fallback's predicate, and on the sync path.
+    for p in [
+        Pipeline.builder().circuit_breaker(handle=broken).build(),
+        Pipeline.builder().fallback(value="replaced", handle=broken).build(),
+    ]:
+        with pytest.raises(LookupError):
+            await p.execute(fails)
+
+    def fails_sync() -> None:
+        raise ConnectionError("down")
+
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001, handle=broken).build()
+    with pytest.raises(LookupError) as caught:
+        p.execute_sync(fails_sync)
+    assert isinstance(caught.value.__context__, ConnectionError)
+
+
+@pytest.mark.asyncio
+async def test_an_exception_in_a_delay_generator_reaches_the_caller() -> None:
+    def broken(exc: BaseException, attempt: int) -> float:
+        raise ZeroDivisionError("bug in the generator")
+
+    async def fails() -> None:
+        raise ConnectionError("down")
+
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001, delay_generator=broken).build()
+    with pytest.raises(ZeroDivisionError, match="bug in the generator"):
+        await p.execute(fails)
+
+
+@pytest.mark.asyncio
+async def test_an_exception_in_an_event_callback_is_logged_and_the_call_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(event: dict[str, Any]) -> None:
+        raise KeyError("bug in the listener")
+
+    breaker = CircuitBreaker(consecutive_failures=1, failure_ratio="off")
+    breaker.on_transition(broken)
+    p = Pipeline.builder().on_event(broken).circuit_breaker(breaker).build()
+
+    async def fails() -> None:
+        raise ConnectionError("down")
+
+    with caplog.at_level(logging.ERROR, logger="stormwall"):
+        assert await p.execute(quick) == "quick"
+        with pytest.raises(ConnectionError):
+            await p.execute(fails)
+    assert breaker.state == "open"
+    failures = [r for r in caplog.records if r.name == "stormwall" and r.levelno == logging.ERROR]
+    assert {r.args[0] for r in failures if isinstance(r.args, tuple)} == {"on_event", "on_transition"}  # type: ignore[index]
+    assert all(r.exc_info and isinstance(r.exc_info[1], KeyError) for r in failures)
