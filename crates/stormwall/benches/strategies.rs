@@ -286,9 +286,31 @@ fn rate_limit_check(c: &mut Criterion) {
 /// timeout; with the metrics listener when `metrics`; breaker window and pipeline timing on
 /// `clock`.
 fn composite_pipeline(metrics: bool, clock: Clock) -> Pipeline<impl Strategy<u64, std::io::Error>> {
+    let listener: Option<Arc<dyn stormwall::telemetry::EventListener>> =
+        metrics.then(|| Arc::new(stormwall::telemetry::MetricsListener::new()) as _);
+    composite_with(listener, clock)
+}
+
+/// A listener that ignores every event: what observing costs the pipeline itself.
+struct Ignore;
+
+impl stormwall::telemetry::EventListener for Ignore {
+    fn on_event(
+        &self,
+        _: &stormwall::telemetry::EventSource<'_>,
+        event: &stormwall::telemetry::Event,
+    ) {
+        black_box(event);
+    }
+}
+
+fn composite_with(
+    listener: Option<Arc<dyn stormwall::telemetry::EventListener>>,
+    clock: Clock,
+) -> Pipeline<impl Strategy<u64, std::io::Error>> {
     let mut builder = Pipeline::builder().clock(clock);
-    if metrics {
-        builder = builder.listener(Arc::new(stormwall::telemetry::MetricsListener::new()));
+    if let Some(listener) = listener {
+        builder = builder.listener(listener);
     }
     builder
         .fallback(FallbackOptions::value(0))
@@ -334,6 +356,12 @@ fn composite(c: &mut Criterion) {
     for (name, metrics, clock) in variants {
         bench_pipeline(&mut g, &rt, name, composite_pipeline(metrics, clock));
     }
+    bench_pipeline(
+        &mut g,
+        &rt,
+        "stormwall composite with a listener that ignores events",
+        composite_with(Some(Arc::new(Ignore)), Clock::Auto),
+    );
     let mut svc = ServiceBuilder::new()
         .layer(
             tower_resilience::retry::RetryLayer::<

@@ -502,8 +502,8 @@ async fn a_success_ends_its_execution_with_its_last_attempts_clock_reading() {
     for pair in all.chunks(2) {
         assert_eq!(pair[0], pair[1], "attempt and execution of one success");
     }
-    // On the default clock (the CPU counter here) each start is its own reading: the
-    // execution, which began first, lasted at least as long as its attempt.
+    // On the default clock (the CPU counter here) too: the first attempt starts with its
+    // execution's start reading and the success ends with the attempt's end reading.
     let recorder = Recorder::new();
     let p = Pipeline::builder()
         .listener(recorder.clone())
@@ -513,13 +513,46 @@ async fn a_success_ends_its_execution_with_its_last_attempts_clock_reading() {
         p.execute(|_| async { Ok::<_, ()>(1) }).await.unwrap();
     }
     for pair in durations(&recorder).chunks(2) {
-        assert!(
-            pair[1] >= pair[0],
-            "execution {:?} < attempt {:?}",
-            pair[1],
-            pair[0]
-        );
+        assert_eq!(pair[0], pair[1], "attempt and execution of one success");
     }
+}
+
+// On the CPU counter (feature `fast-clock`); tokio's clock shares one reading per poll.
+#[cfg(feature = "fast-clock")]
+#[tokio::test]
+async fn only_the_first_attempt_shares_its_executions_start() {
+    // Hedging in fallback mode starts its second attempt in the same poll as the first
+    // failed in: that one reads the clock afresh, so it does not count the first's 20 ms.
+    let recorder = Recorder::new();
+    let p = Pipeline::builder()
+        .listener(recorder.clone())
+        .clock(stormwall::clock::Clock::Fast)
+        .hedging(stormwall::hedging::HedgingOptions::fallback())
+        .build()
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    p.execute(|_| {
+        let first = calls.fetch_add(1, Ordering::Relaxed) == 0;
+        async move {
+            if first {
+                // Busy for 20 ms without yielding, then fail.
+                let until = std::time::Instant::now() + Duration::from_millis(20);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                return Err(());
+            }
+            Ok::<_, ()>(1)
+        }
+    })
+    .await
+    .unwrap();
+    let all = durations(&recorder);
+    assert_eq!(all.len(), 3, "{all:?}");
+    let (first, second, execution) = (all[0], all[1], all[2]);
+    assert!(first >= Duration::from_millis(20), "{all:?}");
+    assert!(second < Duration::from_millis(20), "{all:?}");
+    assert!(execution >= first + second, "{all:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -121,34 +121,38 @@ impl<S> Pipeline<S> {
         }
         let telemetry = &self.telemetry;
         let observed = move |ctx: Context| {
+            let (number, span) = (ctx.attempt(), trace::attempt_span(&ctx));
             observe_attempt(ObservedAttempt {
-                number: ctx.attempt(),
-                started: telemetry.mark(),
-                telemetry: telemetry.clone(),
-                inner: trace::attempt(user_op, ctx),
+                number,
+                // The first attempt started in the execution's first poll starts with it.
+                started: crate::clock::take_shared_start().or_else(|| telemetry.mark()),
+                inner: user_op(ctx),
+                span,
                 output: std::marker::PhantomData,
             })
         };
         let started = telemetry.mark();
-        // A span per observed execution: events and logs inside carry the pipeline's name.
-        #[cfg(feature = "tracing")]
-        let span = trace::execution_span(telemetry);
         // The strategies share one clock reading per poll; the first is the start mark's.
         let seed = match started {
             Some(crate::clock::Mark::Tokio(at)) => Some(at),
             _ => None,
         };
-        let execution = ObservedExecution {
-            // Strategies that call the operation as they start share the start mark too.
-            inner: crate::clock::sharing_now(seed, || self.strategy.execute(ctx, observed)),
+        // Strategies that call the operation as they start share the start mark too.
+        let (inner, taken) = crate::clock::sharing_now(seed, || {
+            crate::clock::sharing_start(started, || self.strategy.execute(ctx, observed))
+        });
+        // Awaited where it is made: wrapping it (in `tracing`'s `Instrumented`) would move
+        // the whole nested future once more per call.
+        ObservedExecution {
+            inner,
             telemetry,
             started,
             seed,
-        };
-        #[cfg(feature = "tracing")]
-        return tracing::Instrument::instrument(execution, span).await;
-        #[cfg(not(feature = "tracing"))]
-        return execution.await;
+            first_start: if taken { None } else { started },
+            // A span per observed execution: events and logs inside carry the pipeline's name.
+            span: trace::execution_span(telemetry),
+        }
+        .await
     }
 }
 
@@ -157,12 +161,33 @@ impl<S> Pipeline<S> {
 /// `tracing` feature off, nothing.
 mod trace {
     use super::Context;
+    #[cfg(feature = "tracing")]
     use std::future::Future;
 
+    /// An execution's span (nothing without the `tracing` feature).
     #[cfg(feature = "tracing")]
-    pub(super) fn execution_span(telemetry: &crate::telemetry::Telemetry) -> tracing::Span {
+    pub(super) type Span = tracing::Span;
+    #[cfg(not(feature = "tracing"))]
+    pub(super) type Span = ();
+
+    #[cfg(feature = "tracing")]
+    pub(super) fn execution_span(telemetry: &crate::telemetry::Telemetry) -> Span {
         tracing::debug_span!("stormwall.execute", pipeline = telemetry.pipeline())
     }
+
+    #[cfg(not(feature = "tracing"))]
+    pub(super) fn execution_span(_: &crate::telemetry::Telemetry) -> Span {}
+
+    /// An attempt's span.
+    #[cfg(feature = "tracing")]
+    #[inline]
+    pub(super) fn attempt_span(ctx: &Context) -> Span {
+        tracing::debug_span!("stormwall.attempt", attempt = ctx.attempt())
+    }
+
+    #[cfg(not(feature = "tracing"))]
+    #[inline]
+    pub(super) fn attempt_span(_: &Context) -> Span {}
 
     /// The operation's attempt, inside its span.
     #[cfg(feature = "tracing")]
@@ -172,23 +197,13 @@ mod trace {
         F: Fn(Context) -> Fut,
         Fut: Future,
     {
-        let span = tracing::debug_span!("stormwall.attempt", attempt = ctx.attempt());
+        let span = attempt_span(&ctx);
         tracing::Instrument::instrument(op(ctx), span)
-    }
-
-    #[cfg(not(feature = "tracing"))]
-    #[inline]
-    pub(super) fn attempt<F, Fut>(op: &F, ctx: Context) -> Fut
-    where
-        F: Fn(Context) -> Fut,
-        Fut: Future,
-    {
-        op(ctx)
     }
 }
 
 /// `attempt` behind an opaque type with a declared output. With the named type as the
-/// attempt's future (or with one borrowing the telemetry rather than holding a clone) the
+/// attempt's future (or with one borrowing the telemetry: see [`OBSERVING`]) the
 /// compiler cannot prove a spawned execution `Send` ("one type is more general than the
 /// other").
 #[inline(always)]
@@ -201,13 +216,24 @@ where
     attempt
 }
 
+scoped_tls::scoped_thread_local! {
+    /// The telemetry of the observed execution being polled on this thread: lent to its
+    /// attempts for the length of each poll, so an attempt holds no reference count (an
+    /// atomic increment and decrement per attempt) and no borrow (which the compiler cannot
+    /// prove `Send` through the strategies' futures). Attempts are only ever polled inside
+    /// their execution's poll (strategies get the operation by reference, nothing `'static`
+    /// to spawn); a nested pipeline lends its own and restores the outer one after.
+    static OBSERVING: Telemetry
+}
+
 pin_project_lite::pin_project! {
     /// One attempt of an observed execution: raises `AttemptCompleted` when it ends, and
     /// notes a success's end reading for the execution (`clock::success_end_in`).
     struct ObservedAttempt<Fut, T, E> {
         #[pin]
         inner: Fut,
-        telemetry: Telemetry,
+        // Entered around each poll.
+        span: trace::Span,
         number: u32,
         started: Option<crate::clock::Mark>,
         output: std::marker::PhantomData<fn() -> Result<T, E>>,
@@ -226,20 +252,27 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
+        #[cfg(feature = "tracing")]
+        let entered = this.span.enter();
         let outcome = std::task::ready!(this.inner.poll(cx)).map_err(Error::Inner);
-        let end = this.telemetry.now();
-        if let (true, Some(end)) = (outcome.is_ok(), end) {
-            crate::clock::note_success_end(end);
-        }
-        let completed = AttemptCompleted {
-            attempt: *this.number,
-            duration: this.telemetry.between(*this.started, end),
-            success: outcome.is_ok(),
-        };
-        this.telemetry
-            .emit(crate::telemetry::strategy::PIPELINE, || {
-                Event::AttemptCompleted(completed)
+        #[cfg(feature = "tracing")]
+        drop(entered);
+        if OBSERVING.is_set() {
+            OBSERVING.with(|telemetry| {
+                let end = telemetry.now();
+                if let (true, Some(end)) = (outcome.is_ok(), end) {
+                    crate::clock::note_success_end(end);
+                }
+                let completed = AttemptCompleted {
+                    attempt: *this.number,
+                    duration: telemetry.between(*this.started, end),
+                    success: outcome.is_ok(),
+                };
+                telemetry.emit(crate::telemetry::strategy::PIPELINE, || {
+                    Event::AttemptCompleted(completed)
+                });
             });
+        }
         std::task::Poll::Ready(outcome)
     }
 }
@@ -253,6 +286,11 @@ pin_project_lite::pin_project! {
         telemetry: &'a Telemetry,
         started: Option<crate::clock::Mark>,
         seed: Option<tokio::time::Instant>,
+        // The start mark, offered to the first attempt started in the first poll (if none
+        // took it as the execution was made).
+        first_start: Option<crate::clock::Mark>,
+        // Entered around each poll.
+        span: trace::Span,
     }
 }
 
@@ -268,9 +306,18 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
-        let (inner, seed) = (this.inner, this.seed.take());
-        let (outcome, success_end) =
-            crate::clock::success_end_in(|| crate::clock::sharing_now(seed, || inner.poll(cx)));
+        let (inner, seed, first_start) = (this.inner, this.seed.take(), this.first_start.take());
+        let telemetry: &Telemetry = this.telemetry;
+        #[cfg(feature = "tracing")]
+        let _entered = this.span.enter();
+        let (outcome, success_end) = crate::clock::success_end_in(|| {
+            crate::clock::sharing_now(seed, || {
+                crate::clock::sharing_start(first_start, || {
+                    OBSERVING.set(telemetry, || inner.poll(cx))
+                })
+                .0
+            })
+        });
         let std::task::Poll::Ready(outcome) = outcome else {
             return std::task::Poll::Pending;
         };
