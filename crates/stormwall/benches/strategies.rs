@@ -507,11 +507,24 @@ fn contention(c: &mut Criterion) {
     g.finish();
 }
 
+/// What one reading of each clock costs here: the floor under every row that reads one.
+fn clocks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("clock reading");
+    let counter = quanta::Clock::new();
+    g.bench_function("CPU counter (quanta raw, rdtsc)", |b| {
+        b.iter(|| black_box(counter.raw()))
+    });
+    g.bench_function("std Instant::now (clock_gettime)", |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = success_paths, rate_limit_check, composite, open_rejection, contention
+    targets = success_paths, rate_limit_check, composite, open_rejection, contention, clocks
 }
 criterion_main!(benches);
