@@ -138,9 +138,14 @@ impl<S> Pipeline<S> {
             _ => None,
         };
         // Strategies that call the operation as they start share the start mark too.
-        let (inner, taken) = crate::clock::sharing_now(seed, || {
-            crate::clock::sharing_start(started, || self.strategy.execute(ctx, observed))
-        });
+        // Guards, not closures: the strategies' future is not moved once more on its way out.
+        let (shared, offer) = (
+            crate::clock::share_now(seed),
+            crate::clock::offer_start(started),
+        );
+        let inner = self.strategy.execute(ctx, observed);
+        let taken = offer.end();
+        shared.end();
         // Awaited where it is made: wrapping it (in `tracing`'s `Instrumented`) would move
         // the whole nested future once more per call.
         ObservedExecution {
@@ -310,14 +315,11 @@ where
         let telemetry: &Telemetry = this.telemetry;
         #[cfg(feature = "tracing")]
         let _entered = this.span.enter();
+        let offer = crate::clock::offer_start(first_start);
         let (outcome, success_end) = crate::clock::success_end_in(|| {
-            crate::clock::sharing_now(seed, || {
-                crate::clock::sharing_start(first_start, || {
-                    OBSERVING.set(telemetry, || inner.poll(cx))
-                })
-                .0
-            })
+            crate::clock::sharing_now(seed, || OBSERVING.set(telemetry, || inner.poll(cx)))
         });
+        offer.end();
         let std::task::Poll::Ready(outcome) = outcome else {
             return std::task::Poll::Pending;
         };
