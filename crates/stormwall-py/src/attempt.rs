@@ -96,11 +96,21 @@ pub(crate) struct PyAttempt {
     waker: Option<Arc<Mutex<Waker>>>,
     /// What to call the operation in errors (`func` or `the fallback handler`).
     role: &'static str,
+    /// Whether what the coroutine yields is passed up to the awaiting task (a direct
+    /// execution, see `Execution::direct`) instead of waited on here.
+    transparent: bool,
 }
 
 impl PyAttempt {
     pub(crate) fn new(call: Arc<Call>) -> Self {
         Self::with_role(call, "func")
+    }
+
+    /// The attempt of a direct execution (see `Execution::direct`).
+    pub(crate) fn transparent(call: Arc<Call>) -> Self {
+        let mut attempt = Self::new(call);
+        attempt.transparent = true;
+        attempt
     }
 
     pub(crate) fn with_role(call: Arc<Call>, role: &'static str) -> Self {
@@ -110,6 +120,7 @@ impl PyAttempt {
             waiting: None,
             waker: None,
             role,
+            transparent: false,
         }
     }
 
@@ -121,6 +132,7 @@ impl PyAttempt {
             waiting: None,
             waker: None,
             role,
+            transparent: false,
         }
     }
 
@@ -135,8 +147,9 @@ impl PyAttempt {
                 self.role
             ))));
         };
-        if aborted() {
-            // A hedge started beside the attempt that found the misuse: do not call again.
+        if !self.transparent && aborted() {
+            // A hedge started beside the attempt that found the misuse: do not call again
+            // (a direct execution has one attempt).
             return Poll::Pending;
         }
         let awaitable = match call.call(py) {
@@ -182,6 +195,11 @@ impl PyAttempt {
             Ok(PySendResult::Return(value)) => self.finish(Ok(value.unbind())),
             Err(e) => self.finish(Err(e)),
             Ok(PySendResult::Next(yielded)) => {
+                if self.transparent {
+                    // The task waits on it and resumes the execution when it is done.
+                    crate::driver::pass_up(yielded.unbind());
+                    return Poll::Pending;
+                }
                 if yielded.is_none() {
                     // A bare `yield` (asyncio.sleep(0)): run again on the next round.
                     cx.waker().wake_by_ref();
@@ -292,6 +310,15 @@ pub(crate) fn iterator_of<'py>(
     awaitable: &Bound<'py, PyAny>,
     role: &str,
 ) -> PyResult<Bound<'py, PyIterator>> {
+    if awaitable.get_type().is(coroutine_type(py)?) {
+        // SAFETY: the `PyIterator` is only ever used through `send` (`PyIter_Send`), which a
+        // native coroutine answers through its `am_send` slot, and through the methods
+        // `throw` and `close`, which it has: never as an iterator (it has no `__next__`).
+        // Sent to directly, it hands its value back as a return, where its `__await__`
+        // wrapper raises `StopIteration(value)`: the success path saves that exception.
+        #[allow(unsafe_code)]
+        return Ok(unsafe { awaitable.clone().cast_into_unchecked::<PyIterator>() });
+    }
     let Ok(iterator) = awaitable.call_method0(intern!(py, "__await__")) else {
         return Err(PyTypeError::new_err(format!(
             "{role} must be a coroutine function (async def) or return an awaitable; it returned {} \
@@ -393,14 +420,8 @@ impl Future for SyncAttempt {
 /// `execute_sync`) is closed unrun and aborts the execution with a `TypeError` naming the
 /// argument (never retried: see `abort`).
 fn not_a_coroutine(py: Python<'_>, value: Bound<'_, PyAny>) -> Poll<PyResult<Py<PyAny>>> {
-    static COROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let class = COROUTINE.get_or_try_init(py, || {
-        PyModule::import(py, "types")?
-            .getattr("CoroutineType")
-            .map(Bound::unbind)
-    });
-    match class {
-        Ok(class) if value.get_type().is(class.bind(py)) => {
+    match coroutine_type(py) {
+        Ok(class) if value.get_type().is(class) => {
             if let Err(e) = value.call_method0(intern!(py, "close")) {
                 e.write_unraisable(py, Some(&value));
             }
@@ -412,4 +433,16 @@ fn not_a_coroutine(py: Python<'_>, value: Bound<'_, PyAny>) -> Poll<PyResult<Py<
         }
         _ => Poll::Ready(Ok(value.unbind())),
     }
+}
+
+/// `types.CoroutineType`, the class of what calling an `async def` returns.
+fn coroutine_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static COROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    COROUTINE
+        .get_or_try_init(py, || {
+            PyModule::import(py, "types")?
+                .getattr("CoroutineType")
+                .map(Bound::unbind)
+        })
+        .map(|class| class.bind(py))
 }

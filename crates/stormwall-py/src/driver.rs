@@ -101,7 +101,28 @@ impl Wake for LoopWaker {
 pub(crate) struct Execution {
     /// `None` once finished (or cancelled).
     future: Mutex<Option<BoxedExecution>>,
-    waker: Arc<LoopWaker>,
+    /// `None` for a direct execution (see [`Execution::direct`]).
+    waker: Option<Arc<LoopWaker>>,
+}
+
+thread_local! {
+    /// What a direct execution's coroutine yielded during the poll running on this thread
+    /// (set by [`pass_up`], taken by the driver right after the poll).
+    static YIELDED: std::cell::RefCell<Option<Py<PyAny>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A direct execution's coroutine yielded `future` (an asyncio future it waits on, or
+/// `None`): the driver hands it to the awaiting task, as `await` hands a coroutine's.
+pub(crate) fn pass_up(future: Py<PyAny>) {
+    YIELDED.with(|slot| *slot.borrow_mut() = Some(future));
+}
+
+/// What a poll of an execution gives the awaiting task.
+enum Step {
+    /// The pipeline's value.
+    Done(Py<PyAny>),
+    /// What to wait on (an asyncio future; `None`: step again on the next round).
+    Wait(Py<PyAny>),
 }
 
 /// The running event loop (`asyncio.get_running_loop()`).
@@ -123,16 +144,38 @@ impl Execution {
     pub(crate) fn new(future: BoxedExecution) -> Self {
         Execution {
             future: Mutex::new(Some(future)),
-            waker: Arc::new(LoopWaker {
+            waker: Some(Arc::new(LoopWaker {
                 woken: AtomicBool::new(false),
                 pending: Mutex::new(None),
                 target: OnceLock::new(),
-            }),
+            })),
         }
     }
 
+    /// An execution whose future waits on nothing but its coroutine (a pipeline of one
+    /// in-memory circuit breaker: no timer, no other attempt): its attempt is a
+    /// `PyAttempt::transparent`, which passes whatever the coroutine yields up to the
+    /// awaiting task ([`pass_up`]), so the task waits on the coroutine's own future and
+    /// resumes the execution when it is done, as it would the coroutine awaited directly.
+    /// Nothing else wakes it: no waker, no future of ours, no `call_soon_threadsafe`.
+    pub(crate) fn direct(future: BoxedExecution) -> Self {
+        Execution {
+            future: Mutex::new(Some(future)),
+            waker: None,
+        }
+    }
+
+    /// `__next__` and `send`: the value as `StopIteration(value)`, as a coroutine's
+    /// iterator returns it (`am_send`, the path `await` takes, returns it directly).
     fn step(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let loop_waker = &self.waker;
+        match self.advance(py)? {
+            Step::Done(value) => Err(PyStopIteration::new_err((value,))),
+            Step::Wait(future) => Ok(future),
+        }
+    }
+
+    /// Polls the pipeline's future once.
+    fn advance(&self, py: Python<'_>) -> PyResult<Step> {
         let Ok(mut slot) = self.future.try_lock() else {
             return Err(PyRuntimeError::new_err(
                 "this execution is being awaited elsewhere",
@@ -143,11 +186,17 @@ impl Execution {
                 "cannot await an execution that has finished; call execute again",
             ));
         };
-        loop_waker.woken.store(false, Ordering::SeqCst);
-        let waker = Waker::from(Arc::clone(loop_waker));
+        let waker = match &self.waker {
+            Some(loop_waker) => {
+                loop_waker.woken.store(false, Ordering::SeqCst);
+                Waker::from(Arc::clone(loop_waker))
+            }
+            None => Waker::noop().clone(),
+        };
         let mut cx = Context::from_waker(&waker);
         let (polled, aborted) = {
-            let _runtime = runtime().enter();
+            // A direct execution has no timer to register: it needs no runtime context.
+            let _runtime = self.waker.as_ref().map(|_| runtime().enter());
             crate::abort::polled(|| {
                 std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
             })
@@ -163,7 +212,7 @@ impl Execution {
             Ok(Poll::Ready(outcome)) => {
                 *slot = None;
                 return match outcome {
-                    Ok(value) => Err(PyStopIteration::new_err((value,))),
+                    Ok(value) => Ok(Step::Done(value)),
                     Err(e) => Err(to_py(py, e)),
                 };
             }
@@ -173,9 +222,14 @@ impl Execution {
             }
         }
         drop(slot);
+        let Some(loop_waker) = &self.waker else {
+            // Direct: the task waits on what the coroutine yielded (`None`: a bare yield).
+            let yielded = YIELDED.with(|slot| slot.borrow_mut().take());
+            return Ok(Step::Wait(yielded.unwrap_or_else(|| py.None())));
+        };
         if loop_waker.woken.load(Ordering::SeqCst) {
             // Woken while polling: a bare yield, the task steps again on the next round.
-            return Ok(py.None());
+            return Ok(Step::Wait(py.None()));
         }
         if loop_waker.target.get().is_none() {
             let event_loop = running_loop(py)?.unbind();
@@ -200,20 +254,22 @@ impl Execution {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
-            return Ok(py.None());
+            return Ok(Step::Wait(py.None()));
         }
-        Ok(wakeup.unbind())
+        Ok(Step::Wait(wakeup.unbind()))
     }
 
     /// Drops the Rust future (cancelling what runs) with the runtime entered.
     fn abandon(&self, py: Python<'_>) {
         let future = self.future.lock().unwrap_or_else(|e| e.into_inner()).take();
         let _ = py;
-        self.waker
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        if let Some(loop_waker) = &self.waker {
+            loop_waker
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
         let _runtime = runtime().enter();
         drop(future);
     }
@@ -270,4 +326,66 @@ impl Execution {
 #[pyo3(name = "_panicking_execution")]
 pub(crate) fn panicking_execution() -> Execution {
     Execution::new(Box::pin(async { panic!("deliberate panic for the tests") }))
+}
+
+/// Gives `Execution` an `am_send` slot (PyO3 has no way to declare one): `await` then steps it
+/// through `PyIter_Send`, which takes the value back as a return, where `__next__` has to
+/// raise `StopIteration(value)` and the awaiting frame to catch it. That exception was the
+/// largest single cost of an `await pipeline.execute(..)` that succeeds at once (see the
+/// README's Performance section for the figures).
+#[allow(unsafe_code)]
+pub(crate) fn install_send_slot(py: Python<'_>) -> PyResult<()> {
+    let class = py.get_type::<Execution>();
+    let class = class.as_type_ptr();
+    // SAFETY: `class` is the live type object PyO3 made for `Execution` with
+    // `PyType_FromSpec`: a heap type, whose `tp_as_async` points at its own `as_async`
+    // table (never shared with another type, never null). The extension module is being
+    // initialized, before any `Execution` exists, with the GIL held.
+    unsafe {
+        let table = (*class).tp_as_async;
+        if table.is_null() {
+            return Err(PyRuntimeError::new_err("Execution has no async slots"));
+        }
+        (*table).am_send = Some(execution_send);
+    }
+    Ok(())
+}
+
+/// `am_send` of `Execution`: one step of the awaiting task, as `Execution::step`.
+#[allow(unsafe_code)]
+unsafe extern "C" fn execution_send(
+    slf: *mut pyo3::ffi::PyObject,
+    _arg: *mut pyo3::ffi::PyObject,
+    result: *mut *mut pyo3::ffi::PyObject,
+) -> pyo3::ffi::PySendResult {
+    // CPython calls `am_send` with the GIL held; `attach` tells PyO3 so (references
+    // dropped inside are then released at once, not deferred to its pool).
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        Python::attach(|py| {
+            // SAFETY: `slf` is a live object (of the type the slot was installed on,
+            // checked again by `cast`), borrowed for the call.
+            let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+            let stepped = slf
+                .cast::<Execution>()
+                .map_err(PyErr::from)
+                .and_then(|execution| execution.get().advance(py));
+            let (status, value) = match stepped {
+                Ok(Step::Done(value)) => (pyo3::ffi::PySendResult::PYGEN_RETURN, value.into_ptr()),
+                Ok(Step::Wait(future)) => (pyo3::ffi::PySendResult::PYGEN_NEXT, future.into_ptr()),
+                Err(error) => {
+                    error.restore(py);
+                    (pyo3::ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
+                }
+            };
+            // SAFETY: `result` is CPython's valid out-pointer; it takes over the reference.
+            unsafe { *result = value };
+            status
+        })
+    }))
+    .unwrap_or_else(|_| {
+        // `advance` catches the pipeline's panics; one here is PyO3's (it could not
+        // attach): no exception can be set without the interpreter, so abort as
+        // unwinding into CPython would.
+        std::process::abort()
+    })
 }

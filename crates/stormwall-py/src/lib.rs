@@ -30,6 +30,7 @@ fn _stormwall(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::PyPipeline>()?;
     m.add_class::<breaker::PyCircuitBreaker>()?;
     m.add_class::<driver::Execution>()?;
+    driver::install_send_slot(m.py())?;
     m.add_function(wrap_pyfunction!(driver::panicking_execution, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // Plain functions abandoned by a timeout or a hedge finish before the interpreter is

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 use stormwall::bulkhead::{Bulkhead, BulkheadOptions, KeyedBulkhead};
-use stormwall::circuit_breaker::CircuitBreaker;
+use stormwall::circuit_breaker::{CircuitBreaker, InMemoryStore};
 use stormwall::fallback::{Fallback, FallbackOptions};
 use stormwall::hedging::{Hedging, HedgingOptions};
-use stormwall::pipeline::{Identity, Stack};
+use stormwall::pipeline::{Identity, Stack, Strategy};
 use stormwall::rate_limit::{KeyedRateLimiter, RateLimitOptions, RateLimiter};
 use stormwall::registry::{PipelineSpec, StrategySpec};
 use stormwall::retry::{Retry, RetryOptions};
@@ -337,6 +337,11 @@ pub(crate) struct PyPipeline {
     inner: Arc<Pipeline<Stack<Identity, Chain>>>,
     /// Plain functions run on a blocking thread (the pipeline may abandon them).
     blocking: bool,
+    /// The pipeline's only strategy when it is an in-memory circuit breaker and nothing
+    /// listens to the pipeline's events: `execute` then runs it around the coroutine
+    /// directly (see `Execution::direct`), the breaker's admission and outcome exactly as
+    /// in the pipeline, without the pipeline's machinery around them.
+    direct: Option<CircuitBreaker<PyHandle, InMemoryStore>>,
     name: String,
 }
 
@@ -348,6 +353,12 @@ impl PyPipeline {
         log_events: bool,
     ) -> PyResult<Self> {
         let blocking = chain.abandons_attempts();
+        let direct = match chain.0.as_slice() {
+            [Layer::Breaker(Breaker::Local(breaker))] if on_event.is_none() && !log_events => {
+                Some(breaker.clone())
+            }
+            _ => None,
+        };
         let mut builder = Pipeline::builder().name(name.as_str());
         if on_event.is_some() || log_events {
             builder = builder.listener(Arc::new(PyListener {
@@ -359,6 +370,7 @@ impl PyPipeline {
         Ok(PyPipeline {
             inner: Arc::new(pipeline),
             blocking,
+            direct,
             name,
         })
     }
@@ -391,11 +403,22 @@ impl PyPipeline {
     }
 
     fn start(&self, key: Option<String>, call: Arc<Call>) -> Execution {
-        let pipeline = Arc::clone(&self.inner);
         let ctx = match key {
             Some(key) => Context::new().with_key(key),
             None => Context::new(),
         };
+        if let Some(breaker) = &self.direct {
+            let breaker = breaker.clone();
+            return Execution::direct(Box::pin(async move {
+                let call = &call;
+                Strategy::<Py<PyAny>, PyErr>::execute(&breaker, ctx, move |_| {
+                    let attempt = PyAttempt::transparent(Arc::clone(call));
+                    async move { attempt.await.map_err(stormwall::Error::Inner) }
+                })
+                .await
+            }));
+        }
+        let pipeline = Arc::clone(&self.inner);
         Execution::new(Box::pin(async move {
             pipeline
                 .execute_with(ctx, move |_| PyAttempt::new(Arc::clone(&call)))

@@ -460,3 +460,62 @@ def test_slow_calls_trip_the_breaker() -> None:
     for _ in range(2):
         assert p.execute_sync(slow) == "slow"
     assert breaker.state == "open"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("listened", [False, True], ids=["direct", "through the pipeline"])
+async def test_a_lone_breaker_behaves_alike_run_directly_or_through_the_pipeline(listened: bool) -> None:
+    # A pipeline of one in-memory breaker that nothing listens to runs it around the
+    # coroutine directly (the coroutine's own futures go to the awaiting task); with a
+    # listener it runs through the whole pipeline. Both must behave alike: failures open it,
+    # an open circuit rejects, one probe at a time in half-open, a cancelled probe gives its
+    # slot back, a probe that succeeds closes it.
+    breaker = stormwall.CircuitBreaker(consecutive_failures=1, failure_ratio="off", break_duration=0.02,
+                                       permitted_calls_in_half_open=1)
+    moves: list[tuple[str, str]] = []
+    breaker.on_transition(lambda e: moves.append((e["from"], e["to"])))
+    builder = Pipeline.builder()
+    if listened:
+        builder = builder.on_event(lambda e: None)
+    p = builder.circuit_breaker(breaker).build()
+
+    async def sleeps() -> str:
+        await asyncio.sleep(0.001)
+        return "slept"
+
+    assert await p.execute(sleeps) == "slept"
+    with pytest.raises(ConnectionError):
+        await p.execute(Flaky(1))
+    assert breaker.state == "open"
+    with pytest.raises(stormwall.CircuitOpenError) as rejected:
+        await p.execute(quick)
+    assert rejected.value.retry_after is not None
+
+    async def probe_with(gate: Gate) -> asyncio.Future[Any]:
+        # Once the break is over, the first call is the probe.
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, "the break did not end"
+            candidate = asyncio.ensure_future(p.execute(gate))
+            await asyncio.sleep(0)
+            if gate.entered.is_set():
+                return candidate
+            with pytest.raises(stormwall.CircuitOpenError):
+                await candidate
+            await asyncio.sleep(0.005)
+
+    cancelled = await probe_with(Gate())
+    assert breaker.state == "half_open"
+    with pytest.raises(stormwall.CircuitOpenError):
+        await p.execute(quick)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    # The cancelled probe's slot is free again: the next call is admitted as the probe.
+    probe = Gate("probe")
+    task = asyncio.ensure_future(p.execute(probe))
+    await probe.entered.wait()
+    probe.release.set()
+    assert await task == "probe"
+    assert breaker.state == "closed"
+    assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
