@@ -76,12 +76,7 @@ impl WakeOnDone {
 /// `asyncio.CancelledError`.
 fn cancelled_error(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     static CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let class = CLASS.get_or_try_init(py, || {
-        PyModule::import(py, "asyncio")?
-            .getattr("CancelledError")
-            .map(Bound::unbind)
-    })?;
-    class.bind(py).call0()
+    crate::imported(py, &CLASS, "asyncio", "CancelledError")?.call0()
 }
 
 /// A coroutine function's attempt.
@@ -438,11 +433,5 @@ fn not_a_coroutine(py: Python<'_>, value: Bound<'_, PyAny>) -> Poll<PyResult<Py<
 /// `types.CoroutineType`, the class of what calling an `async def` returns.
 fn coroutine_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static COROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    COROUTINE
-        .get_or_try_init(py, || {
-            PyModule::import(py, "types")?
-                .getattr("CoroutineType")
-                .map(Bound::unbind)
-        })
-        .map(|class| class.bind(py))
+    crate::imported(py, &COROUTINE, "types", "CoroutineType")
 }

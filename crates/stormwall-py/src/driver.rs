@@ -128,16 +128,7 @@ enum Step {
 /// The running event loop (`asyncio.get_running_loop()`).
 fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    GET_RUNNING_LOOP
-        .get_or_try_init(py, || {
-            PyResult::Ok(
-                PyModule::import(py, "asyncio")?
-                    .getattr("get_running_loop")?
-                    .unbind(),
-            )
-        })?
-        .bind(py)
-        .call0()
+    crate::imported(py, &GET_RUNNING_LOOP, "asyncio", "get_running_loop")?.call0()
 }
 
 impl Execution {

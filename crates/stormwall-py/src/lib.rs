@@ -23,6 +23,22 @@ mod runtime;
 
 use pyo3::prelude::*;
 
+/// `module.name`, imported once into `cell` (classes and functions of the standard library
+/// the bindings call: `asyncio.CancelledError`, `contextvars.copy_context`, ...).
+pub(crate) fn imported<'py>(
+    py: Python<'py>,
+    cell: &'static pyo3::sync::PyOnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        PyModule::import(py, module)?
+            .getattr(name)
+            .map(Bound::unbind)
+    })
+    .map(|object| object.bind(py))
+}
+
 /// The extension module.
 #[pymodule]
 fn _stormwall(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -509,12 +509,9 @@ impl PyPipeline {
 /// `contextvars.copy_context()`.
 fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     static COPY_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let copy = COPY_CONTEXT.get_or_try_init(py, || {
-        PyModule::import(py, "contextvars")?
-            .getattr("copy_context")
-            .map(Bound::unbind)
-    })?;
-    copy.bind(py).call0().map(Bound::unbind)
+    crate::imported(py, &COPY_CONTEXT, "contextvars", "copy_context")?
+        .call0()
+        .map(Bound::unbind)
 }
 
 /// How long `execute_sync` waits with the GIL released before it runs the signal handlers

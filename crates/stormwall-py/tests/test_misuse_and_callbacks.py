@@ -147,3 +147,26 @@ async def test_an_exception_in_an_event_callback_is_logged_and_the_call_goes_on(
     failures = [r for r in caplog.records if r.name == "stormwall" and r.levelno == logging.ERROR]
     assert {r.args[0] for r in failures if isinstance(r.args, tuple)} == {"on_event", "on_transition"}  # type: ignore[index]
     assert all(r.exc_info and isinstance(r.exc_info[1], KeyError) for r in failures)
+
+
+def test_decorators_recognise_every_kind_of_coroutine_function() -> None:
+    # An object with `async def __call__` and a partial of an `async def` are awaited, not
+    # handed to execute_sync (which would refuse them).
+    import functools
+
+    class Client:
+        async def __call__(self, x: int) -> int:
+            await asyncio.sleep(0)
+            return x
+
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    wrap = stormwall.retry(max_retries=1, delay=0.001)
+    client = wrap(Client())
+    partial = wrap(functools.partial(add, 1))
+
+    async def run() -> tuple[int, int]:
+        return await client(5), await partial(2)
+
+    assert asyncio.run(run()) == (5, 3)

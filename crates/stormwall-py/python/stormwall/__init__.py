@@ -66,12 +66,21 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _is_coroutine_function(fn: Any) -> bool:
+    """``async def`` functions and methods, ``functools.partial`` of them, and objects whose
+    ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or (
+        not inspect.isroutine(fn) and inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    )
+
+
 def pipeline(p: Pipeline) -> Callable[[F], F]:
-    """Runs every call of the decorated function through ``p``: ``async def`` functions
-    through ``await p.execute``, plain ones through ``p.execute_sync``."""
+    """Runs every call of the decorated function through ``p``: coroutine functions (``async
+    def``, a ``functools.partial`` of one, an object with ``async def __call__``) through
+    ``await p.execute``, plain ones through ``p.execute_sync``."""
 
     def decorate(fn: F) -> F:
-        if inspect.iscoroutinefunction(fn):
+        if _is_coroutine_function(fn):
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
