@@ -32,6 +32,7 @@ pub(crate) fn breaker_options(
         handle.as_ref(),
         PyHandle::errors(),
         "circuit_breaker.handle",
+        true,
     )?;
     let json = kwargs_to_json(options, "circuit_breaker")?;
     let parsed: CircuitBreakerOptions = deserialize(py, json, "circuit_breaker")?;

@@ -21,8 +21,9 @@ enum Rule {
     Default { transient: bool },
     /// Exceptions that are instances of one of these classes.
     Types(Py<PyTuple>),
-    /// Exceptions for which this callable returns true.
-    Callable(Py<PyAny>),
+    /// Exceptions for which this callable returns true; the bool is the verdict while the
+    /// execution is being aborted because the callable raised (see `abort`).
+    Callable(Py<PyAny>, bool),
 }
 
 /// A strategy's `handle=`: the Python counterpart of the core's predicates.
@@ -48,11 +49,15 @@ impl PyHandle {
     }
 
     /// `handle=`: an exception class, a tuple of them, or a predicate `(exc) -> bool`;
-    /// `None` for `default`. `option` names it in errors (`retry.handle`).
+    /// `None` for `default`. `option` names it in errors (`retry.handle`). `if_it_raises`:
+    /// the verdict of a predicate that raised, for the strategy to act on while the execution
+    /// is aborted with the predicate's exception (a breaker counts the call as failed, as
+    /// the operation did raise; a retry, hedging or fallback does nothing more).
     pub(crate) fn from_python(
         value: Option<&Bound<'_, PyAny>>,
         default: PyHandle,
         option: &str,
+        if_it_raises: bool,
     ) -> PyResult<Self> {
         let Some(value) = value else {
             return Ok(default);
@@ -72,6 +77,7 @@ impl PyHandle {
         if value.is_callable() {
             return Ok(PyHandle(std::sync::Arc::new(Rule::Callable(
                 value.clone().unbind(),
+                if_it_raises,
             ))));
         }
         Err(config_error(
@@ -93,7 +99,7 @@ impl PyHandle {
                     .is_instance(types.bind(py).as_any())
                     .unwrap_or(false)
             }),
-            (Rule::Callable(predicate), error) => Python::attach(|py| {
+            (Rule::Callable(predicate, if_it_raises), error) => Python::attach(|py| {
                 let exception = exception_of(py, error);
                 match predicate
                     .bind(py)
@@ -103,9 +109,9 @@ impl PyHandle {
                     Ok(verdict) => verdict,
                     Err(e) => {
                         // A predicate that raises ends the execution with its exception
-                        // (the one it judged as `__context__`); "not handled" meanwhile.
+                        // (the one it judged as `__context__`).
                         callback_failed(py, e, &exception);
-                        false
+                        *if_it_raises
                     }
                 }
             }),

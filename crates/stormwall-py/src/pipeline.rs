@@ -47,7 +47,12 @@ pub(crate) struct PyPipelineBuilder {
 
 fn retry_layer(py: Python<'_>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Layer> {
     let handle = take(kwargs, "handle")?;
-    let handle = PyHandle::from_python(handle.as_ref(), PyHandle::transient(), "retry.handle")?;
+    let handle = PyHandle::from_python(
+        handle.as_ref(),
+        PyHandle::transient(),
+        "retry.handle",
+        false,
+    )?;
     let retry_after = match take(kwargs, "retry_after")? {
         Some(flag) => flag.is_truthy()?,
         None => false,
@@ -236,7 +241,8 @@ impl PyPipelineBuilder {
     ) -> PyResult<PyRefMut<'py, Self>> {
         let py = slf.py();
         let handle = take(options, "handle")?;
-        let handle = PyHandle::from_python(handle.as_ref(), PyHandle::errors(), "hedging.handle")?;
+        let handle =
+            PyHandle::from_python(handle.as_ref(), PyHandle::errors(), "hedging.handle", false)?;
         let parsed: HedgingOptions =
             deserialize(py, kwargs_to_json(options, "hedging")?, "hedging")?;
         let layer = Hedging::new(parsed.handle(handle))
@@ -256,7 +262,12 @@ impl PyPipelineBuilder {
         let py = slf.py();
         let action = fallback_action(py, options)?;
         let handle = take(options, "handle")?;
-        let handle = PyHandle::from_python(handle.as_ref(), PyHandle::errors(), "fallback.handle")?;
+        let handle = PyHandle::from_python(
+            handle.as_ref(),
+            PyHandle::errors(),
+            "fallback.handle",
+            false,
+        )?;
         if let Some(unknown) = options.and_then(|o| o.keys().iter().next()) {
             return Err(config_error(
                 py,

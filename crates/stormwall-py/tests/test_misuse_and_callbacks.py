@@ -95,13 +95,20 @@ async def test_an_exception_in_a_handle_predicate_reaches_the_caller() -> None:
         await p.execute(fails)
     assert calls == 1
     assert isinstance(caught.value.__context__, ConnectionError)
-    # The same from a breaker's and a fallback's predicate, and on the sync path.
+    # The same from a breaker's predicate (run directly, and through the pipeline when
+    # something listens) and a fallback's. The breaker counts the call as failed (the
+    # operation did raise): one failure opens it.
+    breaker = CircuitBreaker(consecutive_failures=1, failure_ratio="off", handle=broken)
     for p in [
-        Pipeline.builder().circuit_breaker(handle=broken).build(),
-        Pipeline.builder().fallback(value="replaced", handle=broken).build(),
+        Pipeline.builder().circuit_breaker(breaker).build(),
+        Pipeline.builder().on_event(lambda e: None).circuit_breaker(breaker).build(),
     ]:
+        breaker.close()
         with pytest.raises(LookupError):
             await p.execute(fails)
+        assert breaker.state == "open"
+    with pytest.raises(LookupError):
+        await Pipeline.builder().fallback(value="replaced", handle=broken).build().execute(fails)
 
     def fails_sync() -> None:
         raise ConnectionError("down")
