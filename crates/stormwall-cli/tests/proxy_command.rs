@@ -2,45 +2,15 @@
 //! uploads, reloads through SIGHUP and `POST /admin/reload`, SIGTERM. Real sockets on
 //! loopback; a raw-socket upstream that records what arrives.
 
+mod common;
+
+use common::{free_port, Sidecar};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-/// A free loopback port (bound then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `stormwall proxy` process; killed when dropped.
-struct Sidecar {
-    child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    file: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.file);
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// `[server]` on fresh ports with `server` extra keys, then `routes`.
-fn config_text(listen: SocketAddr, admin: SocketAddr, server: &str, routes: &str) -> String {
-    format!("[server]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n{server}\n{routes}")
-}
 
 /// A route `/plain` to `upstream`, with no strategies.
 fn plain_route(upstream: SocketAddr, extra: &str) -> String {
@@ -48,81 +18,12 @@ fn plain_route(upstream: SocketAddr, extra: &str) -> String {
 }
 
 impl Sidecar {
+    /// The proxy with `server` as more `[server]` keys, then `routes`, logging at `info`;
+    /// once it answers.
     async fn start(server: &str, routes: &str) -> Sidecar {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dir = std::env::temp_dir();
-        let tag = format!("{}-{}", std::process::id(), listen.port());
-        let file = dir.join(format!("stormwall-sidecar-{tag}.toml"));
-        let log = dir.join(format!("stormwall-sidecar-{tag}.log"));
-        std::fs::write(&file, config_text(listen, admin, server, routes)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_stormwall"))
-            .args(["proxy", "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let sidecar = Sidecar {
-            child,
-            listen,
-            admin,
-            file,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let live = admin_get(admin, "/health/live").await;
-            if live.is_some() && TcpStream::connect(listen).await.is_ok() {
-                return sidecar;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sidecar did not start: {}",
-                sidecar.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Its log, without colours.
-    fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut plain = String::with_capacity(text.len());
-        let mut rest = text.as_str();
-        while let Some(at) = rest.find('\u{1b}') {
-            plain.push_str(&rest[..at]);
-            rest = &rest[at..];
-            rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
-        }
-        plain.push_str(rest);
-        plain
-    }
-
-    /// Peak resident memory of the process so far (VmHWM), in bytes.
-    fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kib * 1024
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Writes a new configuration file (for a reload).
-    fn rewrite(&self, listen: SocketAddr, admin: SocketAddr, server: &str, routes: &str) {
-        std::fs::write(&self.file, config_text(listen, admin, server, routes)).unwrap();
+        Sidecar::spawn(&format!("{server}\n{routes}"), &[("RUST_LOG", "info")])
+            .ready()
+            .await
     }
 }
 
@@ -717,7 +618,7 @@ async fn a_reload_applies_every_server_key_or_refuses_naming_it_and_sigterm_then
     // SIGHUP: a new address, a larger max_in_flight, a shorter header timeout.
     let moved: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let server = "max_in_flight = 2\nheader_read_timeout = \"1s\"\nbacklog = 2048\nmax_connections = 500\nupstream_connect_timeout = \"2s\"";
-    sidecar.rewrite(moved, sidecar.admin, server, &routes);
+    sidecar.rewrite_at(moved, sidecar.admin, &format!("{server}\n{routes}"));
     sidecar.signal("HUP");
     eventually("/admin/config shows the new address", || async {
         running_config(sidecar.admin).await["server"]["listening"] == moved.to_string()
@@ -748,7 +649,7 @@ async fn a_reload_applies_every_server_key_or_refuses_naming_it_and_sigterm_then
 
     // A key that cannot change on reload: refused, naming it; nothing changes.
     let other_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    sidecar.rewrite(moved, other_admin, "max_in_flight = 7", &routes);
+    sidecar.rewrite_at(moved, other_admin, &format!("max_in_flight = 7\n{routes}"));
     let (status, body) = admin_post(sidecar.admin, "/admin/reload").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("server.admin"), "{body}");
@@ -757,7 +658,11 @@ async fn a_reload_applies_every_server_key_or_refuses_naming_it_and_sigterm_then
         2
     );
     // A bad value: refused naming the key.
-    sidecar.rewrite(moved, sidecar.admin, "idle_timeout = \"-3s\"", &routes);
+    sidecar.rewrite_at(
+        moved,
+        sidecar.admin,
+        &format!("idle_timeout = \"-3s\"\n{routes}"),
+    );
     let (status, body) = admin_post(sidecar.admin, "/admin/reload").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("server.idle_timeout"), "{body}");

@@ -3,21 +3,15 @@
 //! apply at start and on every reload. Real sockets on loopback; an upstream that answers
 //! 503 and counts what reaches it.
 
+mod common;
+
+use common::Sidecar;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An upstream that answers every request 503 and counts them.
 async fn failing_upstream() -> (SocketAddr, Arc<AtomicU32>) {
@@ -46,72 +40,7 @@ async fn failing_upstream() -> (SocketAddr, Arc<AtomicU32>) {
     (addr, hits)
 }
 
-/// One `stormwall proxy` process; killed when dropped.
-struct Sidecar {
-    child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    file: std::path::PathBuf,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
-
-/// `[server]` on `listen` and `admin`, then `rest` (keys before its first table are more
-/// `[server]` keys).
-fn text(listen: SocketAddr, admin: SocketAddr, rest: &str) -> String {
-    format!("[server]\nlisten = \"{listen}\"\nadmin = \"{admin}\"\n{rest}")
-}
-
 impl Sidecar {
-    /// `[server]` on free ports, then `rest`; `env` set for the process.
-    fn spawn(rest: &str, env: &[(&str, &str)]) -> Sidecar {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let file = std::env::temp_dir().join(format!(
-            "stormwall-options-{}-{}.toml",
-            std::process::id(),
-            listen.port()
-        ));
-        std::fs::write(&file, text(listen, admin, rest)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_stormwall"))
-            .args(["proxy", "--config"])
-            .arg(&file)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Sidecar {
-            child,
-            listen,
-            admin,
-            file,
-        }
-    }
-
-    /// Writes the configuration file anew (for a reload).
-    fn rewrite(&self, rest: &str) {
-        std::fs::write(&self.file, text(self.listen, self.admin, rest)).unwrap();
-    }
-
-    /// Waits until the proxy and its admin API answer.
-    async fn ready(self) -> Sidecar {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while admin(self.admin, "GET", "/health/live").await.is_none()
-            || TcpStream::connect(self.listen).await.is_err()
-        {
-            assert!(Instant::now() < deadline, "the sidecar did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self
-    }
-
     /// The route's breaker state as `/admin/circuits` shows it.
     async fn circuit(&self, route: &str) -> String {
         let (_, body) = admin(self.admin, "GET", "/admin/circuits").await.unwrap();
@@ -191,11 +120,7 @@ async fn an_open_breaker_survives_a_reload_that_changes_only_the_routes_retry() 
         "max_in_flight = 500\n\n{}",
         route(upstream, retry, breaker)
     ));
-    let status = Command::new("kill")
-        .args(["-HUP", &sidecar.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sidecar.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) = admin(sidecar.admin, "GET", "/admin/config").await.unwrap();
@@ -258,8 +183,7 @@ async fn environment_overrides_apply_at_start_and_on_every_reload() {
     let mut bad = Sidecar::spawn(&file("1ms"), &[("STORMWALL__PAY__RETRY__MAX_RETRIES", "0")]);
     let status = bad.child.wait().unwrap();
     assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(bad.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let stderr = bad.log_text();
     assert!(
         stderr.contains("pipelines.pay.strategies[0].retry.max_retries"),
         "{stderr}"
