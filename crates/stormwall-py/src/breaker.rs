@@ -74,12 +74,33 @@ impl PyCircuitBreaker {
     #[pyo3(signature = (url, *, name, key_prefix=None, require_connection=true, **options))]
     fn redis(
         py: Python<'_>,
-        url: &str,
-        name: &str,
+        url: &Bound<'_, PyAny>,
+        name: &Bound<'_, PyAny>,
         key_prefix: Option<String>,
         require_connection: bool,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        let url: String = match url.extract() {
+            Ok(url) => url,
+            Err(_) => {
+                let value = url.repr()?.to_string();
+                return Err(config_error(
+                    py,
+                    "url",
+                    &value,
+                    "must be a str (redis://host:port/db)",
+                ));
+            }
+        };
+        let url = url.as_str();
+        let name: String = match name.extract() {
+            Ok(name) if !String::is_empty(&name) => name,
+            _ => {
+                let value = name.repr()?.to_string();
+                return Err(config_error(py, "name", &value, "must be a non-empty str"));
+            }
+        };
+        let name = name.as_str();
         let options = breaker_options(py, options)?;
         let mut store_options = RedisStoreOptions::default();
         if let Some(prefix) = key_prefix {
@@ -164,7 +185,13 @@ impl PyCircuitBreaker {
 
     /// Calls `callback(event)` with every transition (a dict as `on_event` gets), from
     /// whichever thread raised it.
-    fn on_transition(&self, callback: Py<PyAny>) {
+    fn on_transition(&self, py: Python<'_>, callback: Py<PyAny>) -> PyResult<()> {
+        if !callback.bind(py).is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "on_transition: callback must be callable, got {}",
+                callback.bind(py).repr()?
+            )));
+        }
         let observe = move |transition: stormwall::circuit_breaker::CircuitTransition| {
             Python::attach(|py| {
                 let source = EventSource {
@@ -183,6 +210,7 @@ impl PyCircuitBreaker {
             Breaker::Local(b) => b.on_transition(observe),
             Breaker::Redis(b) => b.on_transition(observe),
         }
+        Ok(())
     }
 
     fn __repr__(&self) -> String {

@@ -107,7 +107,14 @@ pub(crate) fn log_callback_error(py: Python<'_>, callback: &str, error: PyErr) {
     }
     let logged = logger(py).and_then(|logger| {
         let kwargs = pyo3::types::PyDict::new(py);
-        kwargs.set_item("exc_info", error.value(py))?;
+        // (type, value, traceback): the value alone can lack its traceback (PyO3 keeps it
+        // beside the value), and the log would show none.
+        let exc_info = (
+            error.get_type(py),
+            error.value(py),
+            error.traceback(py).map(|tb| tb.into_any()),
+        );
+        kwargs.set_item("exc_info", exc_info)?;
         logger.call_method(
             "error",
             (

@@ -178,10 +178,26 @@ impl DelayGenerator<Py<PyAny>, PyErr> for PyDelay {
             let exception = exception_of(py, error);
             if let Some(generator) = &self.generator {
                 match generator.bind(py).call1((exception.clone(), attempt)) {
+                    Ok(delay) if delay.is_none() => {}
                     Ok(delay) => {
                         if let Some(delay) = as_delay(&delay) {
                             return Some(delay);
                         }
+                        // Not a delay: the execution ends naming the generator and the value
+                        // (a silent default would hide the bug).
+                        let value = delay
+                            .repr()
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|_| "<unrepresentable>".to_owned());
+                        let error = config_error(
+                            py,
+                            "retry.delay_generator",
+                            &value,
+                            "returned a value that is no delay: must return finite seconds ≥ 0 \
+                             (int or float), a timedelta, or None for the computed delay",
+                        );
+                        callback_failed(py, error, &exception);
+                        return None;
                     }
                     Err(e) => {
                         callback_failed(py, e, &exception);

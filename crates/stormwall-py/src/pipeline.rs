@@ -25,7 +25,7 @@ use stormwall::fallback::{Fallback, FallbackOptions};
 use stormwall::hedging::{Hedging, HedgingOptions};
 use stormwall::pipeline::{Identity, Stack, Strategy};
 use stormwall::rate_limit::{KeyedRateLimiter, RateLimitOptions, RateLimiter};
-use stormwall::registry::{PipelineSpec, StrategySpec};
+use stormwall::registry::{PipelineSpec, StrategySpec, MAX_STRATEGIES};
 use stormwall::retry::{Retry, RetryOptions};
 use stormwall::timeout::{Timeout, TimeoutOptions};
 use stormwall::{Context, Pipeline};
@@ -111,6 +111,23 @@ fn max_keys(
     }
 }
 
+impl PyPipelineBuilder {
+    /// Adds a strategy: at most `MAX_STRATEGIES`, as `from_spec` (and Rust's `PipelineSpec`)
+    /// accepts, with the same error.
+    fn push(&mut self, layer: Layer) -> PyResult<()> {
+        if self.layers.len() >= MAX_STRATEGIES {
+            let error = stormwall::ConfigError::new(
+                "strategies",
+                self.layers.len() + 1,
+                format!("at most {MAX_STRATEGIES} strategies"),
+            );
+            return Python::attach(|py| Err(invalid(py)(error)));
+        }
+        self.layers.push(layer);
+        Ok(())
+    }
+}
+
 #[pymethods]
 impl PyPipelineBuilder {
     #[new]
@@ -154,7 +171,7 @@ impl PyPipelineBuilder {
         options: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<PyRefMut<'py, Self>> {
         let layer = retry_layer(slf.py(), options)?;
-        slf.layers.push(layer);
+        slf.push(layer)?;
         Ok(slf)
     }
 
@@ -164,7 +181,7 @@ impl PyPipelineBuilder {
         timeout: &Bound<'py, PyAny>,
     ) -> PyResult<PyRefMut<'py, Self>> {
         let layer = timeout_layer(slf.py(), timeout)?;
-        slf.layers.push(layer);
+        slf.push(layer)?;
         Ok(slf)
     }
 
@@ -188,7 +205,7 @@ impl PyPipelineBuilder {
             }
             None => crate::breaker::local(py, options)?,
         };
-        slf.layers.push(Layer::Breaker(breaker));
+        slf.push(Layer::Breaker(breaker))?;
         Ok(slf)
     }
 
@@ -208,7 +225,7 @@ impl PyPipelineBuilder {
             Some(n) => KeyedBulkhead::new(parsed, n).map(Layer::KeyedBulkhead),
         }
         .map_err(invalid(py))?;
-        slf.layers.push(layer);
+        slf.push(layer)?;
         Ok(slf)
     }
 
@@ -228,7 +245,7 @@ impl PyPipelineBuilder {
             Some(n) => KeyedRateLimiter::new(parsed, n).map(Layer::KeyedRateLimit),
         }
         .map_err(invalid(py))?;
-        slf.layers.push(layer);
+        slf.push(layer)?;
         Ok(slf)
     }
 
@@ -248,7 +265,7 @@ impl PyPipelineBuilder {
         let layer = Hedging::new(parsed.handle(handle))
             .map(Layer::Hedging)
             .map_err(invalid(py))?;
-        slf.layers.push(layer);
+        slf.push(layer)?;
         Ok(slf)
     }
 
@@ -279,7 +296,7 @@ impl PyPipelineBuilder {
         let layer = Layer::Fallback(Fallback::new(
             FallbackOptions::action(action).handle(handle),
         ));
-        slf.layers.push(layer);
+        slf.push(layer)?;
         Ok(slf)
     }
 

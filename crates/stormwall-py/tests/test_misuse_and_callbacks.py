@@ -177,3 +177,77 @@ def test_decorators_recognise_every_kind_of_coroutine_function() -> None:
         return await client(5), await partial(2)
 
     assert asyncio.run(run()) == (5, 3)
+
+
+def test_on_transition_refuses_a_non_callable_at_once() -> None:
+    breaker = CircuitBreaker(consecutive_failures=1, failure_ratio="off")
+    with pytest.raises(TypeError, match="on_transition: callback must be callable, got 3"):
+        breaker.on_transition(3)  # type: ignore[arg-type]
+    # Nothing was registered: a transition logs nothing.
+    breaker.isolate()
+    assert breaker.state == "isolated"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("bad", ["x", -1, float("inf"), float("nan"), [1]])
+async def test_a_delay_generator_returning_no_delay_ends_the_execution_naming_it(bad: Any) -> None:
+    calls: list[int] = []
+
+    def generator(exc: BaseException, attempt: int) -> Any:
+        calls.append(attempt)
+        return bad
+
+    async def fails() -> None:
+        raise ConnectionError("down")
+
+    p = Pipeline.builder().retry(max_retries=3, delay=0.001, delay_generator=generator).build()
+    with pytest.raises(stormwall.ConfigError) as caught:
+        await p.execute(fails)
+    assert caught.value.field == "retry.delay_generator"
+    assert caught.value.value == repr(bad)
+    assert isinstance(caught.value.__context__, ConnectionError)
+    assert len(calls) == 1, "not retried after the bad value"
+
+
+@pytest.mark.asyncio
+async def test_a_delay_generator_returning_none_means_the_computed_delay() -> None:
+    async def fails() -> None:
+        raise ConnectionError("down")
+
+    p = Pipeline.builder().retry(max_retries=2, delay=0.001, delay_generator=lambda e, a: None).build()
+    with pytest.raises(ConnectionError):
+        await p.execute(fails)
+
+
+@pytest.mark.asyncio
+async def test_an_event_callback_error_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(event: dict[str, Any]) -> None:
+        raise KeyError("bug in the listener")
+
+    breaker = CircuitBreaker(consecutive_failures=1, failure_ratio="off")
+    breaker.on_transition(broken)
+    p = Pipeline.builder().on_event(broken).build()
+    with caplog.at_level(logging.ERROR, logger="stormwall"):
+        assert await p.execute(quick) == "quick"
+        breaker.isolate()
+    failures = [r for r in caplog.records if r.name == "stormwall" and r.levelno == logging.ERROR]
+    assert {r.args[0] for r in failures if isinstance(r.args, tuple)} == {"on_event", "on_transition"}  # type: ignore[index]
+    for record in failures:
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], KeyError)
+        assert record.exc_info[2] is not None, "logged without its traceback"
+        assert "in broken" in caplog.text
+
+
+def test_the_builder_and_from_spec_accept_the_same_number_of_strategies() -> None:
+    builder = Pipeline.builder()
+    for _ in range(8):
+        builder.timeout(1.0)
+    with pytest.raises(stormwall.ConfigError) as added:
+        builder.timeout(1.0)
+    assert (added.value.field, added.value.value, added.value.reason) == ("strategies", "9", "at most 8 strategies")
+    assert builder.build() is not None
+    with pytest.raises(stormwall.ConfigError) as spec:
+        Pipeline.from_spec({"strategies": [{"timeout": "1s"}] * 9})
+    assert str(spec.value) == str(added.value)
+    Pipeline.from_spec({"strategies": [{"timeout": "1s"}] * 8})

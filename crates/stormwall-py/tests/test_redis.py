@@ -176,3 +176,13 @@ def test_bad_redis_urls_and_unreachable_servers_are_named() -> None:
     with pytest.raises(stormwall.ConfigError) as caught:
         CircuitBreaker.redis(f"redis://127.0.0.1:{free_port()}", name="x", failure_ratio=3)
     assert caught.value.field == "circuit_breaker.failure_ratio"
+
+
+def test_redis_refuses_an_empty_name_and_a_url_that_is_no_string() -> None:
+    with pytest.raises(stormwall.ConfigError) as caught:
+        CircuitBreaker.redis(f"redis://127.0.0.1:{free_port()}", name="", **OPTIONS)
+    assert caught.value.field == "name"
+    with pytest.raises(TypeError) as wrong:
+        CircuitBreaker.redis(5, name="x", **OPTIONS)  # type: ignore[arg-type]
+    assert isinstance(wrong.value, stormwall.ConfigError) and wrong.value.field == "url"
+    assert "url" in str(wrong.value)
