@@ -4,7 +4,8 @@
 //! thread, as an asyncio task would: it sends `None` into it, and when the coroutine yields
 //! a future it waits on, it asks that future to wake the pipeline when it is done. Dropping
 //! the attempt (a timeout, a losing hedge, a cancelled caller) cancels the future it waits
-//! on and throws `CancelledError` into the coroutine, so its `finally` blocks run.
+//! on and throws `CancelledError` into the coroutine, so its `finally` blocks run, to their
+//! end even when they await (see `cleanup`).
 //!
 //! [`SyncAttempt`] calls a plain function: inline, or on a blocking thread when the pipeline
 //! may have to give up on it (a timeout or hedging), Polly's "pessimistic" mode.
@@ -257,8 +258,8 @@ impl PyAttempt {
     }
 
     /// Cancels the coroutine as asyncio would: the future it waits on is cancelled and
-    /// `CancelledError` is thrown in, so `finally` blocks and `async with` exits run. A
-    /// coroutine that awaits again while cancelled is closed.
+    /// `CancelledError` is thrown in, so `finally` blocks and `async with` exits run; one
+    /// that awaits in them is driven on to its end (see `cleanup`).
     fn cancel(&mut self, py: Python<'_>) {
         let Some(iterator) = self.running.take() else {
             return;
@@ -272,11 +273,10 @@ impl PyAttempt {
         let thrown = cancelled_error(py)
             .and_then(|error| iterator.call_method1(intern!(py, "throw"), (error,)));
         // An error (CancelledError, StopIteration, its own) means it has ended; an answer
-        // means it swallowed the cancellation and awaits something else: close it.
-        if thrown.is_ok() {
-            if let Err(e) = iterator.call_method0(intern!(py, "close")) {
-                e.write_unraisable(py, Some(iterator.as_any()));
-            }
+        // means its cleanup awaits (a `finally` block, an `__aexit__`): it is driven to its
+        // end in a task of the loop, which the execution waits for (see `cleanup`).
+        if let Ok(yielded) = thrown {
+            crate::cleanup::hand_over(py, iterator.as_any(), &yielded);
         }
     }
 }

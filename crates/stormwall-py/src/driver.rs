@@ -10,7 +10,8 @@
 //!
 //! Cancelling the task throws `CancelledError` into the awaitable: the Rust future is
 //! dropped, which cancels the running attempts (see `attempt`) and releases what the
-//! strategies held (bulkhead slots, half-open probes), and the error is re-raised.
+//! strategies held (bulkhead slots, half-open probes), and the error is re-raised once the
+//! cancelled coroutines' cleanups have ended (see `cleanup`).
 
 use crate::errors::{from_panic, to_py, Outcome};
 use crate::runtime::runtime;
@@ -103,6 +104,20 @@ pub(crate) struct Execution {
     future: Mutex<Option<BoxedExecution>>,
     /// `None` for a direct execution (see [`Execution::direct`]).
     waker: Option<Arc<LoopWaker>>,
+    /// The cleanups of cancelled attempts still running (see `cleanup`), and the answer
+    /// kept until they have ended.
+    cleanup: Mutex<Cleanup>,
+    /// Whether `cleanup` holds anything (the success path looks at nothing else).
+    cleaning: AtomicBool,
+}
+
+/// What an execution waits for before it answers.
+#[derive(Default)]
+struct Cleanup {
+    /// Tasks driving cancelled attempts' coroutines to their end.
+    tasks: Vec<Py<PyAny>>,
+    /// The execution's answer, kept while `tasks` run.
+    answer: Option<PyResult<Py<PyAny>>>,
 }
 
 thread_local! {
@@ -140,6 +155,8 @@ impl Execution {
                 pending: Mutex::new(None),
                 target: OnceLock::new(),
             })),
+            cleanup: Mutex::new(Cleanup::default()),
+            cleaning: AtomicBool::new(false),
         }
     }
 
@@ -153,6 +170,8 @@ impl Execution {
         Execution {
             future: Mutex::new(Some(future)),
             waker: None,
+            cleanup: Mutex::new(Cleanup::default()),
+            cleaning: AtomicBool::new(false),
         }
     }
 
@@ -165,8 +184,48 @@ impl Execution {
         }
     }
 
-    /// Polls the pipeline's future once.
+    /// Polls the pipeline's future once; its answer waits until the cleanups of the
+    /// attempts it cancelled have ended (see `cleanup`).
     fn advance(&self, py: Python<'_>) -> PyResult<Step> {
+        if self.cleaning.load(Ordering::Relaxed) {
+            let mut cleanup = self.cleanup.lock().unwrap_or_else(|e| e.into_inner());
+            if cleanup.answer.is_some() {
+                return self.answer(py, &mut cleanup);
+            }
+        }
+        let (step, started) = crate::cleanup::collecting(|| self.poll_once(py));
+        if started.is_empty() && !self.cleaning.load(Ordering::Relaxed) {
+            return step;
+        }
+        let mut cleanup = self.cleanup.lock().unwrap_or_else(|e| e.into_inner());
+        cleanup.tasks.extend(started);
+        self.cleaning.store(true, Ordering::Relaxed);
+        cleanup.answer = match step {
+            Ok(Step::Wait(future)) => return Ok(Step::Wait(future)),
+            Ok(Step::Done(value)) => Some(Ok(value)),
+            Err(e) => Some(Err(e)),
+        };
+        self.answer(py, &mut cleanup)
+    }
+
+    /// The kept answer once the cleanups have ended; until then a future to wait on.
+    fn answer(&self, py: Python<'_>, cleanup: &mut Cleanup) -> PyResult<Step> {
+        if let Some(waiter) = crate::cleanup::wait(py, &cleanup.tasks)? {
+            return Ok(Step::Wait(waiter));
+        }
+        cleanup.tasks.clear();
+        self.cleaning.store(false, Ordering::Relaxed);
+        match cleanup.answer.take() {
+            Some(Ok(value)) => Ok(Step::Done(value)),
+            Some(Err(e)) => Err(e),
+            None => Err(PyRuntimeError::new_err(
+                "cannot await an execution that has finished; call execute again",
+            )),
+        }
+    }
+
+    /// Polls the pipeline's future once.
+    fn poll_once(&self, py: Python<'_>) -> PyResult<Step> {
         let Ok(mut slot) = self.future.try_lock() else {
             return Err(PyRuntimeError::new_err(
                 "this execution is being awaited elsewhere",
@@ -295,14 +354,36 @@ impl Execution {
         value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.abandon(py);
+        let ((), started) = crate::cleanup::collecting(|| self.abandon(py));
         let _ = traceback;
         let exception = match value {
             Some(value) if !value.is_none() => value.clone(),
             _ if error.is_instance_of::<pyo3::types::PyType>() => error.call0()?,
             _ => error.clone(),
         };
-        Err(PyErr::from_value(exception))
+        let error = PyErr::from_value(exception);
+        let mut cleanup = self.cleanup.lock().unwrap_or_else(|e| e.into_inner());
+        cleanup.tasks.extend(started);
+        let waiter = if cleanup.answer.take().is_some() {
+            // Cancelled again while waiting for the cleanups: they go on in their tasks.
+            None
+        } else {
+            crate::cleanup::wait(py, &cleanup.tasks)?
+        };
+        match waiter {
+            Some(waiter) => {
+                // As an asyncio task does, the cancellation is raised once the cancelled
+                // coroutines' cleanups have ended.
+                cleanup.answer = Some(Err(error));
+                self.cleaning.store(true, Ordering::Relaxed);
+                Ok(waiter)
+            }
+            None => {
+                cleanup.tasks.clear();
+                self.cleaning.store(false, Ordering::Relaxed);
+                Err(error)
+            }
+        }
     }
 
     /// The awaiting coroutine was closed: cancel what runs.

@@ -12,6 +12,7 @@ mod abort;
 mod attempt;
 mod breaker;
 mod chain;
+mod cleanup;
 mod driver;
 mod errors;
 mod events;

@@ -519,3 +519,91 @@ async def test_a_lone_breaker_behaves_alike_run_directly_or_through_the_pipeline
     assert await task == "probe"
     assert breaker.state == "closed"
     assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+class Resource:
+    """An `async with` whose `__aexit__` awaits (a connection closed), recording each step."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    async def __aenter__(self) -> Resource:
+        self.seen.append("acquired")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.seen.append("releasing")
+        await asyncio.sleep(0.01)  # a real await: a bare yield and a timer
+        await asyncio.sleep(0)
+        self.seen.append("released")
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_coroutine_runs_its_awaiting_cleanup_to_the_end_before_the_timeout_answers() -> None:
+    seen: list[str] = []
+
+    async def hangs() -> None:
+        async with Resource(seen):
+            await asyncio.Event().wait()
+
+    p = Pipeline.builder().timeout(0.02).build()
+    with pytest.raises(stormwall.TimeoutRejected):
+        await p.execute(hangs)
+    # As asyncio.wait_for: the answer waits for the cleanup.
+    assert seen == ["acquired", "releasing", "released"]
+    # Per attempt, retried: each attempt's cleanup ends before the execution answers (the
+    # retry may start while the previous attempt's cleanup runs).
+    seen.clear()
+    p = Pipeline.builder().retry(max_retries=1, delay=0.001).timeout(0.02).build()
+    with pytest.raises(stormwall.TimeoutRejected):
+        await p.execute(hangs)
+    assert sorted(seen) == sorted(["acquired", "releasing", "released"] * 2)
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_caller_runs_the_attempts_awaiting_cleanup_to_the_end() -> None:
+    for p in (
+        Pipeline.builder().retry(max_retries=3, delay=0.001).timeout(30).build(),
+        # A lone breaker: the coroutine's futures are awaited by the task itself.
+        Pipeline.builder().circuit_breaker().build(),
+    ):
+        entered = asyncio.Event()
+        seen: list[str] = []
+
+        async def hangs() -> None:
+            async with Resource(seen):
+                entered.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.ensure_future(p.execute(hangs))
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # As an asyncio task: the cancellation is raised once the cleanup has ended.
+        assert seen == ["acquired", "releasing", "released"]
+        assert task.cancelled()
+        # The same under asyncio.wait_for.
+        seen.clear()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(p.execute(hangs), 0.01)
+        assert seen == ["acquired", "releasing", "released"]
+
+
+@pytest.mark.asyncio
+async def test_a_losing_hedge_runs_its_awaiting_cleanup_to_the_end() -> None:
+    seen: list[str] = []
+    calls = 0
+
+    async def first_slow() -> str:
+        nonlocal calls
+        calls += 1
+        me = calls
+        if me == 1:
+            async with Resource(seen):
+                await asyncio.Event().wait()
+        return f"attempt {me}"
+
+    p = Pipeline.builder().hedging(delay=0.005, max_hedged_attempts=1).build()
+    assert await p.execute(first_slow) == "attempt 2"
+    assert seen == ["acquired", "releasing", "released"]
