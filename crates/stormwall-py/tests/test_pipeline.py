@@ -607,3 +607,26 @@ async def test_a_losing_hedge_runs_its_awaiting_cleanup_to_the_end() -> None:
     p = Pipeline.builder().hedging(delay=0.005, max_hedged_attempts=1).build()
     assert await p.execute(first_slow) == "attempt 2"
     assert seen == ["acquired", "releasing", "released"]
+
+
+@pytest.mark.asyncio
+async def test_an_exception_raised_by_a_cancelled_attempts_cleanup_reaches_the_loops_handler() -> None:
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    async def hangs() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)
+            raise OSError("close failed")
+
+    try:
+        p = Pipeline.builder().timeout(0.02).build()
+        with pytest.raises(stormwall.TimeoutRejected):
+            await p.execute(hangs)
+    finally:
+        loop.set_exception_handler(None)
+    assert [type(c.get("exception")) for c in reported] == [OSError]
+    assert "cleanup raised" in reported[0]["message"]

@@ -49,9 +49,15 @@ async def _finish(iterator: Any, first: Any) -> None:
     try:
         await _Resume(iterator, first)
     except asyncio.CancelledError:
-        # The end a cancelled coroutine normally comes to; other exceptions its cleanup
-        # raises reach the loop's exception handler, as an unawaited task's do.
+        # The end a cancelled coroutine normally comes to.
         pass
+    except Exception as error:
+        # The execution answered for the cancellation (TimeoutRejected, the caller's
+        # CancelledError, the winning hedge): what the cleanup raised goes to the loop's
+        # exception handler, at once.
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": "stormwall: a cancelled attempt's cleanup raised", "exception": error}
+        )
 
 
 def finish(iterator: Any, first: Any) -> asyncio.Task[None] | None:
