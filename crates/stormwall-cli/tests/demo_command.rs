@@ -46,6 +46,7 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
                 "success_rate",
                 "p50_ms",
                 "p99_ms",
+                "max_ms",
                 "calls_to_failing_dependency",
                 "served_by_failing_dependency",
                 "fallbacks",
@@ -113,10 +114,18 @@ fn quick_json_demo_shows_resilience_improving_the_failure_scenarios() {
         inventory["stale_age_max_ms"].as_f64().unwrap() > 0.0,
         "{inventory}"
     );
-    // No stale answer, and no default, while every dependency answered.
+    // No stale answer, and no default, while every dependency answered — in time: on a
+    // machine loaded enough to hold an order past inventory's attempt timeout (5 s scaled by
+    // --quick's 1/50: 100 ms), stormwall rightly stops waiting for it, and then a stale answer
+    // is what it should give (seen under stress-ng --cpu 2: 11 stale of 60, orders of
+    // several hundred ms). Every stale answer needs at least one timed-out attempt, so an
+    // order that took as long.
     for run in ["without_resilience", "with_resilience"] {
-        assert_eq!(scenarios[0][run]["served_stale"], 0);
-        assert_eq!(scenarios[0][run]["inventory_defaults"], 0);
+        let healthy = &scenarios[0][run];
+        if healthy["max_ms"].as_f64().unwrap() < 100.0 {
+            assert_eq!(healthy["served_stale"], 0, "{healthy}");
+            assert_eq!(healthy["inventory_defaults"], 0, "{healthy}");
+        }
     }
     // Notification's fallback logs (and the order continues).
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -59,6 +59,8 @@ pub struct RunStats {
     pub success_rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The slowest order.
+    pub max_ms: f64,
     /// Attempts the order service made to the dependency under fault.
     pub calls_to_failing_dependency: u64,
     /// Requests that dependency actually served.
@@ -419,6 +421,7 @@ fn stats(run: &RunRecord, scenario: Scenario) -> RunStats {
         },
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
+        max_ms: percentile(&latencies, 1.0),
         calls_to_failing_dependency: failing.map_or(0, |i| run.calls[i]),
         served_by_failing_dependency: failing.map_or(0, |i| run.served[i]),
         fallbacks: run.orders.iter().map(|o| u64::from(o.fallbacks)).sum(),
