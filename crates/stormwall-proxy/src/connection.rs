@@ -21,8 +21,10 @@
 //! read.
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,10 +85,11 @@ pub(crate) struct Connection {
     since: AtomicU64,
     /// Set once the connection was asked to close (so it is not chosen twice).
     evicting: AtomicBool,
-    /// Asks the connection to close if it is still idle.
-    evict: Notify,
-    /// Signalled when a head begins (the deadline moves closer).
-    head_began: Notify,
+    /// Set with `evicting`, taken by the connection's watcher: close if still idle.
+    evict: AtomicBool,
+    /// Wakes the watcher when `evict` is set (a waker, not a `Notify`: the watcher is
+    /// polled at every wake of its connection, and a `Notify` locks at every poll).
+    watcher: AtomicWaker,
     epoch: Instant,
 }
 
@@ -162,8 +165,8 @@ impl Connections {
             reading_head: AtomicBool::new(false),
             since: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
-            evict: Notify::new(),
-            head_began: Notify::new(),
+            evict: AtomicBool::new(false),
+            watcher: AtomicWaker::new(),
             epoch: self.epoch,
         });
         connection.mark(Instant::now());
@@ -190,7 +193,8 @@ impl Connections {
         match oldest {
             Some(connection) => {
                 connection.evicting.store(true, Ordering::Release);
-                connection.evict.notify_one();
+                connection.evict.store(true, Ordering::Release);
+                connection.watcher.wake();
                 true
             }
             None => false,
@@ -227,6 +231,20 @@ impl Connection {
         Some(self.since() + allowed)
     }
 
+    /// When the watcher looks at the connection next (at `now`): at its deadline, but no
+    /// later than one header timeout away while it may begin a head (idle) or serves. A
+    /// head that begins after `now` has its deadline at least that far, so the watcher
+    /// needs no wake-up when a head begins (one per request): it finds the new deadline at
+    /// that look, at the latest.
+    fn next_look(&self, timeouts: &Timeouts, now: Instant) -> Instant {
+        let recheck = now + timeouts.header_read.min(timeouts.idle);
+        match self.deadline(timeouts) {
+            Some(deadline) if self.reading_head.load(Ordering::Acquire) => deadline,
+            Some(deadline) => deadline.min(recheck),
+            None => recheck,
+        }
+    }
+
     /// A request handed to the proxy: serving until the returned guard drops.
     pub(crate) fn serving(self: &Arc<Self>) -> Serving {
         self.active.fetch_add(1, Ordering::AcqRel);
@@ -239,7 +257,6 @@ impl Connection {
         if self.is_idle() && !self.reading_head.load(Ordering::Acquire) {
             self.mark(Instant::now());
             self.reading_head.store(true, Ordering::Release);
-            self.head_began.notify_one();
         }
     }
 }
@@ -367,42 +384,44 @@ pub(crate) enum Ended {
 /// Drives `serving` (hyper's connection future) until it ends, or until the connection's
 /// phase outlasts its timeout, or until it is evicted while idle; dropping the future
 /// closes the socket (no request is being served then).
+///
+/// Polled at every wake of the connection (each read and write readiness): besides
+/// `serving` it costs a few atomic operations and the timer's poll then; a head beginning
+/// wakes nothing and moves no timer (see [`Connection::next_look`]).
 pub(crate) async fn watch<F: std::future::Future>(
     serving: F,
     connection: &Connection,
     timeouts: Timeouts,
 ) -> Ended {
-    tokio::pin!(serving);
-    // While requests are served there is no deadline: look again after the shorter timeout.
-    let recheck = timeouts.header_read.min(timeouts.idle);
-    let sleep = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(sleep);
-    loop {
-        let deadline = connection
-            .deadline(&timeouts)
-            .unwrap_or_else(|| Instant::now() + recheck);
-        sleep.as_mut().reset(deadline);
-        tokio::select! {
-            _ = &mut serving => return Ended::Closed,
-            () = &mut sleep => {
-                let now = Instant::now();
-                if connection.deadline(&timeouts).is_some_and(|d| d <= now) {
-                    return if connection.reading_head.load(Ordering::Acquire) {
-                        Ended::HeaderTimeout
-                    } else {
-                        Ended::IdleTimeout
-                    };
-                }
-            }
-            () = connection.head_began.notified() => {}
-            () = connection.evict.notified() => {
-                if connection.is_idle() {
-                    return Ended::Evicted;
-                }
-                connection.evicting.store(false, Ordering::Release);
-            }
+    let sleep = tokio::time::sleep_until(connection.next_look(&timeouts, Instant::now()));
+    tokio::pin!(serving, sleep);
+    std::future::poll_fn(|cx| {
+        if serving.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ended::Closed);
         }
-    }
+        connection.watcher.register(cx.waker());
+        if connection.evict.swap(false, Ordering::AcqRel) {
+            if connection.is_idle() {
+                return Poll::Ready(Ended::Evicted);
+            }
+            connection.evicting.store(false, Ordering::Release);
+        }
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if connection.deadline(&timeouts).is_some_and(|d| d <= now) {
+                return Poll::Ready(if connection.reading_head.load(Ordering::Acquire) {
+                    Ended::HeaderTimeout
+                } else {
+                    Ended::IdleTimeout
+                });
+            }
+            sleep.as_mut().reset(connection.next_look(&timeouts, now));
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

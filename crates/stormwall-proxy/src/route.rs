@@ -366,14 +366,14 @@ impl Route {
         Some(response)
     }
 
-    /// Whether the route serves a request for `host` and `path`.
-    pub(crate) fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        let host_ok = match (&self.config.matches.host, host) {
-            (None, _) => true,
-            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
-            (Some(_), None) => false,
-        };
-        host_ok && path.starts_with(&self.config.matches.path_prefix)
+    /// Whether the route serves a request for `path` and the host `host` gives (asked
+    /// only when the route matches on the host).
+    pub(crate) fn matches<'a>(&self, host: impl FnOnce() -> Option<&'a str>, path: &str) -> bool {
+        path.starts_with(&self.config.matches.path_prefix)
+            && match &self.config.matches.host {
+                None => true,
+                Some(want) => host().is_some_and(|got| want.eq_ignore_ascii_case(got)),
+            }
     }
 }
 

@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -103,6 +103,9 @@ impl Peer {
 
 /// Headers that carry credentials: a request with one is never stored for `defer`.
 const CREDENTIALS: [HeaderName; 2] = [header::AUTHORIZATION, header::COOKIE];
+
+/// The header count hyper's HTTP/1 server accepts when not told another.
+const HYPER_MAX_HEADERS: usize = 100;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -441,12 +444,17 @@ impl Proxy {
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // A head over the limits: hyper answers 431. Its header timer stays off (it
         // would also cut keep-alive connections): `connection::watch` keeps the time.
-        builder
-            .http1()
+        let mut http1 = builder.http1();
+        http1
             .max_buf_size(server.max_header_bytes)
-            .max_headers(server.max_headers)
             .header_read_timeout(None)
             .writev(false);
+        // hyper's own limit is 100 headers, kept in place on the stack; given a limit,
+        // even 100, it fills a vector of that many slots for every request head (~1.7k
+        // instructions a request): it is set only when it differs.
+        if server.max_headers != HYPER_MAX_HEADERS {
+            http1.max_headers(server.max_headers);
+        }
         builder
             .http2()
             .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
@@ -488,13 +496,16 @@ impl Proxy {
             }
         }
         let route = {
-            // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`.
-            let host = parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-                .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host));
+            // HTTP/2 carries the host in `:authority` (the URI), HTTP/1.1 in `Host`; read
+            // only when a route matches on the host.
+            let host = || {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                    .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+            };
             routes.iter().find(|r| r.matches(host, parts.uri.path()))
         };
         let Some(route) = route else {
@@ -527,21 +538,25 @@ impl Proxy {
         let Ok(request) = UpstreamRequest::new(route, parts, peer) else {
             return json_error(StatusCode::BAD_REQUEST, "malformed request target");
         };
-        let body = ClientBody::new(
-            body,
-            BodyLimits {
-                max_bytes: server.max_body_bytes as u64,
-                timeout: server.body_timeout,
-                min_rate: server.body_min_rate,
-            },
-        );
-        let failure = body.failure();
-        let body = match crate::body::prepare(body, server.retry_buffer_bytes, request.retry).await
-        {
-            Ok(body) => body,
-            Err(why) => return body_failed(why),
+        // Most requests (GET, HEAD, DELETE) have no body: nothing to check or keep.
+        let (body, failure) = if body.is_end_stream() {
+            (Prepared::Replayable(Bytes::new()), None)
+        } else {
+            let body = ClientBody::new(
+                body,
+                BodyLimits {
+                    max_bytes: server.max_body_bytes as u64,
+                    timeout: server.body_timeout,
+                    min_rate: server.body_min_rate,
+                },
+            );
+            let failure = body.failure();
+            match crate::body::prepare(body, server.retry_buffer_bytes, request.retry).await {
+                Ok(body) => (body, Some(failure)),
+                Err(why) => return body_failed(why),
+            }
         };
-        let (outcome, replay) = self.send(route, &request, body, &failure).await;
+        let (outcome, replay) = self.send(route, &request, body, failure.as_deref()).await;
         self.answer(route, &request, outcome, replay).await
     }
 
@@ -563,7 +578,7 @@ impl Proxy {
         route: &Route,
         request: &UpstreamRequest,
         body: Prepared,
-        failure: &OnceLock<BodyFailure>,
+        failure: Option<&OnceLock<BodyFailure>>,
     ) -> (Outcome, Option<Bytes>) {
         let (replay, once) = match body {
             Prepared::Replayable(bytes) => (Some(bytes), None),
@@ -593,7 +608,7 @@ impl Proxy {
                     match attempt.await {
                         Ok(response) => Ok(Attempt::Upstream(response)),
                         // The client's body failed on the way: the client's doing.
-                        Err(e) => match failure.get() {
+                        Err(e) => match failure.and_then(OnceLock::get) {
                             Some(why) => Ok(Attempt::ClientBody(*why)),
                             None => Err(e),
                         },
