@@ -234,18 +234,22 @@ pub(crate) struct UpstreamBody(Kind);
 
 enum Kind {
     Full(Option<Bytes>),
-    Streamed {
-        /// Read before the attempt began, sent first (in order).
-        kept: std::vec::IntoIter<Bytes>,
-        rest: ClientBody,
-    },
+    /// Boxed: the request carrying the body is moved a dozen times on its way through
+    /// hyper's client, and most bodies are `Full` (a few words).
+    Streamed(Box<Streamed>),
+}
+
+struct Streamed {
+    /// Read before the attempt began, sent first (in order).
+    kept: std::vec::IntoIter<Bytes>,
+    rest: ClientBody,
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
             Kind::Full(_) => "UpstreamBody::Full",
-            Kind::Streamed { .. } => "UpstreamBody::Streamed",
+            Kind::Streamed(_) => "UpstreamBody::Streamed",
         })
     }
 }
@@ -262,10 +266,10 @@ impl UpstreamBody {
     }
 
     fn streamed(kept: Vec<Bytes>, rest: ClientBody) -> Self {
-        UpstreamBody(Kind::Streamed {
+        UpstreamBody(Kind::Streamed(Box::new(Streamed {
             kept: kept.into_iter(),
             rest,
-        })
+        })))
     }
 }
 
@@ -279,9 +283,9 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
         match &mut self.0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Streamed { kept, rest } => match kept.next() {
+            Kind::Streamed(streamed) => match streamed.kept.next() {
                 Some(part) => Poll::Ready(Some(Ok(Frame::data(part)))),
-                None => Pin::new(rest).poll_frame(cx),
+                None => Pin::new(&mut streamed.rest).poll_frame(cx),
             },
         }
     }
@@ -289,16 +293,21 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Streamed { kept, rest } => kept.len() == 0 && rest.is_end_stream(),
+            Kind::Streamed(streamed) => streamed.kept.len() == 0 && streamed.rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Streamed { kept, rest } => {
-                let kept: u64 = kept.as_slice().iter().map(|b| b.len() as u64).sum();
-                let rest = rest.size_hint();
+            Kind::Streamed(streamed) => {
+                let kept: u64 = streamed
+                    .kept
+                    .as_slice()
+                    .iter()
+                    .map(|b| b.len() as u64)
+                    .sum();
+                let rest = streamed.rest.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(kept + rest.lower());
                 if let Some(upper) = rest.upper() {
