@@ -22,32 +22,30 @@ use stormwall::{ConfigError, Pipeline};
 use stormwall_http::{RetryAfter, Transient};
 use stormwall_redis::{RedisStateStore, RedisStoreOptions};
 
-/// One strategy of a route, built: the core's kinds with the sidecar's HTTP predicates, a
-/// per-client limiter and a breaker store that may be Redis.
-pub(crate) type RouteStrategy = AnyStrategy<
-    KeyedRateLimiter,
-    Bulkhead,
-    Timeout,
-    Hedging<Transient>,
-    Retry<Transient, RetryAfter>,
-    CircuitBreaker<Transient, BreakerStore>,
->;
+/// `$kinds` (`AnyStrategy` or `SlotStrategies`) with the sidecar's type for each kind: the
+/// core's kinds with the sidecar's HTTP predicates, a per-client limiter and a breaker store
+/// that may be Redis.
+macro_rules! route_kinds {
+    ($kinds:ident) => {
+        $kinds<
+            KeyedRateLimiter,
+            Bulkhead,
+            Timeout,
+            Hedging<Transient>,
+            Retry<Transient, RetryAfter>,
+            CircuitBreaker<Transient, BreakerStore>,
+        >
+    };
+}
+
+/// One strategy of a route, built.
+pub(crate) type RouteStrategy = route_kinds!(AnyStrategy);
 
 /// A route's strategies in its order: static and unboxed in the fixed order (per-client rate
 /// limit → bulkhead → total timeout → hedging → retry → breaker → attempt timeout, as every
 /// route written with its own keys is), boxed between strategies in another order a
 /// pipeline gives (see `stormwall::registry::SlotStrategies`).
-pub(crate) type Strategies = Stack<
-    Identity,
-    SlotStrategies<
-        KeyedRateLimiter,
-        Bulkhead,
-        Timeout,
-        Hedging<Transient>,
-        Retry<Transient, RetryAfter>,
-        CircuitBreaker<Transient, BreakerStore>,
-    >,
->;
+pub(crate) type Strategies = Stack<Identity, route_kinds!(SlotStrategies)>;
 
 /// What decides whether a reload keeps a built strategy: its spec, and for a Redis breaker
 /// the Redis URL and the probe lease.
