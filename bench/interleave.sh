@@ -8,8 +8,27 @@ rounds=$1; filter=$2; shift 2
 out=$(mktemp)
 for r in $(seq "$rounds"); do for b in "$@"; do
   "$b" --bench "$filter" --warm-up-time 0.5 --measurement-time 1 --noplot 2>/dev/null |
-    grep -E '^[a-z]|time:' | paste - - | sed 's/ \+/ /g' |
-    awk -v b="$(basename "$b")" -F'\t' '{split($2,a," "); print b "\t" $1 "\t" a[4]}' >> "$out"
+    python3 -c '
+import re, sys
+name = None
+for line in sys.stdin:
+    # criterion prints a row name alone on a line, or (when short) followed by its time.
+    m = re.match(r"^(\S.*?)\s+time:\s+\[\S+ \S+ (\S+) (\S+)", line)
+    if m:
+        name = m.group(1)
+    else:
+        if re.match(r"^[a-z]", line):
+            name = line.strip()
+            continue
+        m = re.match(r"^\s+time:\s+\[\S+ \S+ (\S+) (\S+)", line)
+        if not m or name is None:
+            continue
+        m = re.match(r"^()\s+time:\s+\[\S+ \S+ (\S+) (\S+)", line)
+    value, unit = float(m.group(2)), m.group(3)
+    value *= {"ps": 1e-3, "ns": 1, "µs": 1e3, "us": 1e3, "ms": 1e6}[unit]
+    print(sys.argv[1] + "\t" + name + "\t" + str(value))
+    name = None
+' "$(basename "$b")" >> "$out"
 done; done
 python3 - "$out" <<'PY'
 import sys, statistics, collections

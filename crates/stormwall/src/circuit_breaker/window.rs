@@ -102,6 +102,22 @@ fn pack(tag: u16, total: u64, failures: u64, slow: u64) -> u64 {
     (u64::from(tag) << 48) | (total << 32) | (failures << 16) | slow
 }
 
+/// The word after recording (`f`, `s`) into `current` for the epoch tagged `tag`: a bucket
+/// of another epoch (or empty) starts afresh; a counter about to overflow halves all three.
+#[cold]
+fn next_word(current: u64, tag: u16, f: u64, s: u64) -> u64 {
+    let (old_tag, total, failures, slows) = unpack(current);
+    if old_tag == tag && total > 0 {
+        let (mut total, mut failures, mut slows) = (total, failures, slows);
+        if total == FIELD {
+            (total, failures, slows) = (total >> 1, failures >> 1, slows >> 1);
+        }
+        pack(tag, total + 1, failures + f, slows + s)
+    } else {
+        pack(tag, 1, f, s)
+    }
+}
+
 impl TimeWindow {
     pub(crate) fn new(sampling: Duration) -> Self {
         let bucket_nanos = (sampling.as_nanos() as u64 / BUCKETS as u64).max(1);
@@ -119,17 +135,18 @@ impl TimeWindow {
         let stripe = &self.stripes[stripe_of_thread()];
         let bucket = &stripe.0[(epoch % BUCKETS as u64) as usize];
         let (f, s) = (u64::from(failure), u64::from(slow));
+        // The common case — this epoch's bucket, its total neither 0 (empty) nor about to
+        // overflow (failures and slow calls never exceed the total) — adds to the packed
+        // word as it is: no unpacking. The compare-and-swap checks the word it added to.
+        let add = (1 << 32) | (f << 16) | s;
         let mut current = bucket.load(Ordering::Relaxed);
         loop {
-            let (old_tag, total, failures, slows) = unpack(current);
-            let next = if old_tag == tag && total > 0 {
-                let (mut total, mut failures, mut slows) = (total, failures, slows);
-                if total == FIELD {
-                    (total, failures, slows) = (total >> 1, failures >> 1, slows >> 1);
-                }
-                pack(tag, total + 1, failures + f, slows + s)
+            let next = if current >> 48 == u64::from(tag)
+                && ((current >> 32) & FIELD).wrapping_sub(1) < FIELD - 1
+            {
+                current + add
             } else {
-                pack(tag, 1, f, s)
+                next_word(current, tag, f, s)
             };
             match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
