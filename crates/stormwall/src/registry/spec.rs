@@ -31,7 +31,8 @@ pub enum StrategyKind {
 }
 
 impl StrategyKind {
-    /// Every kind.
+    /// Every kind, outer to inner as the fixed order places them
+    /// ([`FIXED_ORDER`](super::FIXED_ORDER) is this list and the attempt's timeout).
     pub const ALL: [StrategyKind; 6] = [
         StrategyKind::RateLimit,
         StrategyKind::Bulkhead,

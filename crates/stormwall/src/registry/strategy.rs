@@ -13,6 +13,62 @@ use crate::{ConfigError, Error};
 use std::future::Future;
 use std::pin::Pin;
 
+/// Implements `Attach`, `BuildStrategy` (a built value builds as itself) and `Strategy` for
+/// a type generic over the six kinds, each kind bound by the trait implemented: the two
+/// types below differ only in how `attach` and `execute` reach their strategies.
+macro_rules! strategy_over_kinds {
+    (
+        $ty:ident;
+        fn attach(&mut $attach_self:ident, $telemetry:ident) $attach:block
+        fn execute(&$execute_self:ident, $ctx:ident, $op:ident) $execute:block
+    ) => {
+        impl<L, B, T, H, R, C> Attach for $ty<L, B, T, H, R, C>
+        where
+            L: Attach,
+            B: Attach,
+            T: Attach,
+            H: Attach,
+            R: Attach,
+            C: Attach,
+        {
+            fn attach(&mut $attach_self, $telemetry: &Telemetry) $attach
+        }
+
+        impl<L, B, T, H, R, C> BuildStrategy for $ty<L, B, T, H, R, C>
+        where
+            Self: Attach,
+        {
+            type Strategy = Self;
+            fn build_strategy(self) -> Result<Self, ConfigError> {
+                Ok(self)
+            }
+        }
+
+        impl<Out, Err, L, B, T, H, R, C> Strategy<Out, Err> for $ty<L, B, T, H, R, C>
+        where
+            L: Strategy<Out, Err>,
+            B: Strategy<Out, Err>,
+            T: Strategy<Out, Err>,
+            H: Strategy<Out, Err>,
+            R: Strategy<Out, Err>,
+            C: Strategy<Out, Err>,
+        {
+            #[inline]
+            fn execute<F, Fut>(
+                &$execute_self,
+                $ctx: Context,
+                $op: F,
+            ) -> impl Future<Output = Result<Out, Error<Err>>> + Send
+            where
+                F: Fn(Context) -> Fut + Copy + Send + Sync,
+                Fut: Future<Output = Result<Out, Error<Err>>> + Send,
+                Out: Send,
+                Err: Send,
+            $execute
+        }
+    };
+}
+
 /// One built strategy of any kind: the registry's with the defaults, the sidecar's with its
 /// HTTP predicates and keyed limiter. Cloning shares the strategy's state.
 #[derive(Debug, Clone)]
@@ -66,51 +122,12 @@ macro_rules! on_any {
     };
 }
 
-impl<L, B, T, H, R, C> Attach for AnyStrategy<L, B, T, H, R, C>
-where
-    L: Attach,
-    B: Attach,
-    T: Attach,
-    H: Attach,
-    R: Attach,
-    C: Attach,
-{
-    fn attach(&mut self, telemetry: &Telemetry) {
+strategy_over_kinds! {
+    AnyStrategy;
+    fn attach(&mut self, telemetry) {
         on_any!(self, s => s.attach(telemetry))
     }
-}
-
-impl<L, B, T, H, R, C> BuildStrategy for AnyStrategy<L, B, T, H, R, C>
-where
-    Self: Attach,
-{
-    type Strategy = Self;
-    fn build_strategy(self) -> Result<Self, ConfigError> {
-        Ok(self)
-    }
-}
-
-impl<Out, Err, L, B, T, H, R, C> Strategy<Out, Err> for AnyStrategy<L, B, T, H, R, C>
-where
-    L: Strategy<Out, Err>,
-    B: Strategy<Out, Err>,
-    T: Strategy<Out, Err>,
-    H: Strategy<Out, Err>,
-    R: Strategy<Out, Err>,
-    C: Strategy<Out, Err>,
-{
-    #[inline]
-    fn execute<F, Fut>(
-        &self,
-        ctx: Context,
-        op: F,
-    ) -> impl Future<Output = Result<Out, Error<Err>>> + Send
-    where
-        F: Fn(Context) -> Fut + Copy + Send + Sync,
-        Fut: Future<Output = Result<Out, Error<Err>>> + Send,
-        Out: Send,
-        Err: Send,
-    {
+    fn execute(&self, ctx, op) {
         async move { on_any!(self, s => s.execute(ctx, op).await) }
     }
 }
@@ -150,16 +167,20 @@ pub type FixedStrategies<L, B, T, H, R, C> = Stack<
     Option<T>,
 >;
 
-/// The kinds of the fixed order.
-pub const FIXED_ORDER: [StrategyKind; 7] = [
-    StrategyKind::RateLimit,
-    StrategyKind::Bulkhead,
-    StrategyKind::Timeout,
-    StrategyKind::Hedging,
-    StrategyKind::Retry,
-    StrategyKind::CircuitBreaker,
-    StrategyKind::Timeout,
-];
+/// The kinds of the fixed order: every kind in [`StrategyKind::ALL`]'s order, then the
+/// attempt's timeout (inside the retry and the breaker).
+pub const FIXED_ORDER: [StrategyKind; 7] = {
+    let [rate_limit, bulkhead, timeout, hedging, retry, circuit_breaker] = StrategyKind::ALL;
+    [
+        rate_limit,
+        bulkhead,
+        timeout,
+        hedging,
+        retry,
+        circuit_breaker,
+        timeout,
+    ]
+};
 
 /// Each kind's place in [`FIXED_ORDER`] when `kinds` (in order) is a subsequence of it.
 pub fn fixed_places(kinds: impl IntoIterator<Item = StrategyKind>) -> Option<Vec<usize>> {
@@ -205,54 +226,15 @@ impl<L, B, T, H, R, C> SlotStrategies<L, B, T, H, R, C> {
     }
 }
 
-impl<L, B, T, H, R, C> Attach for SlotStrategies<L, B, T, H, R, C>
-where
-    L: Attach,
-    B: Attach,
-    T: Attach,
-    H: Attach,
-    R: Attach,
-    C: Attach,
-{
-    fn attach(&mut self, telemetry: &Telemetry) {
+strategy_over_kinds! {
+    SlotStrategies;
+    fn attach(&mut self, telemetry) {
         match self {
             SlotStrategies::Fixed(s) => s.attach(telemetry),
             SlotStrategies::Dynamic(s) => s.attach(telemetry),
         }
     }
-}
-
-impl<L, B, T, H, R, C> BuildStrategy for SlotStrategies<L, B, T, H, R, C>
-where
-    Self: Attach,
-{
-    type Strategy = Self;
-    fn build_strategy(self) -> Result<Self, ConfigError> {
-        Ok(self)
-    }
-}
-
-impl<Out, Err, L, B, T, H, R, C> Strategy<Out, Err> for SlotStrategies<L, B, T, H, R, C>
-where
-    L: Strategy<Out, Err>,
-    B: Strategy<Out, Err>,
-    T: Strategy<Out, Err>,
-    H: Strategy<Out, Err>,
-    R: Strategy<Out, Err>,
-    C: Strategy<Out, Err>,
-{
-    #[inline]
-    fn execute<F, Fut>(
-        &self,
-        ctx: Context,
-        op: F,
-    ) -> impl Future<Output = Result<Out, Error<Err>>> + Send
-    where
-        F: Fn(Context) -> Fut + Copy + Send + Sync,
-        Fut: Future<Output = Result<Out, Error<Err>>> + Send,
-        Out: Send,
-        Err: Send,
-    {
+    fn execute(&self, ctx, op) {
         match self {
             SlotStrategies::Fixed(s) => Either::Left {
                 future: s.execute(ctx, op),
