@@ -5,7 +5,7 @@
 # latency percentiles and each proxy's CPU (user + system, from /proc) per request.
 # Installs nginx, haproxy and wrk with apt-get when missing. Loopback only.
 #
-# MODE=callgrind counts instead, for the hyper floor and stormwall (and STORMWALL_BASE): the
+# MODE=callgrind counts instead, for haproxy, the hyper floor and stormwall (and STORMWALL_BASE): the
 # user-space instructions each executes per proxied request under valgrind's callgrind,
 # counted over REQUESTS keep-alive requests on CONNECTIONS connections after a warm-up (a
 # small client here). The count does not depend on what else the machine runs, so it can
@@ -133,7 +133,11 @@ PY
   kill "$PID_STORMWALL" "$PID_FLOOR"
   [ -n "$STORMWALL_BASE" ] && kill "${PROXIES[4]##*:}"
   sleep 0.5
-  runs=("hyper floor:$FLOOR:$BIN/examples/hyper_floor 127.0.0.1:$FLOOR 127.0.0.1:$UP"
+  # haproxy too, on its own port (the one started above keeps running, uncounted).
+  HAPROXY_CG=18609
+  sed "s/127.0.0.1:$HAPROXY\$/127.0.0.1:$HAPROXY_CG/" "$work/haproxy.cfg" >"$work/haproxy-cg.cfg"
+  runs=("haproxy:$HAPROXY_CG:haproxy -f $work/haproxy-cg.cfg"
+        "hyper floor:$FLOOR:$BIN/examples/hyper_floor 127.0.0.1:$FLOOR 127.0.0.1:$UP"
         "stormwall:$STORMWALL:$BIN/stormwall proxy --config $work/stormwall.toml")
   [ -n "$STORMWALL_BASE" ] && runs+=("stormwall base:$BASE:$STORMWALL_BASE proxy --config $work/base.toml")
   printf "%-5s %-16s %10s %16s %12s\n" "round" "through" "requests" "instructions" "per request"
