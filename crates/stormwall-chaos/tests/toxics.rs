@@ -25,6 +25,11 @@ fn toxic(kind: ToxicKind, stream: Stream) -> Toxic {
     t
 }
 
+/// Adds [`toxic`]`(kind, stream)` to the proxy `p`.
+fn add_toxic(server: &ChaosServer, kind: ToxicKind, stream: Stream) {
+    server.add_toxic("p", toxic(kind, stream)).unwrap();
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -45,6 +50,13 @@ async fn echo_time(conn: &mut TcpStream, message: &[u8]) -> Duration {
     conn.read_exact(&mut back).await.unwrap();
     assert_eq!(back, message);
     started.elapsed()
+}
+
+/// Reads until the proxy closes the connection.
+async fn read_all(conn: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).await.unwrap();
+    got
 }
 
 /// Waits 10 s of the paused clock for a read: `None` when nothing came.
@@ -84,14 +96,10 @@ async fn latency_delays_each_chunk_by_the_setting_counted_from_its_arrival() {
     let mut conn = connect(&listen).await;
     assert_eq!(echo_time(&mut conn, b"hello").await, Duration::ZERO);
     let latency = |latency| ToxicKind::Latency { latency, jitter: 0 };
-    server
-        .add_toxic("p", toxic(latency(50), Stream::Downstream))
-        .unwrap();
+    add_toxic(&server, latency(50), Stream::Downstream);
     assert_about(echo_time(&mut conn, b"hello").await, ms(50));
     // Both directions add up.
-    server
-        .add_toxic("p", toxic(latency(30), Stream::Upstream))
-        .unwrap();
+    add_toxic(&server, latency(30), Stream::Upstream);
     assert_about(echo_time(&mut conn, b"hello").await, ms(80));
     // Two on one stream add up too (each moves the chunk's time on, as Toxiproxy's).
     let mut second = toxic(latency(20), Stream::Downstream);
@@ -122,18 +130,14 @@ async fn latency_delays_each_chunk_by_the_setting_counted_from_its_arrival() {
 async fn latency_jitter_stays_within_latency_plus_or_minus_jitter() {
     let server = ChaosServer::new();
     let listen = proxy(&server, "p", echo_server().await).await;
-    server
-        .add_toxic(
-            "p",
-            toxic(
-                ToxicKind::Latency {
-                    latency: 100,
-                    jitter: 20,
-                },
-                Stream::Downstream,
-            ),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::Latency {
+            latency: 100,
+            jitter: 20,
+        },
+        Stream::Downstream,
+    );
     let mut conn = connect(&listen).await;
     let mut seen = Vec::new();
     for _ in 0..50 {
@@ -151,16 +155,14 @@ async fn bandwidth_passes_rate_kb_per_second_and_rate_0_holds_until_removed() {
     let bytes = 100_000;
     let listen = proxy(&server, "p", sending_server(bytes).await).await;
     // 500 KB/s: 100 KB take 200 ms.
-    server
-        .add_toxic(
-            "p",
-            toxic(ToxicKind::Bandwidth { rate: 500 }, Stream::Downstream),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::Bandwidth { rate: 500 },
+        Stream::Downstream,
+    );
     let started = Instant::now();
     let mut conn = connect(&listen).await;
-    let mut got = Vec::new();
-    conn.read_to_end(&mut got).await.unwrap();
+    let got = read_all(&mut conn).await;
     assert_eq!(got, pattern(bytes));
     let took = started.elapsed();
     assert!(took >= ms(200) && took <= ms(205), "{took:?}");
@@ -176,8 +178,7 @@ async fn bandwidth_passes_rate_kb_per_second_and_rate_0_holds_until_removed() {
     let mut conn = connect(&listen).await;
     assert!(read_within_10s(&mut conn).await.is_none());
     server.remove_toxic("p", "bandwidth_downstream").unwrap();
-    let mut got = Vec::new();
-    conn.read_to_end(&mut got).await.unwrap();
+    let got = read_all(&mut conn).await;
     assert_eq!(got, pattern(bytes));
 }
 
@@ -195,8 +196,7 @@ async fn bandwidth_of_huge_rates_passes_at_once_instead_of_looping() {
     }
     let started = Instant::now();
     let mut conn = connect(&listen).await;
-    let mut got = Vec::new();
-    conn.read_to_end(&mut got).await.unwrap();
+    let got = read_all(&mut conn).await;
     assert_eq!(got, pattern(2000));
     assert!(started.elapsed() <= ms(1), "{:?}", started.elapsed());
 }
@@ -206,12 +206,11 @@ async fn timeout_drops_data_and_closes_the_set_time_after_the_connection_started
     let server = ChaosServer::new();
     let (upstream, mut received) = recording_server().await;
     let listen = proxy(&server, "p", upstream).await;
-    server
-        .add_toxic(
-            "p",
-            toxic(ToxicKind::Timeout { timeout: 100 }, Stream::Upstream),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::Timeout { timeout: 100 },
+        Stream::Upstream,
+    );
     let started = Instant::now();
     let mut conn = connect(&listen).await;
     tokio::time::sleep(ms(40)).await;
@@ -229,12 +228,11 @@ async fn timeout_zero_holds_the_connection_until_removed_which_closes_it() {
     let listen = proxy(&server, "p", echo_server().await).await;
     let mut conn = connect(&listen).await;
     echo_time(&mut conn, b"before").await;
-    server
-        .add_toxic(
-            "p",
-            toxic(ToxicKind::Timeout { timeout: 0 }, Stream::Downstream),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::Timeout { timeout: 0 },
+        Stream::Downstream,
+    );
     conn.write_all(b"held").await.unwrap();
     assert!(
         read_within_10s(&mut conn).await.is_none(),
@@ -254,12 +252,11 @@ async fn reset_peer_with_timeout_0_waits_for_the_first_data_drops_it_and_resets(
     let server = ChaosServer::new();
     let (upstream, mut received) = recording_server().await;
     let listen = proxy(&server, "p", upstream).await;
-    server
-        .add_toxic(
-            "p",
-            toxic(ToxicKind::ResetPeer { timeout: 0 }, Stream::Upstream),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::ResetPeer { timeout: 0 },
+        Stream::Upstream,
+    );
     for _ in 0..20 {
         // The connect succeeds and nothing happens until the client sends.
         let mut conn = connect(&listen).await;
@@ -280,12 +277,11 @@ async fn reset_peer_with_timeout_0_waits_for_the_first_data_drops_it_and_resets(
 async fn reset_peer_resets_its_timeout_after_the_first_data_on_its_stream() {
     let server = ChaosServer::new();
     let listen = proxy(&server, "p", echo_server().await).await;
-    server
-        .add_toxic(
-            "p",
-            toxic(ToxicKind::ResetPeer { timeout: 50 }, Stream::Downstream),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::ResetPeer { timeout: 50 },
+        Stream::Downstream,
+    );
     let mut conn = connect(&listen).await;
     tokio::time::sleep(ms(30)).await;
     // Upstream passes; the echo is the downstream's first data: dropped, clock starts.
@@ -301,12 +297,11 @@ async fn reset_peer_resets_its_timeout_after_the_first_data_on_its_stream() {
 async fn limit_data_passes_exactly_n_bytes_then_closes() {
     let server = ChaosServer::new();
     let listen = proxy(&server, "p", sending_server(100_000).await).await;
-    server
-        .add_toxic(
-            "p",
-            toxic(ToxicKind::LimitData { bytes: 41_234 }, Stream::Downstream),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::LimitData { bytes: 41_234 },
+        Stream::Downstream,
+    );
     let mut conn = connect(&listen).await;
     let mut got = Vec::new();
     let _ = conn.read_to_end(&mut got).await;
@@ -331,23 +326,18 @@ async fn slicer_delivers_every_byte_in_slices_delay_microseconds_apart() {
     let server = ChaosServer::new();
     let bytes = 10_000;
     let listen = proxy(&server, "p", sending_server(bytes).await).await;
-    server
-        .add_toxic(
-            "p",
-            toxic(
-                ToxicKind::Slicer {
-                    average_size: 1000,
-                    size_variation: 0,
-                    delay: 10_000,
-                },
-                Stream::Downstream,
-            ),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::Slicer {
+            average_size: 1000,
+            size_variation: 0,
+            delay: 10_000,
+        },
+        Stream::Downstream,
+    );
     let started = Instant::now();
     let mut conn = connect(&listen).await;
-    let mut got = Vec::new();
-    conn.read_to_end(&mut got).await.unwrap();
+    let got = read_all(&mut conn).await;
     assert_eq!(got, pattern(bytes));
     // 10,000 bytes halve into 16 slices of 625 (each ≤ 1000): 10 ms after each.
     let took = started.elapsed();
@@ -359,25 +349,20 @@ async fn slicer_and_bandwidth_together_deliver_every_byte_intact() {
     let server = ChaosServer::new();
     let bytes = 50_000;
     let listen = proxy(&server, "p", sending_server(bytes).await).await;
-    server
-        .add_toxic(
-            "p",
-            toxic(
-                ToxicKind::Slicer {
-                    average_size: 500,
-                    size_variation: 300,
-                    delay: 100,
-                },
-                Stream::Downstream,
-            ),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::Slicer {
+            average_size: 500,
+            size_variation: 300,
+            delay: 100,
+        },
+        Stream::Downstream,
+    );
     let mut limit = toxic(ToxicKind::Bandwidth { rate: 1000 }, Stream::Downstream);
     limit.name = "slow".into();
     server.add_toxic("p", limit).unwrap();
     let mut conn = connect(&listen).await;
-    let mut got = Vec::new();
-    conn.read_to_end(&mut got).await.unwrap();
+    let got = read_all(&mut conn).await;
     assert_eq!(got, pattern(bytes));
 }
 
@@ -385,12 +370,11 @@ async fn slicer_and_bandwidth_together_deliver_every_byte_intact() {
 async fn slow_close_passes_data_at_once_and_delays_the_close() {
     let server = ChaosServer::new();
     let listen = proxy(&server, "p", sending_server(10).await).await;
-    server
-        .add_toxic(
-            "p",
-            toxic(ToxicKind::SlowClose { delay: 100 }, Stream::Downstream),
-        )
-        .unwrap();
+    add_toxic(
+        &server,
+        ToxicKind::SlowClose { delay: 100 },
+        Stream::Downstream,
+    );
     let started = Instant::now();
     let mut conn = connect(&listen).await;
     let mut got = [0; 10];

@@ -17,20 +17,21 @@ fn db(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A queue with the default options on a fresh file `name`.
+fn open(name: &str) -> DurableQueue {
+    DurableQueue::open(db(name), QueueOptions::default()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_is_idempotent_and_a_lease_comes_back_after_its_visibility_timeout() {
-    common::enqueue_is_idempotent_and_a_lease_comes_back_after_its_visibility_timeout(
-        DurableQueue::open(db("basic"), QueueOptions::default()).unwrap(),
-    )
-    .await;
+    let queue = open("basic");
+    common::enqueue_is_idempotent_and_a_lease_comes_back_after_its_visibility_timeout(queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn done_jobs_are_purged_after_their_retention_and_their_keys_free_again() {
-    common::done_jobs_are_purged_after_their_retention_and_their_keys_free_again(
-        DurableQueue::open(db("purge-done"), QueueOptions::default()).unwrap(),
-    )
-    .await;
+    let queue = open("purge-done");
+    common::done_jobs_are_purged_after_their_retention_and_their_keys_free_again(queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,18 +105,12 @@ fn sqlite(path: &std::path::Path, sql: &str) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_job_lands_in_dead_letters_after_max_attempts() {
-    common::a_poison_job_lands_in_dead_letters_after_max_attempts(
-        DurableQueue::open(db("poison"), QueueOptions::default()).unwrap(),
-    )
-    .await;
+    common::a_poison_job_lands_in_dead_letters_after_max_attempts(open("poison")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_targets_breaker_is_open_the_worker_calls_nothing() {
-    common::while_the_targets_breaker_is_open_the_worker_calls_nothing(
-        DurableQueue::open(db("breaker"), QueueOptions::default()).unwrap(),
-    )
-    .await;
+    common::while_the_targets_breaker_is_open_the_worker_calls_nothing(open("breaker")).await;
 }
 
 /// The target of the crash test: remembers each idempotency key it applied.
@@ -531,7 +526,7 @@ async fn a_running_worker_keeps_the_queue_gauges_current() {
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _local = metrics::set_default_local_recorder(&recorder);
-    let queue = DurableQueue::open(db("gauges"), QueueOptions::default()).unwrap();
+    let queue = open("gauges");
     for i in 0..3u8 {
         queue.enqueue("orders", vec![i], None).await.unwrap();
     }
@@ -618,18 +613,12 @@ async fn a_job_whose_lease_keeps_expiring_becomes_a_dead_letter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_probes_after_the_break_and_drains_when_the_target_is_back() {
-    common::a_worker_probes_after_the_break_and_drains_when_the_target_is_back(
-        DurableQueue::open(db("probe"), QueueOptions::default()).unwrap(),
-    )
-    .await;
+    common::a_worker_probes_after_the_break_and_drains_when_the_target_is_back(open("probe")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_for_later_accepts_the_order_and_keeps_the_payment_durably() {
-    common::queue_for_later_accepts_the_order_and_keeps_the_payment_durably(
-        DurableQueue::open(db("later"), QueueOptions::default()).unwrap(),
-    )
-    .await;
+    common::queue_for_later_accepts_the_order_and_keeps_the_payment_durably(open("later")).await;
 }
 
 /// Options outside their documented ranges are refused, naming the option; none panics

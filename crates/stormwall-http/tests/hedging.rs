@@ -35,10 +35,9 @@ fn endpoints(
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_stalled_primary_is_hedged_to_the_alternate_endpoint_which_wins() {
-    let finished = Arc::new(AtomicU32::new(0));
-    let layer = HedgingLayer::new(HedgingOptions {
+/// Hedges to `backup.test` when `primary.test` has not answered in 200 ms.
+fn primary_then_backup() -> HedgingLayer {
+    HedgingLayer::new(HedgingOptions {
         hedging: CoreHedging::latency(Duration::from_millis(200)),
         endpoints: vec![
             "http://primary.test:80".into(),
@@ -46,7 +45,13 @@ async fn a_stalled_primary_is_hedged_to_the_alternate_endpoint_which_wins() {
         ],
         ..Default::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_primary_is_hedged_to_the_alternate_endpoint_which_wins() {
+    let finished = Arc::new(AtomicU32::new(0));
+    let layer = primary_then_backup();
     let mut client = layer.layer(endpoints(Duration::from_secs(20), finished.clone()));
     let started = Instant::now();
     let request = Request::get("http://service.test/orders/7")
@@ -68,15 +73,7 @@ async fn a_stalled_primary_is_hedged_to_the_alternate_endpoint_which_wins() {
 #[tokio::test(start_paused = true)]
 async fn a_fast_primary_is_not_hedged() {
     let finished = Arc::new(AtomicU32::new(0));
-    let layer = HedgingLayer::new(HedgingOptions {
-        hedging: CoreHedging::latency(Duration::from_millis(200)),
-        endpoints: vec![
-            "http://primary.test:80".into(),
-            "http://backup.test:80".into(),
-        ],
-        ..Default::default()
-    })
-    .unwrap();
+    let layer = primary_then_backup();
     let mut client = layer.layer(endpoints(Duration::from_millis(10), finished.clone()));
     let request = Request::get("http://service.test/x")
         .body(String::new())

@@ -117,6 +117,14 @@ fn get(uri: &str) -> Request<String> {
     Request::get(uri).body(String::new()).unwrap()
 }
 
+/// Sends `request` through `client` once it is ready.
+async fn send<S: Service<Request<B>>, B>(
+    client: &mut S,
+    request: Request<B>,
+) -> Result<S::Response, S::Error> {
+    client.ready().await?.call(request).await
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_503_then_200_succeeds_after_two_attempts() {
     let server = Server::default();
@@ -124,13 +132,7 @@ async fn a_503_then_200_succeeds_after_two_attempts() {
     let mut client = StandardLayer::new(fast_options())
         .unwrap()
         .layer(server.service());
-    let response = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://a.test/flaky"))
-        .await
-        .unwrap();
+    let response = send(&mut client, get("http://a.test/flaky")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(server.hits("a.test/flaky"), 2);
 }
@@ -146,11 +148,7 @@ async fn a_429_with_retry_after_waits_at_least_that_long() {
         .unwrap()
         .layer(server.service());
     let started = Instant::now();
-    let response = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://a.test/limited"))
+    let response = send(&mut client, get("http://a.test/limited"))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -170,13 +168,7 @@ async fn a_retry_after_beyond_the_total_timeout_returns_the_response_at_once() {
         .unwrap()
         .layer(server.service());
     let started = Instant::now();
-    let response = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://a.test/later"))
-        .await
-        .unwrap();
+    let response = send(&mut client, get("http://a.test/later")).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.elapsed() < Duration::from_millis(10));
     assert_eq!(server.hits("a.test/later"), 1);
@@ -195,13 +187,7 @@ async fn a_malformed_retry_after_falls_back_to_backoff() {
     let mut client = StandardLayer::new(fast_options())
         .unwrap()
         .layer(server.service());
-    let response = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://a.test/odd"))
-        .await
-        .unwrap();
+    let response = send(&mut client, get("http://a.test/odd")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(server.hits("a.test/odd"), 2);
 }
@@ -217,7 +203,7 @@ async fn post_without_a_key_is_sent_once_and_with_a_key_is_retried() {
     let post = Request::post("http://a.test/pay")
         .body("{}".to_string())
         .unwrap();
-    let response = client.ready().await.unwrap().call(post).await.unwrap();
+    let response = send(&mut client, post).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(server.hits("a.test/pay"), 1);
 
@@ -225,7 +211,7 @@ async fn post_without_a_key_is_sent_once_and_with_a_key_is_retried() {
         .header("Idempotency-Key", "order-7")
         .body("{}".to_string())
         .unwrap();
-    client.ready().await.unwrap().call(keyed).await.unwrap();
+    send(&mut client, keyed).await.unwrap();
     assert_eq!(
         server.hits("a.test/pay"),
         1 + 4,
@@ -242,12 +228,7 @@ async fn slow_responses_time_out_per_attempt_are_retried_and_the_total_is_bounde
     options.circuit_breaker.sampling_duration = Duration::from_secs(10);
     let mut client = StandardLayer::new(options).unwrap().layer(server.service());
     let started = Instant::now();
-    let outcome = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://a.test/slow"))
-        .await;
+    let outcome = send(&mut client, get("http://a.test/slow")).await;
     assert!(matches!(outcome, Err(Error::Timeout(_))), "{outcome:?}");
     assert!(
         started.elapsed() <= Duration::from_millis(1200),
@@ -270,23 +251,14 @@ async fn the_breaker_opens_per_authority_and_fails_fast_without_reaching_the_ser
     let layer = StandardLayer::new(options).unwrap();
     let mut client = layer.clone().layer(server.service());
     for _ in 0..2 {
-        let r = client
-            .ready()
-            .await
-            .unwrap()
-            .call(get("http://bad.test/down"))
+        let r = send(&mut client, get("http://bad.test/down"))
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
     let reached = server.hits("bad.test/down");
     assert_eq!(reached, 4);
-    let outcome = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://bad.test/down"))
-        .await;
+    let outcome = send(&mut client, get("http://bad.test/down")).await;
     assert!(
         matches!(outcome, Err(Error::CircuitOpen { .. })),
         "{outcome:?}"
@@ -297,13 +269,7 @@ async fn the_breaker_opens_per_authority_and_fails_fast_without_reaching_the_ser
         "open: the server saw nothing"
     );
     // Another authority has its own breaker.
-    let r = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://good.test/up"))
-        .await
-        .unwrap();
+    let r = send(&mut client, get("http://good.test/up")).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(layer.breaker("http://good.test:80").is_some());
     assert_eq!(
@@ -318,13 +284,7 @@ async fn the_remaining_budget_is_sent_in_the_deadline_header() {
     let mut options = fast_options();
     options.deadline_header = Some("x-request-timeout-ms".into());
     let mut client = StandardLayer::new(options).unwrap().layer(server.service());
-    client
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://a.test/x"))
-        .await
-        .unwrap();
+    send(&mut client, get("http://a.test/x")).await.unwrap();
     let seen = server.seen_headers.lock().unwrap();
     let ms: u64 = seen[0]["x-request-timeout-ms"]
         .to_str()
@@ -391,7 +351,7 @@ async fn over_real_sockets_with_hyper_utils_client() {
     let request = Request::get(format!("http://{addr}/flaky"))
         .body(Full::default())
         .unwrap();
-    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let response = send(&mut client, request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"done");
@@ -436,7 +396,7 @@ async fn a_body_that_cannot_be_replayed_is_sent_once_even_for_get() {
     });
     let mut client = StandardLayer::new(fast_options()).unwrap().layer(adapt);
     let request = Request::get("http://a.test/stream").body(OneShot).unwrap();
-    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let response = send(&mut client, request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(server.hits("a.test/stream"), 1);
 }
@@ -450,7 +410,7 @@ async fn authorities_beyond_the_limit_share_the_overflow_set() {
         .unwrap();
     let mut client = layer.clone().layer(server.service());
     for uri in ["http://a.test/x", "http://b.test/x", "http://c.test/x"] {
-        let r = client.ready().await.unwrap().call(get(uri)).await.unwrap();
+        let r = send(&mut client, get(uri)).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
     assert_eq!(layer.authorities(), vec!["http://a.test:80".to_string()]);
