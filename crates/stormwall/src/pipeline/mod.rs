@@ -101,7 +101,7 @@ impl<S> Pipeline<S> {
             // A span per execution and per attempt whenever a subscriber wants them (one
             // relaxed load to find out when none does).
             #[cfg(feature = "tracing")]
-            {
+            if trace::wanted() {
                 let span = trace::execution_span(&self.telemetry);
                 if !span.is_disabled() {
                     let traced = move |ctx: Context| {
@@ -191,8 +191,27 @@ mod trace {
     #[cfg(not(feature = "tracing"))]
     pub(super) type Span = ();
 
+    /// `false` when no subscriber can want a `DEBUG` span (one relaxed load): then the
+    /// plain path skips making the execution's span at all (≈ 20 instructions a call).
     #[cfg(feature = "tracing")]
+    #[inline(always)]
+    pub(super) fn wanted() -> bool {
+        tracing::level_enabled!(tracing::Level::DEBUG)
+    }
+
+    #[cfg(feature = "tracing")]
+    #[inline]
     pub(super) fn execution_span(telemetry: &crate::telemetry::Telemetry) -> Span {
+        if wanted() {
+            make_execution_span(telemetry)
+        } else {
+            Span::none()
+        }
+    }
+
+    #[cfg(feature = "tracing")]
+    #[inline(never)]
+    fn make_execution_span(telemetry: &crate::telemetry::Telemetry) -> Span {
         tracing::debug_span!("stormwall.execute", pipeline = telemetry.pipeline())
     }
 
@@ -203,6 +222,16 @@ mod trace {
     #[cfg(feature = "tracing")]
     #[inline]
     pub(super) fn attempt_span(ctx: &Context) -> Span {
+        if wanted() {
+            make_attempt_span(ctx)
+        } else {
+            Span::none()
+        }
+    }
+
+    #[cfg(feature = "tracing")]
+    #[inline(never)]
+    fn make_attempt_span(ctx: &Context) -> Span {
         tracing::debug_span!("stormwall.attempt", attempt = ctx.attempt())
     }
 
