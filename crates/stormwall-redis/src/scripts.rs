@@ -318,22 +318,10 @@ return reply(1, 'manual')
 pub const REBASE: &str = script!(
     r#"
 if created == 0 and epoch == ARGV[6] and tostring(version) == ARGV[7] and valid[ARGV[8]] then
-  from = st
-  st = ARGV[8]
-  if st == 'half_open' then st = 'open' end
+  local to = ARGV[8]
+  if to == 'half_open' then to = 'open' end
   epoch = ARGV[4]
-  version = version + 1
-  gen = gen + 1
-  probes_ok = 0
-  if st == 'open' then until_at = now + tonumber(ARGV[9]) end
-  if st == 'closed' then
-    opens = 0
-    consec = 0
-    window_since = 0
-    redis.call('DEL', window_key, ring_key)
-  end
-  save()
-  publish('rebased')
+  move(to, tonumber(ARGV[9]), 'rebased')
   return reply(1, 'rebased')
 end
 return reply(0)
