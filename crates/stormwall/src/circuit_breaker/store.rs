@@ -307,6 +307,7 @@ impl InMemoryStore {
 
     /// The decision the state makes on its own: `None` when the call may become a probe
     /// (the break has elapsed, or the circuit is half-open), which needs the lock.
+    #[inline(always)]
     fn decide_unlocked(&self, state: CircuitState, now: impl FnOnce() -> u64) -> Option<Acquired> {
         match state {
             CircuitState::Closed | CircuitState::Disabled => Some(Acquired::admitted()),
