@@ -4,9 +4,11 @@
 use super::flow::RunRecord;
 use super::scenarios::Scenario;
 use super::{DemoResult, RunStats, ScenarioResult};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::ops::Range;
 use stormwall::circuit_breaker::CircuitState;
 
 /// Colour when stdout is a terminal and `NO_COLOR` is not set.
@@ -217,31 +219,20 @@ pub fn html(result: &DemoResult, records: &[(Scenario, [RunRecord; 3])]) -> Stri
 /// blue the recommended setup (failed orders as hollow circles).
 fn latency_chart(runs: &[RunRecord; 3]) -> String {
     let [plain, resilient, recommended] = runs;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (540, 300)).into_drawing_area();
-        let _ = root.fill(&WHITE);
-        let all = plain
-            .orders
-            .iter()
-            .chain(&resilient.orders)
-            .chain(&recommended.orders);
-        let max_x = all
-            .clone()
-            .map(|o| o.started.as_secs_f64())
-            .fold(0.01, f64::max);
-        let max_y = all
-            .map(|o| o.latency.as_secs_f64() * 1000.0)
-            .fold(1.0, f64::max);
-        let chart = ChartBuilder::on(&root)
-            .caption("latency by start time", ("sans-serif", 16))
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(45)
-            .build_cartesian_2d(0.0..max_x * 1.02, 0.0..max_y * 1.1);
-        let Ok(mut chart) = chart else {
-            return String::new();
-        };
+    let all = plain
+        .orders
+        .iter()
+        .chain(&resilient.orders)
+        .chain(&recommended.orders);
+    let max_x = all
+        .clone()
+        .map(|o| o.started.as_secs_f64())
+        .fold(0.01, f64::max);
+    let max_y = all
+        .map(|o| o.latency.as_secs_f64() * 1000.0)
+        .fold(1.0, f64::max);
+    let (x, y) = (0.0..max_x * 1.02, 0.0..max_y * 1.1);
+    svg_chart("latency by start time", x, y, |chart| {
         let _ = chart
             .configure_mesh()
             .x_desc("start (s)")
@@ -267,14 +258,7 @@ fn latency_chart(runs: &[RunRecord; 3]) -> String {
                     .legend(move |(x, y)| Circle::new((x, y), 3, colour.filled()));
             }
         }
-        let _ = chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw();
-        let _ = root.present();
-    }
-    svg
+    })
 }
 
 /// Every breaker's state over the stormwall runs: the seeds' payment breaker, and the
@@ -286,27 +270,13 @@ fn breaker_chart(seeds: &RunRecord, recommended: &RunRecord) -> String {
         CircuitState::HalfOpen => 1.0,
         _ => 2.0,
     };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (540, 300)).into_drawing_area();
-        let _ = root.fill(&WHITE);
-        let max_x = [seeds, recommended]
-            .iter()
-            .filter_map(|r| r.breaker.last())
-            .map(|(at, _)| at.as_secs_f64())
-            .fold(0.01, f64::max);
-        let chart = ChartBuilder::on(&root)
-            .caption(
-                "breakers (0 closed, 1 half-open, 2 open)",
-                ("sans-serif", 16),
-            )
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(45)
-            .build_cartesian_2d(0.0..max_x * 1.02, -0.2..2.5);
-        let Ok(mut chart) = chart else {
-            return String::new();
-        };
+    let max_x = [seeds, recommended]
+        .iter()
+        .filter_map(|r| r.breaker.last())
+        .map(|(at, _)| at.as_secs_f64())
+        .fold(0.01, f64::max);
+    let caption = "breakers (0 closed, 1 half-open, 2 open)";
+    svg_chart(caption, 0.0..max_x * 1.02, -0.2..2.5, |chart| {
         let _ = chart.configure_mesh().x_desc("time (s)").draw();
         let series = [
             (seeds, 0, GREEN, "payment (stormwall)"),
@@ -332,6 +302,33 @@ fn breaker_chart(seeds: &RunRecord, recommended: &RunRecord) -> String {
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], colour));
             }
         }
+    })
+}
+
+/// A 540×300 SVG chart over `x` × `y` in the report's frame (caption, margins, legend box):
+/// `draw` adds the mesh and the series. Empty when plotters cannot lay the chart out.
+fn svg_chart(
+    caption: &str,
+    x: Range<f64>,
+    y: Range<f64>,
+    draw: impl FnOnce(
+        &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    ),
+) -> String {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (540, 300)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(x, y);
+        let Ok(mut chart) = chart else {
+            return String::new();
+        };
+        draw(&mut chart);
         let _ = chart
             .configure_series_labels()
             .border_style(BLACK)
