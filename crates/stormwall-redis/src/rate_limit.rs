@@ -57,9 +57,33 @@ impl std::fmt::Debug for RedisRateLimiter {
     }
 }
 
+/// How long an acquire waits for Redis before the local limiter decides, unless set with
+/// [`RedisRateLimiter::with_command_timeout`].
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
+
 impl RedisRateLimiter {
-    /// A shared limiter named `name` with `options` (GCRA: `permits` per `period`, `burst`).
+    /// A shared limiter named `name` with `options` (GCRA: `permits` per `period`, `burst`);
+    /// an acquire waits 50 ms for Redis (see [`with_command_timeout`](Self::with_command_timeout)).
     pub fn new(url: &str, name: &str, options: RateLimitOptions) -> Result<Self, RedisStoreError> {
+        Self::with_command_timeout(url, name, options, DEFAULT_COMMAND_TIMEOUT)
+    }
+
+    /// Like [`new`](Self::new), with how long an acquire waits for Redis's answer before
+    /// the local limiter decides (and the connection is made afresh): the latency a Redis
+    /// that is slow, rather than down, can add to a call. Must be above zero.
+    pub fn with_command_timeout(
+        url: &str,
+        name: &str,
+        options: RateLimitOptions,
+        command_timeout: Duration,
+    ) -> Result<Self, RedisStoreError> {
+        if command_timeout.is_zero() {
+            return Err(RedisStoreError::Config(ConfigError::new(
+                "rate_limit.command_timeout",
+                command_timeout,
+                "above zero",
+            )));
+        }
         let client = Client::open(url).map_err(|e| RedisStoreError::InvalidUrl {
             url: url.to_owned(),
             reason: e.to_string(),
@@ -70,7 +94,7 @@ impl RedisRateLimiter {
         let emission_us = (options.period.as_micros() / u128::from(options.permits)).max(1) as u64;
         Ok(RedisRateLimiter {
             inner: Arc::new(Inner {
-                connection: Lazy::new(client, Duration::from_millis(50)),
+                connection: Lazy::new(client, command_timeout),
                 script: Script::new(GCRA),
                 prefix: format!("stormwall:ratelimit:{name}"),
                 emission_us,

@@ -9,12 +9,18 @@ use stormwall::rate_limit::RateLimitOptions;
 use stormwall::{Context, Error, Pipeline};
 use stormwall_redis::{RedisCache, RedisRateLimiter, RedisStoreError};
 
+/// A command timeout no loaded test machine reaches while Redis is up.
+const PATIENT: Duration = Duration::from_secs(5);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_quota_per_tenant() {
     let redis = RedisServer::start();
-    let options = RateLimitOptions::per_second(10);
-    let a = RedisRateLimiter::new(&redis.url(), "api", options).unwrap();
-    let b = RedisRateLimiter::new(&redis.url(), "api", options).unwrap();
+    // 10 a minute: no permit comes back while the test runs, however slowly it runs.
+    let options = RateLimitOptions::per_minute(10);
+    // A loaded machine can hold a Redis answer past the default 50 ms: the local limiter
+    // would then decide, and grant from its own quota. This test is about the shared one.
+    let a = RedisRateLimiter::with_command_timeout(&redis.url(), "api", options, PATIENT).unwrap();
+    let b = RedisRateLimiter::with_command_timeout(&redis.url(), "api", options, PATIENT).unwrap();
     let mut granted = 0;
     for i in 0..20 {
         let limiter = if i % 2 == 0 { &a } else { &b };
@@ -24,8 +30,9 @@ async fn replicas_share_one_quota_per_tenant() {
     }
     assert_eq!(granted, 10, "the burst of 10 is shared, not 10 each");
     let wait = a.try_acquire(Some("tenant-7")).await.unwrap_err();
+    // At most one permit's interval (6 s), and most of it still to come.
     assert!(
-        wait > Duration::ZERO && wait <= Duration::from_millis(100),
+        wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
         "{wait:?}"
     );
     // Another tenant has its own quota.
@@ -43,11 +50,31 @@ async fn replicas_share_one_quota_per_tenant() {
     );
 }
 
+#[test]
+fn a_zero_command_timeout_is_refused_naming_it() {
+    let err = RedisRateLimiter::with_command_timeout(
+        "redis://127.0.0.1:1",
+        "api",
+        RateLimitOptions::per_second(1),
+        Duration::ZERO,
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("rate_limit.command_timeout"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_the_limiter_decides_locally_and_quickly() {
     let mut redis = RedisServer::start();
-    let limiter =
-        RedisRateLimiter::new(&redis.url(), "down", RateLimitOptions::per_second(5)).unwrap();
+    // Patient while Redis is up, so the first acquire is Redis's even on a loaded machine
+    // (a timed-out one would take a local permit); a stopped Redis refuses at once.
+    let limiter = RedisRateLimiter::with_command_timeout(
+        &redis.url(),
+        "down",
+        RateLimitOptions::per_minute(5),
+        PATIENT,
+    )
+    .unwrap();
     assert!(limiter.try_acquire(None).await.is_ok());
     redis.stop();
     let started = Instant::now();
