@@ -829,21 +829,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // Headers named in `Connection` are hop-by-hop too (`close` and `keep-alive`, the
-    // usual tokens, need no removal of their own beyond the list).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| {
-            !token.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
-        })
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
+    // usual tokens, need no removal of their own beyond the list). A value that is one of
+    // those two alone (nginx answers `Connection: keep-alive`) names nothing: not split.
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present[0] {
+        for value in headers.get_all(header::CONNECTION) {
+            let bytes = value.as_bytes();
+            if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
+            let Ok(value) = value.to_str() else {
+                continue;
+            };
+            named.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|token| {
+                        !token.eq_ignore_ascii_case("close")
+                            && !HOP_BY_HOP
+                                .iter()
+                                .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+                    })
+                    .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()),
+            );
+        }
+    }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
@@ -853,13 +864,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn forwarded(headers: &mut HeaderMap, peer: &Peer) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(before) => HeaderValue::from_str(&format!("{before}, {}", peer.ip)).ok(),
+    // One lookup of `X-Forwarded-For` (an entry), not a `get` then an `insert`.
+    match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut present) => {
+            let value = match present.get().to_str() {
+                Ok(before) => HeaderValue::from_str(&format!("{before}, {}", peer.ip)).ok(),
+                Err(_) => peer.forwarded_for.clone(),
+            };
+            if let Some(value) = value {
+                present.insert(value);
+            }
+        }
         // The common case: the peer's own value, made once per connection.
-        None => peer.forwarded_for.clone(),
-    };
-    if let Some(value) = value {
-        headers.insert(X_FORWARDED_FOR, value);
+        header::Entry::Vacant(absent) => {
+            if let Some(value) = peer.forwarded_for.clone() {
+                absent.insert(value);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
