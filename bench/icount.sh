@@ -3,7 +3,8 @@
 #   bash bench/icount.sh [CASE...]      (default: every case; needs valgrind)
 # Each case runs 200,000 and 1,200,000 times; the difference of the main thread's counts,
 # divided by 1,000,000, is the per-call figure (start-up, including quanta's calibration,
-# cancels out). Independent of machine load, unlike the criterion rows it mirrors
+# cancels out; what is left moves a row by up to ≈ 5 instructions between runs).
+# Independent of machine load, unlike the criterion rows it mirrors
 # (crates/stormwall/benches/strategies.rs); the harness's own loop is included (the `bare`
 # case: the operation alone).
 set -euo pipefail
