@@ -28,6 +28,6 @@ pub use config::{
     BreakerConfig, Config, DeferConfig, FallbackConfig, HealthCheckConfig, MatchConfig,
     RouteConfig, ServerConfig,
 };
-pub use prometheus::{install as install_metrics, DURATION_BUCKETS, UPKEEP_THREAD};
+pub use prometheus::{install as install_metrics, DURATION_BUCKETS};
 pub use route::Route;
 pub use server::{bind, Peer, Proxy, ProxyBody};

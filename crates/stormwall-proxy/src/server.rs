@@ -557,7 +557,12 @@ impl Proxy {
             }
         };
         let (outcome, replay) = self.send(route, &request, body, failure.as_deref()).await;
-        self.answer(route, &request, outcome, replay).await
+        match outcome {
+            // Most requests: the upstream's answer, passed on here (the outcome moved no
+            // further, no answer future made).
+            Ok(Attempt::Upstream(response)) if !transient(&response) => pass(response),
+            outcome => self.answer(route, &request, outcome, replay).await,
+        }
     }
 
     /// One of `max_in_flight`, if any is free.
@@ -631,9 +636,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let failed = match &outcome {
             Ok(Attempt::ClientBody(why)) => return body_failed(*why),
-            Ok(Attempt::Upstream(response)) => stormwall_http::is_transient(
-                stormwall_http::AttemptOutcome::Status(response.status()),
-            ),
+            Ok(Attempt::Upstream(response)) => transient(response),
             Err(_) => true,
         };
         if !failed {
@@ -743,6 +746,11 @@ impl Proxy {
 
 /// What the attempts came to.
 type Outcome = Result<Attempt, Error<hyper_util::client::legacy::Error>>;
+
+/// Whether the upstream's answer is a failure worth a fallback or a deferral (5xx, 429…).
+fn transient(response: &Response<Incoming>) -> bool {
+    stormwall_http::is_transient(stormwall_http::AttemptOutcome::Status(response.status()))
+}
 
 /// The upstream's response, on its way to the client (streamed).
 fn pass(response: Response<Incoming>) -> Response<ProxyBody> {
