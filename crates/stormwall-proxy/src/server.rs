@@ -557,11 +557,11 @@ impl Proxy {
             }
         };
         let (outcome, replay) = self.send(route, &request, body, failure.as_deref()).await;
+        // Classified once, here: a success or a client error passes through (most requests:
+        // the outcome moved no further, no failure future made); the rest is a failure.
         match outcome {
-            // Most requests: the upstream's answer, passed on here (the outcome moved no
-            // further, no answer future made).
             Ok(Attempt::Upstream(response)) if !transient(&response) => pass(response),
-            outcome => self.answer(route, &request, outcome, replay).await,
+            outcome => self.answer_failure(route, &request, outcome, replay).await,
         }
     }
 
@@ -624,25 +624,19 @@ impl Proxy {
         (outcome, replay)
     }
 
-    /// Answers what the attempts came to, classified once: a success or a client error
-    /// passes through; a failure is deferred (when the route defers and the body was
-    /// kept), else answered by the fallback, else by a status that says why.
-    async fn answer(
+    /// Answers attempts that did not succeed (`forward` passes successes and client errors
+    /// through): the client's body failing is the client's; an upstream failure is deferred
+    /// (when the route defers and the body was kept), else answered by the fallback, else
+    /// by a status that says why.
+    async fn answer_failure(
         &self,
         route: &Route,
         request: &UpstreamRequest,
         outcome: Outcome,
         replay: Option<Bytes>,
     ) -> Response<ProxyBody> {
-        let failed = match &outcome {
-            Ok(Attempt::ClientBody(why)) => return body_failed(*why),
-            Ok(Attempt::Upstream(response)) => transient(response),
-            Err(_) => true,
-        };
-        if !failed {
-            if let Ok(Attempt::Upstream(response)) = outcome {
-                return pass(response);
-            }
+        if let Ok(Attempt::ClientBody(why)) = outcome {
+            return body_failed(why);
         }
         if let Some(body) = &replay {
             if let Some(response) = self.defer(route, request, body).await {
