@@ -107,9 +107,8 @@ fn pack(tag: u16, total: u64, failures: u64, slow: u64) -> u64 {
 /// of another epoch (or empty) starts afresh; a counter about to overflow halves all three.
 #[cold]
 fn next_word(current: u64, tag: u16, f: u64, s: u64) -> u64 {
-    let (old_tag, total, failures, slows) = unpack(current);
+    let (old_tag, mut total, mut failures, mut slows) = unpack(current);
     if old_tag == tag && total > 0 {
-        let (mut total, mut failures, mut slows) = (total, failures, slows);
         if total == FIELD {
             (total, failures, slows) = (total >> 1, failures >> 1, slows >> 1);
         }
