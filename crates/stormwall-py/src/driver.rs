@@ -148,13 +148,20 @@ fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 
 impl Execution {
     pub(crate) fn new(future: BoxedExecution) -> Self {
-        Execution {
-            future: Mutex::new(Some(future)),
-            waker: Some(Arc::new(LoopWaker {
+        Self::with_waker(
+            future,
+            Some(Arc::new(LoopWaker {
                 woken: AtomicBool::new(false),
                 pending: Mutex::new(None),
                 target: OnceLock::new(),
             })),
+        )
+    }
+
+    fn with_waker(future: BoxedExecution, waker: Option<Arc<LoopWaker>>) -> Self {
+        Execution {
+            future: Mutex::new(Some(future)),
+            waker,
             cleanup: Mutex::new(Cleanup::default()),
             cleaning: AtomicBool::new(false),
         }
@@ -167,12 +174,7 @@ impl Execution {
     /// resumes the execution when it is done, as it would the coroutine awaited directly.
     /// Nothing else wakes it: no waker, no future of ours, no `call_soon_threadsafe`.
     pub(crate) fn direct(future: BoxedExecution) -> Self {
-        Execution {
-            future: Mutex::new(Some(future)),
-            waker: None,
-            cleanup: Mutex::new(Cleanup::default()),
-            cleaning: AtomicBool::new(false),
-        }
+        Self::with_waker(future, None)
     }
 
     /// `__next__` and `send`: the value as `StopIteration(value)`, as a coroutine's
